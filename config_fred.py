@@ -1,0 +1,75 @@
+"""FRED-YOLO configuration: the one home of defaults.
+
+Read by train_fred.py and eval_fred.py only; they pass plain values down.
+Override any key from the command line: `--set KEY=VALUE` (a Python literal).
+Defaults for the schedule, batch sizes and augmentation come from the RTX 3090
+tuning note (shared/seed/FRED_training_optimization_notes.zh.md).
+"""
+
+# ----------------------------------------------------------------- data
+DATA_ROOT = "data/fred_demo"      # FRED root holding <id>/, train/<id>/ or test/<id>/ sequence folders
+SPLIT = "canonical"               # canonical | challenging | random:<val_fraction>:<seed> | folder with *train*.txt and *test*.txt
+RGB_IMAGE_DIR = "PADDED_RGB"      # RGB image folder in a sequence: PADDED_RGB (matches RGB_YOLO boxes) or RGB
+NUM_CLASSES = 1                   # classes in the label files (FRED: 1, 0 = drone)
+CLASS_NAMES = ["drone"]           # one name per class id
+FRAME_STRIDE = 1                  # keep every k-th annotated training frame per sequence (1 = all; 30 FPS neighbours are near-duplicates)
+VAL_FRAME_STRIDE = 1              # same, for validation frames (raise to evaluate faster)
+STRICT_LABELS = False             # True: a label line that does not parse is an error instead of a skipped file
+INDEX_CACHE_DIR = ""              # where the frame index cache lives ("" = <DATA_ROOT>/.fred_index_cache, else ~/.cache/fred_yolo)
+
+# ----------------------------------------------------------------- model
+PHI = "s"                         # YOLOv8 size: n | s | m | l | x
+INPUT_SHAPE = [640, 640]          # network input [height, width], pixels, multiples of 32
+MODEL_PATH = ""                   # initial weights: our checkpoint or a converted Ultralytics state dict ("" = random init)
+
+# ----------------------------------------------------------------- schedule
+INIT_EPOCH = 0                    # first epoch (0-based) when starting from weights without --resume
+FREEZE_EPOCH = 30                 # epochs with the backbone frozen (the first phase)
+UNFREEZE_EPOCH = 150              # total epochs, frozen phase included
+FREEZE_TRAIN = True               # False: no frozen phase, train everything from the start
+FREEZE_BATCH_SIZE = 32            # global batch size while frozen, images
+UNFREEZE_BATCH_SIZE = 16          # global batch size once unfrozen, images (lower it on CUDA OOM: 12)
+
+# ----------------------------------------------------------------- optimiser
+INIT_LR = 1e-2                    # peak learning rate at nominal batch 64 (scaled by batch/64, clamped)
+MIN_LR = INIT_LR * 0.01           # final learning rate of the schedule
+OPTIMIZER_TYPE = "sgd"            # sgd (nesterov) | adam | adamw
+MOMENTUM = 0.937                  # SGD momentum / Adam beta1
+WEIGHT_DECAY = 5e-4               # L2 decay on conv/linear weights only (0 for adam is common)
+LR_DECAY_TYPE = "cos"             # cos | step
+WARMUP_EPOCHS = 3                 # linear warmup length, epochs (at least WARMUP_MIN_ITERS iterations)
+WARMUP_MIN_ITERS = 100            # minimum warmup iterations
+GRAD_CLIP = 10.0                  # max gradient norm (0 = off)
+EMA_DECAY = 0.9999                # EMA of weights, ramped up over the first ~2000 iterations
+
+# ----------------------------------------------------------------- precision
+FP16 = True                       # mixed precision (AMP); on CPU it is ignored
+AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
+
+# ----------------------------------------------------------------- augmentation
+MOSAIC = True                     # 4-image mosaic
+MOSAIC_PROB = 0.5                 # probability of mosaic per sample, 0..1
+MIXUP = False                     # blend two (mosaic) samples
+MIXUP_PROB = 0.0                  # probability of mixup per sample, 0..1
+SPECIAL_AUG_RATIO = 0.7           # mosaic/mixup only in the first 70% of epochs
+HSV_H = 0.015                     # hue jitter, fraction of the hue circle
+HSV_S = 0.7                       # saturation jitter, fraction
+HSV_V = 0.4                       # value (brightness) jitter, fraction
+FLIP_LR = 0.5                     # horizontal flip probability
+DEGREES = 0.0                     # random rotation, +/- degrees
+TRANSLATE = 0.1                   # random translation, +/- fraction of the input size
+SCALE = 0.5                       # random scale gain range, 1 +/- SCALE
+MIN_BOX_SIZE = 2.0                # boxes smaller than this after augmentation are dropped, pixels
+
+# ----------------------------------------------------------------- data loading
+NUM_WORKERS = 8                   # dataloader worker processes (capped at the CPU count)
+
+# ----------------------------------------------------------------- saving and evaluation
+SAVE_DIR = "logs/fred_{modality}" # run folders go under here; {modality} is filled in
+SAVE_PERIOD = 15                  # write ep{NNN}-loss..-val_loss...pth every N epochs
+EVAL_PERIOD = 15                  # compute COCO mAP on the val split every N epochs
+EVAL_MAP = True                   # False (or --no_eval_map): skip mAP; best.pth then follows val loss
+CONFIDENCE = 0.001                # evaluation score threshold
+NMS_IOU = 0.7                     # NMS IoU threshold
+MAX_DET = 300                     # detections kept per image
+EVAL_BATCH_SIZE = 32              # images per evaluation batch
