@@ -1,0 +1,242 @@
+"""Loss, assigner and box utilities against Ultralytics' v8DetectionLoss / TaskAlignedAssigner (test-only oracle)."""
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils import IterableSimpleNamespace
+from ultralytics.utils import tal as ul_tal
+from ultralytics.utils.loss import v8DetectionLoss
+from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou
+
+from utils.assigner import TaskAlignedAssigner
+from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, dist2bbox, make_anchors
+from utils.loss import DetectionLoss, total_loss
+
+STRIDES = (8, 16, 32)
+REG_MAX = 16
+PARTS = ("box", "cls", "dfl")
+
+
+def make_preds(batch: int, nc: int, shape: tuple[int, int], seed: int) -> list[torch.Tensor]:
+    """Random raw head outputs [B, 4*16+nc, H/s, W/s] for the three levels, as leaves that require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 4 * REG_MAX + nc, shape[0] // s, shape[1] // s, generator=gen).requires_grad_()
+            for s in STRIDES]
+
+
+def make_targets(counts: list[int], nc: int, shape: tuple[int, int], seed: int) -> torch.Tensor:
+    """[M, 6] (batch_idx, cls, cx, cy, w, h) pixel targets inside the image, sorted by image; some boxes overlap."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = shape
+    rows = []
+    for image, n in enumerate(counts):
+        wh = torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.5, h * 0.5]) + 3
+        top_left = torch.rand(n, 2, generator=gen) * (torch.tensor([w, h]) - wh)
+        boxes = torch.cat((top_left + wh / 2, wh), 1)
+        if n > 3:  # near-duplicates: anchors claimed by several ground truths
+            boxes[n // 2:n // 2 + 2] = boxes[:2] + torch.rand(2, 4, generator=gen)
+        cls = torch.randint(0, nc, (n, 1), generator=gen).float()
+        rows.append(torch.cat((torch.full((n, 1), float(image)), cls, boxes), 1))
+    return torch.cat(rows) if rows else torch.zeros(0, 6)
+
+
+_ORACLES = {}
+
+
+def ultralytics_criterion(nc: int) -> v8DetectionLoss:
+    """Ultralytics' loss of a yolov8n DetectionModel built from yaml (no download), gains 7.5 / 0.5 / 1.5."""
+    if nc not in _ORACLES:
+        model = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+        model.args = IterableSimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+        _ORACLES[nc] = v8DetectionLoss(model)
+    return _ORACLES[nc]
+
+
+def ultralytics_loss(preds: list[torch.Tensor], targets: torch.Tensor, nc: int, shape) -> torch.Tensor:
+    """Ultralytics' [3] loss (box, cls, dfl) * gains * batch size for our inputs (their boxes are normalised)."""
+    boxes, scores = torch.cat([p.flatten(2) for p in preds], 2).split((4 * REG_MAX, nc), 1)
+    h, w = shape
+    batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2],
+             "bboxes": targets[:, 2:6] / torch.tensor([w, h, w, h], dtype=torch.float32)}
+    loss, _ = ultralytics_criterion(nc)({"boxes": boxes, "scores": scores, "feats": preds}, batch)
+    return loss
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| relative to the largest magnitude of b (0 when both are all zero)."""
+    scale = max(b.abs().max().item(), a.abs().max().item())
+    return 0.0 if scale == 0 else ((a - b).abs().max() / scale).item()
+
+
+CASES = {
+    "nc1_mixed": (1, [2, 0, 5, 1], (128, 160)),
+    "nc3_mixed": (3, [3, 0, 8, 1], (128, 160)),
+    "nc3_all_empty": (3, [0, 0, 0], (128, 160)),
+    "nc1_many": (1, [20, 20, 0], (160, 128)),
+    "nc3_many": (3, [20, 1, 20], (128, 160)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loss_and_gradients_equal_ultralytics(case):
+    nc, counts, shape = CASES[case]
+    preds = make_preds(len(counts), nc, shape, seed=len(case))
+    targets = make_targets(counts, nc, shape, seed=nc)
+    criterion = DetectionLoss(nc)
+
+    parts = criterion(preds, targets, shape)
+    ours_total = total_loss(parts, criterion.weight_dict, len(counts))
+    ours_grads = torch.autograd.grad(ours_total, preds)
+    theirs = ultralytics_loss(preds, targets, nc, shape)
+    their_grads = torch.autograd.grad(theirs.sum(), preds)
+
+    for i, name in enumerate(PARTS):
+        assert parts[name].shape == () and parts[name].dtype == torch.float32
+        ours_weighted = parts[name].detach() * criterion.weight_dict[name] * len(counts)
+        assert rel_diff(ours_weighted, theirs[i].detach()) <= 1e-4, (name, ours_weighted, theirs[i])
+    for ours_grad, their_grad in zip(ours_grads, their_grads):
+        assert rel_diff(ours_grad, their_grad) <= 1e-4
+    if sum(counts):
+        assert parts["box"] > 0 and parts["dfl"] > 0
+    else:
+        assert parts["box"] == 0 and parts["dfl"] == 0 and parts["cls"] > 0
+
+
+def test_loss_does_not_depend_on_target_order():
+    nc, counts, shape = CASES["nc3_mixed"]
+    preds = make_preds(len(counts), nc, shape, seed=3)
+    targets = make_targets(counts, nc, shape, seed=4)
+    criterion = DetectionLoss(nc)
+    sorted_parts = criterion(preds, targets, shape)
+    shuffled_parts = criterion(preds, targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))],
+                               shape)
+    for name in PARTS:
+        assert rel_diff(shuffled_parts[name], sorted_parts[name]) <= 1e-5
+
+
+def test_batch_of_64_images_equals_ultralytics():
+    nc, shape = 1, (128, 160)
+    counts = torch.randint(0, 7, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    preds = make_preds(64, nc, shape, seed=64)
+    targets = make_targets(counts, nc, shape, seed=64)
+    criterion = DetectionLoss(nc)
+    parts = criterion(preds, targets, shape)
+    total_loss(parts, criterion.weight_dict, 64).backward()
+    theirs = ultralytics_loss(preds, targets, nc, shape)
+    for i, name in enumerate(PARTS):
+        assert rel_diff(parts[name].detach() * criterion.weight_dict[name] * 64, theirs[i].detach()) <= 1e-4
+    assert all(torch.isfinite(p.grad).all() for p in preds)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_loss_under_autocast_is_float32_inside(dtype):
+    nc, counts, shape = CASES["nc3_mixed"]
+    preds = make_preds(len(counts), nc, shape, seed=7)
+    targets = make_targets(counts, nc, shape, seed=7)
+    criterion = DetectionLoss(nc)
+    low = [p.detach().to(dtype).requires_grad_() for p in preds]
+    with torch.autocast("cpu", dtype=dtype):
+        parts = criterion(low, targets, shape)
+        total_loss(parts, criterion.weight_dict, len(counts)).backward()
+    upcast = criterion([p.detach().float() for p in low], targets, shape)  # same inputs, no autocast
+    full = criterion(preds, targets, shape)
+    for name in PARTS:
+        assert parts[name].dtype == torch.float32 and torch.isfinite(parts[name])
+        assert rel_diff(parts[name].detach(), upcast[name].detach()) <= 1e-6
+        assert rel_diff(parts[name].detach(), full[name].detach()) <= 3e-2
+    assert all(p.grad.dtype == dtype and torch.isfinite(p.grad.float()).all() for p in low)
+
+
+def test_loss_rejects_maps_that_do_not_fit():
+    preds = make_preds(2, 3, (128, 160), seed=0)
+    targets = make_targets([1, 1], 3, (128, 160), seed=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        DetectionLoss(1)(preds, targets, (128, 160))
+    with pytest.raises(ValueError, match="input"):
+        DetectionLoss(3)(preds, targets, (160, 160))
+
+
+def test_total_loss_is_weighted_sum_times_batch():
+    parts = {"box": torch.tensor(2.0), "cls": torch.tensor(3.0), "dfl": torch.tensor(5.0)}
+    assert total_loss(parts, DetectionLoss(1).weight_dict, 4).item() == pytest.approx((7.5 * 2 + 0.5 * 3 + 1.5 * 5) * 4)
+
+
+def test_assigner_equals_ultralytics():
+    gen = torch.Generator().manual_seed(0)
+    nc, shape, batch = 3, (128, 160), 4
+    feats = [torch.zeros(batch, 1, shape[0] // s, shape[1] // s) for s in STRIDES]
+    anchor_points, stride_tensor = make_anchors(feats, STRIDES)
+    anchors_px = anchor_points * stride_tensor
+    num_anchors = len(anchors_px)
+
+    counts = [5, 0, 8, 2]
+    targets = make_targets(counts, nc, shape, seed=1)
+    targets[::4, 4:6] = torch.rand(len(targets[::4]), 2, generator=gen) * 10 + 2  # tiny boxes: widened to 16 px
+    targets[8, 2:] = targets[7, 2:]  # a duplicate box (image 2): equal overlaps, the tie goes to the first
+    targets[8, 1] = (targets[7, 1] + 1) % nc
+    gt_boxes = box_cxcywh_to_xyxy(targets[:, 2:6])
+    gt_batch, gt_labels = targets[:, 0].long(), targets[:, 1].long()
+
+    # Predictions: boxes of random size centred on their anchors, so overlaps vary and compete.
+    wh = torch.rand(batch, num_anchors, 2, generator=gen) * 60 + 8
+    pd_boxes = torch.cat((anchors_px - wh / 2, anchors_px + wh / 2), -1)
+    pd_scores = torch.rand(batch, num_anchors, nc, generator=gen)
+
+    max_gt = max(counts)
+    padded_boxes = torch.zeros(batch, max_gt, 4)
+    padded_labels = torch.zeros(batch, max_gt, 1)
+    slot = torch.cat([torch.arange(n) for n in counts])
+    padded_boxes[gt_batch, slot] = gt_boxes
+    padded_labels[gt_batch, slot, 0] = gt_labels.float()
+    padded_mask = (padded_boxes.sum(-1, keepdim=True) > 0).float()
+
+    oracle = ul_tal.TaskAlignedAssigner(topk=10, num_classes=nc, alpha=0.5, beta=6.0, stride=list(STRIDES))
+    _, their_boxes, their_scores, their_fg, their_idx = oracle(pd_scores, pd_boxes, anchors_px, padded_labels,
+                                                                padded_boxes, padded_mask)
+    claims = oracle.get_pos_mask(pd_scores, pd_boxes, padded_labels, padded_boxes, anchors_px, padded_mask)[0].sum(-2)
+    assert claims.max() > 1  # the highest-overlap resolution is exercised
+
+    assigner = TaskAlignedAssigner(topk=10, num_classes=nc, alpha=0.5, beta=6.0, min_box_side=16.0)
+    boxes, scores, fg, idx = assigner(pd_scores, pd_boxes, anchors_px, gt_labels, gt_boxes, gt_batch)
+
+    assert torch.equal(fg, their_fg)
+    assert fg.sum() > 20
+    assert rel_diff(scores, their_scores) <= 1e-6
+    assert torch.equal(boxes[fg], their_boxes[fg]) and torch.equal(boxes[~fg], torch.zeros_like(boxes[~fg]))
+    first_of_image = torch.tensor([0] + counts[:-1]).cumsum(0)
+    assert torch.equal(idx[fg], (their_idx + first_of_image[:, None])[fg])
+    assert (idx[~fg] == len(targets)).all()
+
+
+def test_assigner_without_ground_truths():
+    assigner = TaskAlignedAssigner(num_classes=2)
+    anchors = torch.rand(50, 2) * 100
+    boxes, scores, fg, idx = assigner(torch.rand(3, 50, 2), torch.rand(3, 50, 4) * 100, anchors,
+                                      torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
+                                      torch.zeros(0, dtype=torch.long))
+    assert not fg.any() and (scores == 0).all() and (boxes == 0).all() and (idx == 0).all()
+
+
+def test_box_utilities_equal_ultralytics():
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.zeros(2, 1, 16, 20), torch.zeros(2, 1, 8, 10), torch.zeros(2, 1, 4, 5)]
+    their_anchors = ul_tal.make_anchors(feats, torch.tensor(STRIDES, dtype=torch.float32))
+    for ours, theirs in zip(make_anchors(feats, STRIDES), their_anchors):
+        assert torch.equal(ours, theirs)
+    anchors, stride_tensor = make_anchors(feats, torch.tensor([8.0, 16.0, 32.0]))
+    assert anchors.shape == (420, 2) and stride_tensor.shape == (420, 1)
+    assert torch.equal(anchors[20], torch.tensor([0.5, 1.5])) and stride_tensor[-1].item() == 32
+
+    distance = torch.rand(3, 420, 4, generator=gen) * 10
+    for xywh in (True, False):
+        assert torch.equal(dist2bbox(distance, anchors, xywh=xywh), ul_tal.dist2bbox(distance, anchors, xywh=xywh))
+    boxes = dist2bbox(distance, anchors, xywh=False)
+    assert torch.allclose(bbox2dist(anchors, boxes), distance, atol=1e-5)
+    assert torch.equal(bbox2dist(anchors, boxes, REG_MAX), ul_tal.bbox2dist(anchors, boxes, REG_MAX - 1))
+    assert torch.allclose(box_xyxy_to_cxcywh(boxes), dist2bbox(distance, anchors, xywh=True), atol=1e-5)
+    assert torch.allclose(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(boxes)), boxes, atol=1e-5)
+
+    other = boxes + torch.randn(boxes.shape, generator=gen) * 3
+    ciou = bbox_ciou(boxes, other)
+    assert ciou.shape == (3, 420)
+    assert torch.allclose(ciou, ul_bbox_iou(boxes, other, xywh=False, CIoU=True).squeeze(-1), rtol=1e-6, atol=1e-7)
+    assert torch.allclose(bbox_ciou(boxes, boxes), torch.ones(3, 420), atol=1e-5)

@@ -1,0 +1,105 @@
+"""Task-aligned assigner (TOOD, Feng et al. 2021) as trained with YOLOv8: which anchors learn which ground truth.
+
+Ground truths come as one flat list for the whole batch, gt i belonging to image gt_batch[i], instead of a padded
+[B, max_gt] tensor: every quantity is a [M, A] (ground truth x anchor) tensor, and per-anchor decisions over the
+ground truths of one image are scatter reductions into [B, A]. This needs neither the per-image maximum count (a host
+sync) nor padding, and has no loop over images or targets.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from utils.boxes import bbox_ciou, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+
+
+def _reduce_per_image(values: Tensor, gt_batch: Tensor, batch_size: int, reduce: str, initial: float) -> Tensor:
+    """Reduce [M, A] values over the ground truths of each image -> [B, A] (images without any get initial)."""
+    out = values.new_full((batch_size, values.shape[1]), initial)
+    index = gt_batch[:, None].expand_as(values)
+    return out.scatter_reduce_(0, index, values, reduce=reduce, include_self=True)
+
+
+class TaskAlignedAssigner(nn.Module):
+    """Assign ground truths to anchors by the alignment metric score^alpha * CIoU^beta.
+
+    An anchor is a candidate of a ground truth when its centre lies strictly inside the box (sides shorter than
+    min_box_side are first widened to it about the centre, so tiny objects still get anchors); each ground truth takes
+    its topk candidates by metric; an anchor claimed by several ground truths keeps the one it overlaps most. Target
+    scores are the one-hot class times the metric normalised so that each ground truth's best anchor gets its best IoU.
+    Same rule as Ultralytics 8.4's TaskAlignedAssigner (min_box_side = its stride_val = the second stride).
+    """
+
+    def __init__(self, topk: int = 10, num_classes: int = 1, alpha: float = 0.5, beta: float = 6.0,
+                 eps: float = 1e-9, min_box_side: float = 16.0):
+        """Store the hyper-parameters; min_box_side is in pixels (the units of the boxes given to forward)."""
+        super().__init__()
+        self.topk = topk
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.beta = beta
+        self.eps = eps
+        self.min_box_side = min_box_side
+
+    @torch.no_grad()
+    def forward(self, pd_scores: Tensor, pd_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
+                gt_bboxes: Tensor, gt_batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Assign targets to the anchors of a batch.
+
+        Args: pd_scores [B, A, C] class probabilities; pd_bboxes [B, A, 4] predicted xyxy boxes; anchor_points [A, 2]
+        (x, y); gt_labels [M] long class ids; gt_bboxes [M, 4] xyxy; gt_batch [M] long image index of each ground
+        truth. Boxes and anchor points in the same units (pixels).
+        Returns (target_bboxes [B, A, 4] xyxy (zeros on background), target_scores [B, A, C], fg_mask [B, A] bool,
+        target_gt_idx [B, A] long: index into the M ground truths, M on background).
+        """
+        batch_size, num_anchors, _ = pd_scores.shape
+        num_gt = gt_bboxes.shape[0]
+        gt_range = torch.arange(num_gt, device=gt_bboxes.device)
+
+        in_gt = self._anchors_in_boxes(anchor_points, gt_bboxes)  # [M, A]
+        overlaps = bbox_ciou(gt_bboxes[:, None, :], pd_bboxes[gt_batch]).clamp(min=0)  # [M, A]
+        overlaps = torch.where(in_gt, overlaps, 0.0)
+        class_scores = pd_scores[gt_batch, :, gt_labels]  # [M, A]: score of each anchor for the gt's class
+        align_metric = torch.where(in_gt, class_scores.pow(self.alpha) * overlaps.pow(self.beta), 0.0)
+
+        # Each ground truth keeps its topk anchors by metric, among those inside it.
+        topk = min(self.topk, num_anchors)
+        topk_index = align_metric.topk(topk, dim=-1).indices
+        in_topk = torch.zeros_like(in_gt).scatter_(-1, topk_index, True)
+        mask_pos = in_topk & in_gt  # [M, A]
+
+        # An anchor claimed by several ground truths goes to the first ground truth of its image it overlaps most
+        # (among all where it is a candidate, not only the claimants).
+        claims = _reduce_per_image(mask_pos.to(overlaps.dtype), gt_batch, batch_size, "sum", 0.0)  # [B, A]
+        best_overlap = _reduce_per_image(overlaps, gt_batch, batch_size, "amax", 0.0)
+        first_best = torch.where(overlaps == best_overlap[gt_batch], gt_range[:, None], num_gt)
+        best_gt = _reduce_per_image(first_best, gt_batch, batch_size, "amin", num_gt)  # [B, A]
+        is_best = best_gt[gt_batch] == gt_range[:, None]
+        mask_pos = torch.where(claims[gt_batch] > 1, is_best, mask_pos)
+
+        target_gt_idx = _reduce_per_image(torch.where(mask_pos, gt_range[:, None], num_gt), gt_batch, batch_size,
+                                          "amin", num_gt)  # [B, A], num_gt on background
+        fg_mask = target_gt_idx < num_gt
+
+        # Normalise: per ground truth, metric * (its best positive IoU) / (its best positive metric).
+        align_metric = align_metric * mask_pos
+        best_metric = align_metric.amax(dim=-1, keepdim=True)  # [M, 1]
+        best_iou = (overlaps * mask_pos).amax(dim=-1, keepdim=True)
+        norm_metric = align_metric * best_iou / (best_metric + self.eps)
+        anchor_weight = _reduce_per_image(norm_metric, gt_batch, batch_size, "amax", 0.0) * fg_mask  # [B, A]
+
+        padded_labels = torch.cat((gt_labels, gt_labels.new_zeros(1)))  # index num_gt = background
+        padded_boxes = torch.cat((gt_bboxes, gt_bboxes.new_zeros(1, 4)))
+        target_bboxes = padded_boxes[target_gt_idx]
+        target_scores = pd_scores.new_zeros(batch_size, num_anchors, self.num_classes)
+        target_scores.scatter_(-1, padded_labels[target_gt_idx].unsqueeze(-1), anchor_weight.unsqueeze(-1))
+        return target_bboxes, target_scores, fg_mask, target_gt_idx
+
+    def _anchors_in_boxes(self, anchor_points: Tensor, gt_bboxes: Tensor) -> Tensor:
+        """[M, A] bool: anchor point strictly inside the xyxy box, sides widened to at least min_box_side."""
+        cxcywh = box_xyxy_to_cxcywh(gt_bboxes)
+        side = cxcywh[:, 2:]
+        cxcywh = torch.cat((cxcywh[:, :2], torch.where(side < self.min_box_side, self.min_box_side, side)), -1)
+        x1, y1, x2, y2 = box_cxcywh_to_xyxy(cxcywh)[:, :, None].unbind(1)  # each [M, 1]
+        ax, ay = anchor_points.unbind(-1)  # each [A]
+        return (ax - x1 > self.eps) & (ay - y1 > self.eps) & (x2 - ax > self.eps) & (y2 - ay > self.eps)

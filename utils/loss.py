@@ -1,0 +1,108 @@
+"""YOLOv8 detection loss: task-aligned assignment, CIoU box loss, distribution focal loss (DFL), BCE classification.
+
+Numerically the loss of Ultralytics' v8DetectionLoss (tests/test_loss.py compares part by part, gradients included),
+computed without host syncs or loops over images: the box and DFL terms are summed over all anchors with the
+(zero on background) target-score weight instead of gathering the foreground with a boolean mask, and the targets
+stay one flat list (see utils/assigner.py) instead of a tensor padded to the per-image maximum count.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from utils.assigner import TaskAlignedAssigner
+from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, dist2bbox, make_anchors
+
+
+def distribution_focal_loss(pred_dist: Tensor, target: Tensor) -> Tensor:
+    """DFL (Li et al. 2020) of logits pred_dist [..., 4, reg_max] for distances target [..., 4] -> [...].
+
+    Cross-entropy towards the two bins around each target distance, weighted by proximity, averaged over 4 sides.
+    """
+    reg_max = pred_dist.shape[-1]
+    target = target.clamp(0, reg_max - 1 - 0.01)
+    left = target.long()
+    weight_left = left + 1 - target
+    log_prob = F.log_softmax(pred_dist, dim=-1)
+    log_prob_left = log_prob.gather(-1, left.unsqueeze(-1)).squeeze(-1)
+    log_prob_right = log_prob.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
+    return -(log_prob_left * weight_left + log_prob_right * (1 - weight_left)).mean(-1)
+
+
+def total_loss(parts: dict[str, Tensor], weight_dict: dict[str, float], batch_size: int) -> Tensor:
+    """Loss to back-propagate: sum of weight_dict[k] * parts[k], times batch_size (Ultralytics' scale)."""
+    return sum(weight * parts[name] for name, weight in weight_dict.items()) * batch_size
+
+
+class DetectionLoss:
+    """YOLOv8 loss for num_classes classes on feature levels of the given strides with reg_max DFL bins."""
+
+    def __init__(self, num_classes: int, strides: Sequence[float] = (8, 16, 32), reg_max: int = 16,
+                 tal_topk: int = 10, box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5):
+        """Build the assigner; the gains go to self.weight_dict (see total_loss)."""
+        self.num_classes = num_classes
+        self.strides = tuple(float(s) for s in strides)
+        self.reg_max = reg_max
+        self.weight_dict = {"box": box_gain, "cls": cls_gain, "dfl": dfl_gain}
+        min_box_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
+        self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=num_classes, alpha=0.5, beta=6.0,
+                                            min_box_side=min_box_side)
+
+    def __call__(self, preds: list[Tensor], targets: Tensor, input_shape: tuple[int, int]) -> dict[str, Tensor]:
+        """Unweighted loss parts {"box", "cls", "dfl"} (0-d float32 tensors), each normalised by the target-score sum.
+
+        preds: per level [B, 4 * reg_max + num_classes, H_i, W_i] raw head outputs (any float dtype; computed in
+        float32 with autocast off). targets: [M, 6] (batch_idx, cls, cx, cy, w, h) in input pixels, M may be 0.
+        input_shape: (h, w) of the network input, checked against the feature-map sizes.
+        """
+        self._check_shapes(preds, input_shape)
+        with torch.autocast(device_type=preds[0].device.type, enabled=False):
+            return self._loss([p.float() for p in preds], targets.float())
+
+    def _check_shapes(self, preds: list[Tensor], input_shape: tuple[int, int]) -> None:
+        """Raise ValueError unless preds has one map per stride, with channels and sizes that fit input_shape."""
+        channels = 4 * self.reg_max + self.num_classes
+        expected = [(math.ceil(input_shape[0] / s), math.ceil(input_shape[1] / s)) for s in self.strides]
+        found = [tuple(p.shape[-2:]) for p in preds]
+        if found != expected or any(p.shape[1] != channels for p in preds):
+            raise ValueError(f"DetectionLoss(num_classes={self.num_classes}, strides={self.strides}, "
+                             f"reg_max={self.reg_max}) expects maps of {channels} channels and sizes {expected} for "
+                             f"input {tuple(input_shape)}, got {[tuple(p.shape[1:]) for p in preds]}: check the "
+                             f"model's num_classes and the input shape passed to the loss.")
+
+    def _loss(self, preds: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        """Loss parts for float32 preds and targets (see __call__)."""
+        batch_size = preds[0].shape[0]
+        pred_dist, pred_logits = torch.cat([p.flatten(2) for p in preds], 2).split(
+            (4 * self.reg_max, self.num_classes), 1)
+        pred_dist = pred_dist.transpose(1, 2).reshape(batch_size, -1, 4, self.reg_max)  # [B, A, 4, reg_max]
+        pred_logits = pred_logits.transpose(1, 2)  # [B, A, C]
+        anchor_points, stride_tensor = make_anchors(preds, self.strides, 0.5)  # grid units, [A, 2], [A, 1]
+
+        bins = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
+        pred_ltrb = pred_dist.softmax(-1).matmul(bins)  # [B, A, 4] expected distance per side
+        pred_bboxes = dist2bbox(pred_ltrb, anchor_points, xywh=False)  # [B, A, 4] xyxy, grid units
+
+        target_bboxes, target_scores, _, _ = self.assigner(
+            pred_logits.detach().sigmoid(),
+            pred_bboxes.detach() * stride_tensor,
+            anchor_points * stride_tensor,
+            targets[:, 1].long(),
+            box_cxcywh_to_xyxy(targets[:, 2:6]),
+            targets[:, 0].long(),
+        )
+        target_scores_sum = target_scores.sum().clamp(min=1)
+
+        cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
+
+        # Zero on background, so the sums below run over the foreground without selecting it.
+        anchor_weight = target_scores.sum(-1)  # [B, A]
+        target_bboxes = target_bboxes / stride_tensor
+        box = ((1 - bbox_ciou(pred_bboxes, target_bboxes)) * anchor_weight).sum() / target_scores_sum
+        target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
+        dfl = (distribution_focal_loss(pred_dist, target_ltrb) * anchor_weight).sum() / target_scores_sum
+        return {"box": box, "cls": cls, "dfl": dfl}
