@@ -1,0 +1,286 @@
+"""Generated FRED (datasets/synthetic.py): layout and names of FORMAT.md, counts, determinism, exact boxes."""
+import hashlib
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets import synthetic
+from datasets.synthetic import (DRONE_MODELS, EVENT_PALETTE, MANIFEST_NAME, default_ids, generate_fred, main,
+                                plan_sequence, render_sequence)
+
+SIZE = (96, 160)     # (height, width)
+FRAMES = 24
+IDS = [3, 8, 12, 40]  # canonical: 8 and 12 are test (val) ids, 3 and 40 train
+RGB_NAME = re.compile(r"^Video_(\d+)_(\d\d)_(\d\d)_(\d\d)\.(\d{6})\.jpg$")
+EVENT_NAME = re.compile(r"^Video_(\d+)_(frame_)?(\d+)\.png$")
+COORD_LINE = re.compile(r"^(\d+\.\d+): (\d+\.0), (\d+\.0), (\d+\.0), (\d+\.0), (\d+), (.+)$")
+
+
+def natural_key(name: str) -> list:
+    """Sort key with the numeric parts of a name as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def tree_digest(root: Path, pattern: str = "**/*") -> dict[str, str]:
+    """sha1 of every file under root matching pattern, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.glob(pattern)) if p.is_file()}
+
+
+def read_boxes(label: Path, size: tuple[int, int]) -> np.ndarray:
+    """Pixel boxes x1, y1, x2, y2 [N, 4] of a YOLO label file."""
+    h, w = size
+    rows = [list(map(float, line.split())) for line in label.read_text().splitlines() if line.strip()]
+    out = np.zeros((len(rows), 4))
+    for i, (cls, cx, cy, bw, bh) in enumerate(rows):
+        assert cls == 0
+        out[i] = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fred")
+    manifest = generate_fred(str(root), len(IDS), FRAMES, seed=0, size=SIZE, ids=IDS)
+    return root, manifest
+
+
+def test_layout_and_names(tree):
+    root, manifest = tree
+    assert manifest["ids"] == IDS and sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(map(str, IDS))
+    namings = set()
+    for sid in IDS:
+        seq = root / str(sid)
+        for d in ("RGB", "PADDED_RGB", "RGB_YOLO", "Event/Frames", "Event_YOLO", "Removed_frames"):
+            assert (seq / d).is_dir(), d
+        rgb = sorted(p.name for p in (seq / "RGB").iterdir())
+        assert rgb == sorted(p.name for p in (seq / "PADDED_RGB").iterdir())
+        assert len(rgb) == FRAMES
+        for name in rgb:
+            m = RGB_NAME.match(name)
+            assert m and int(m.group(1)) == sid, name
+        removed = sorted(p.name for p in (seq / "Removed_frames").iterdir())
+        assert removed and all(RGB_NAME.match(n) for n in removed) and not set(removed) & set(rgb)
+        events = [p.name for p in (seq / "Event/Frames").iterdir()]
+        for name in events:
+            m = EVENT_NAME.match(name)
+            assert m and int(m.group(1)) == sid, name
+            namings.add(bool(m.group(2)))
+        stems_rgb, stems_ev = {n[:-4] for n in rgb}, {n[:-4] for n in events}
+        assert {p.stem for p in (seq / "RGB_YOLO").iterdir()} <= stems_rgb
+        assert {p.stem for p in (seq / "Event_YOLO").iterdir()} <= stems_ev
+        img = cv2.imread(str(seq / "PADDED_RGB" / rgb[0]), cv2.IMREAD_UNCHANGED)
+        ev = cv2.imread(str(seq / "Event/Frames" / events[0]), cv2.IMREAD_UNCHANGED)
+        raw = cv2.imread(str(seq / "RGB" / rgb[0]), cv2.IMREAD_UNCHANGED)
+        assert img.shape == ev.shape == raw.shape == (*SIZE, 3) and ev.dtype == np.uint8
+    assert namings == {True, False}, "both event namings (microseconds and frame_<n>) must occur"
+
+
+def test_event_frames_outnumber_rgb_and_natural_order(tree):
+    root, manifest = tree
+    for sid in IDS:
+        seq = root / str(sid)
+        events = [p.name for p in (seq / "Event/Frames").iterdir()]
+        n_rgb = len(list((seq / "PADDED_RGB").iterdir()))
+        assert len(events) > n_rgb + len(list((seq / "Removed_frames").iterdir()))
+        natural = sorted(events, key=natural_key)
+        if manifest["sequences"][str(sid)]["event_naming"] == "microseconds":
+            assert natural != sorted(events), "names must need natural sorting"
+        stamps = [int(EVENT_NAME.match(n).group(3)) % 100_000_000 for n in natural]
+        assert stamps == [k * 1_000_000 // 30 for k in range(1, len(events) + 1)]
+        rgb_us = []
+        for n in [p.name for d in ("RGB", "Removed_frames") for p in (seq / d).iterdir()]:
+            _, hh, mm, ss, us = RGB_NAME.match(n).groups()
+            rgb_us.append(((int(hh) * 60 + int(mm)) * 60 + int(ss)) * 1_000_000 + int(us))
+        steps = np.diff(sorted(rgb_us))
+        assert steps.min() >= 33_333 and steps.max() <= 33_334
+
+
+def test_coordinates_file(tree):
+    root, manifest = tree
+    names = {m.name for m in DRONE_MODELS}
+    two_at_once = False
+    for sid in IDS:
+        lines = (root / str(sid) / "coordinates.txt").read_text().splitlines()
+        assert lines
+        times = []
+        for line in lines:
+            m = COORD_LINE.match(line)
+            assert m, line
+            x1, y1, x2, y2 = map(float, m.group(2, 3, 4, 5))
+            assert 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
+            assert m.group(7) in names and int(m.group(6)) >= 1
+            times.append(m.group(1))
+        two_at_once |= len(times) > len(set(times))
+        assert set(manifest["sequences"][str(sid)]["drones"]) <= names
+    assert two_at_once, "one sequence must have two drones at one time"
+
+
+def test_manifest_counts_match_disk(tree):
+    root, manifest = tree
+    totals = {m: dict.fromkeys(("images", "annotated", "empty", "boxes", "unlabeled"), 0) for m in ("rgb", "event")}
+    for sid in IDS:
+        seq = root / str(sid)
+        for modality, images, labels in (("rgb", "PADDED_RGB", "RGB_YOLO"), ("event", "Event/Frames", "Event_YOLO")):
+            stems = {p.stem for p in (seq / images).iterdir()}
+            files = list((seq / labels).iterdir())
+            counts = {"images": len(stems), "annotated": len(files),
+                      "empty": sum(1 for f in files if not f.read_text().strip()),
+                      "boxes": sum(len(f.read_text().splitlines()) for f in files),
+                      "unlabeled": len(stems - {f.stem for f in files})}
+            assert manifest["sequences"][str(sid)][modality] == counts, (sid, modality)
+            assert counts["unlabeled"] >= 1, "every sequence has frames without a label file"
+            for key in counts:
+                totals[modality][key] += counts[key]
+        assert len(list((seq / "Removed_frames").iterdir())) == manifest["sequences"][str(sid)]["removed"]
+    assert manifest["totals"] == totals
+    assert totals["rgb"]["empty"] > 0 and totals["event"]["empty"] > 0
+    assert totals["rgb"]["boxes"] > totals["rgb"]["annotated"] / 2 and totals["event"]["boxes"] > 0
+    on_disk = synthetic.json.loads((root / MANIFEST_NAME).read_text())
+    assert on_disk == manifest
+
+
+def test_deterministic_for_a_seed(tree, tmp_path):
+    root, _ = tree
+    again = tmp_path / "again"
+    other = tmp_path / "other"
+    generate_fred(str(again), len(IDS), FRAMES, seed=0, size=SIZE, ids=IDS)
+    generate_fred(str(other), len(IDS), FRAMES, seed=1, size=SIZE, ids=IDS)
+    first = tree_digest(root)
+    assert first == tree_digest(again)
+    labels = "*/*_YOLO/*.txt"
+    assert tree_digest(root, labels) != tree_digest(other, labels)
+    assert tree_digest(root, "*/PADDED_RGB/*") != tree_digest(other, "*/PADDED_RGB/*")
+
+
+def _rendered(manifest: dict, sid: int):
+    plan = plan_sequence(sid, manifest["ids"].index(sid), manifest["frames"], manifest["seed"], tuple(manifest["size"]))
+    return plan, list(render_sequence(plan))
+
+
+def test_rgb_boxes_tightly_cover_drone_pixels(tree):
+    root, manifest = tree
+    checked = 0
+    for sid in IDS:
+        plan, steps = _rendered(manifest, sid)
+        seq = root / str(sid)
+        for r in steps:
+            if r.rgb is None or (r.step - 1) in plan.removed:
+                continue
+            name = plan.rgb_name(r.step - 1)
+            disk = cv2.imread(str(seq / "PADDED_RGB" / name))
+            assert cv2.PSNR(disk, r.rgb) > 25, "the rendered frame is the written frame (up to JPEG)"
+            x0, y0, cw, ch = plan.content
+            outside = np.ones(SIZE, bool)
+            outside[y0:y0 + ch, x0:x0 + cw] = False
+            assert disk[outside].mean() < 4, "padding around the RGB field of view is black"
+            label = seq / "RGB_YOLO" / (name[:-4] + ".txt")
+            if not label.exists():
+                continue
+            boxes = read_boxes(label, SIZE)
+            masks = [m for m in r.rgb_masks if m.mask.any()]
+            assert len(boxes) == len(masks)
+            for m in masks:
+                ys, xs = np.nonzero(m.full(SIZE))
+                tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                assert np.abs(boxes - tight).max(1).min() < 1e-6, (name, boxes, tight)
+                assert x0 <= tight[0] and tight[2] <= x0 + cw and y0 <= tight[1] and tight[3] <= y0 + ch
+                checked += 1
+    assert checked > 20
+
+
+EVENT_BACKGROUND_BGR = EVENT_PALETTE[0][::-1]
+
+
+def test_event_boxes_hold_the_drone_events(tree):
+    root, manifest = tree
+    n_boxes = with_events = 0
+    inside = outside = inside_px = outside_px = 0
+    seen = set()
+    for sid in IDS:
+        plan, steps = _rendered(manifest, sid)
+        seq = root / str(sid)
+        for before, r in zip(steps, steps[1:]):
+            name = plan.event_name(r.step)
+            ev = cv2.imread(str(seq / "Event/Frames" / name))
+            assert np.array_equal(ev, r.event), "the rendered frame is the written frame"
+            seen |= {tuple(int(v) for v in c[::-1]) for c in np.unique(ev.reshape(-1, 3), axis=0)}
+            label = seq / "Event_YOLO" / (name[:-4] + ".txt")
+            if not label.exists():
+                continue
+            boxes = read_boxes(label, SIZE)
+            assert np.abs(boxes - boxes.round()).max(initial=0) < 1e-6
+            active = np.any(ev != EVENT_BACKGROUND_BGR, axis=2)
+            in_box = np.zeros(SIZE, bool)
+            for x1, y1, x2, y2 in boxes.round().astype(int):
+                in_box[y1:y2, x1:x2] = True
+                n_boxes += 1
+                with_events += bool(active[y1:y2, x1:x2].any())
+            drones = [m for m in before.drone_masks + r.drone_masks if m.mask.any()]
+            for m in drones:   # every drone pixel at either end of the 33 ms window lies in a box
+                assert in_box[m.full(SIZE)].all(), name
+            assert len(boxes) == len({i for i, (a, b) in enumerate(zip(before.drone_masks, r.drone_masks))
+                                      if a.mask.any() or b.mask.any()})
+            inside += active[in_box].sum()
+            inside_px += in_box.sum()
+            outside += active[~in_box].sum()
+            outside_px += (~in_box).sum()
+    assert seen == set(EVENT_PALETTE), "event frames use exactly FRED's three colours"
+    assert n_boxes > 20 and with_events == n_boxes, f"{n_boxes - with_events} of {n_boxes} event boxes hold no event"
+    assert inside / inside_px > 10 * outside / outside_px, "events concentrate on the drones"
+
+
+def test_full_size_drones_are_small_and_rgb_is_harder():
+    plan = plan_sequence(3, 0, 8, 0, (720, 1280))
+    widths, rgb_contrast, event_density = [], [], []
+    for r in render_sequence(plan):
+        widths += [b[2] - b[0] for _, b in r.coord_boxes]
+        if r.step and r.event_boxes:
+            x1, y1, x2, y2 = r.event_boxes[0]
+            active = np.any(r.event[y1:y2, x1:x2] != EVENT_BACKGROUND_BGR, axis=2)
+            event_density.append(active.mean())
+        if r.rgb is not None and r.rgb_boxes:
+            x1, y1, x2, y2 = r.rgb_boxes[0]
+            patch = cv2.cvtColor(r.rgb[max(0, y1 - 6):y2 + 6, max(0, x1 - 6):x2 + 6], cv2.COLOR_BGR2GRAY) / 255.0
+            rgb_contrast.append(float(patch.max() - patch.min()))
+    assert widths and 8 <= min(widths) and max(widths) <= 64
+    assert np.mean(event_density) > 0.1
+    assert np.mean(rgb_contrast) < 0.8
+
+
+def test_default_ids_give_train_and_val():
+    train = {int(t.strip("/")) for t in (synthetic.SPLIT_DIR / "train_split.txt").read_text().split()}
+    test = {int(t.strip("/")) for t in (synthetic.SPLIT_DIR / "test_split.txt").read_text().split()}
+    for n in (2, 4, 6, 10, 23, 40):
+        ids = default_ids(n)
+        assert len(set(ids)) == n and set(ids) <= train | test
+        val = len(set(ids) & test)
+        assert val >= 1 and n - val >= 1
+        if n >= 4:
+            assert 0.15 <= val / n <= 0.34
+    with pytest.raises(ValueError):
+        default_ids(232)
+
+
+def test_cli_and_rewrite(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--sequences", "2", "--frames", "6", "--width", "128", "--height", "64",
+                 "--workers", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "wrote 2 sequences" in line and "\n" not in line
+    manifest = synthetic.json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["size"] == [64, 128] and len(manifest["ids"]) == 2
+    # a second run over our own tree replaces it: no stale frames or sequences left behind
+    main(["--out", str(out), "--ids", "5,8", "--frames", "4", "--width", "128", "--height", "64", "--workers", "2"])
+    manifest = synthetic.json.loads((out / MANIFEST_NAME).read_text())
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["5", "8"]
+    assert len(list((out / "5" / "PADDED_RGB").iterdir())) == manifest["sequences"]["5"]["rgb"]["images"] == 4
+    foreign = tmp_path / "foreign"
+    (foreign / "7").mkdir(parents=True)
+    with pytest.raises(FileExistsError):
+        generate_fred(str(foreign), 1, 4, size=(64, 128), ids=[7])
+    with pytest.raises(ValueError):
+        generate_fred(str(tmp_path / "bad"), 2, 4, size=(64, 128), ids=[7])
