@@ -1,0 +1,209 @@
+"""FredDataset: letterboxed uint8 samples with boxes in input pixels, augmented for training; and collate_fred.
+
+Training sample: with probability mosaic_prob (mosaic on and special augmentation on) a 4-image mosaic cropped back
+to input_shape by a random affine (scale 1 +/- scale, translate +/- translate, rotate +/- degrees), otherwise one
+image letterboxed and warped by the same kind of affine in a single warp; then Mixup with another sample
+(probability mixup_prob, special augmentation on), HSV jitter, horizontal flip. Boxes move with the pixels; boxes
+cropped below min_box_size pixels, below 10% of their area or beyond aspect 20 are dropped.
+Validation sample (train=False): letterbox only.
+Images stay BGR (as cv2.imread gives them) through all steps and become RGB once, in the final CHW copy.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.augment import apply_affine, augment_hsv, flip_horizontal, random_affine_matrix, scale_translate_matrix
+from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
+
+if TYPE_CHECKING:
+    from datasets.fred_index import Frame
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_BAD_IMAGES = 100  # this many unreadable images in a row is a data problem, not a bad frame
+
+
+class FredDataset(Dataset):
+    """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
+
+    def __init__(self, frames: list[Frame], input_shape: tuple[int, int], train: bool, mosaic: bool = True,
+                 mosaic_prob: float = 0.5, mixup: bool = False, mixup_prob: float = 0.0,
+                 hsv: tuple = (0.015, 0.7, 0.4), flip_lr: float = 0.5, degrees: float = 0.0,
+                 translate: float = 0.1, scale: float = 0.5, min_box_size: float = 2.0,
+                 bad_image_log: str | None = None, seed: int = 0):
+        """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised)."""
+        if len(frames) == 0:
+            raise ValueError("FredDataset got no frames: check the data root, modality and split")
+        self.frames = frames
+        self.input_shape = (int(input_shape[0]), int(input_shape[1]))
+        self.train = train
+        self.mosaic = mosaic
+        self.mosaic_prob = mosaic_prob
+        self.mixup = mixup
+        self.mixup_prob = mixup_prob
+        self.hsv = tuple(float(g) for g in hsv)
+        self.flip_lr = flip_lr
+        self.degrees = degrees
+        self.translate = translate
+        self.scale = scale
+        self.min_box_size = min_box_size
+        self.bad_image_log = bad_image_log
+        self.seed = seed
+        # [epoch, special_aug] in shared memory: DataLoader workers (persistent ones too) hold copies of this
+        # object, and set_epoch() in the main process must reach them.
+        self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
+        self._reported_bad: set[str] = set()
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self.frames)
+
+    def set_epoch(self, epoch: int, special_aug: bool) -> None:
+        """special_aug False turns mosaic/mixup off. Call before iterating the DataLoader for that epoch."""
+        self._state[0] = int(epoch)
+        self._state[1] = int(bool(special_aug))
+
+    @property
+    def special_aug(self) -> bool:
+        """Whether mosaic and mixup are currently allowed (shared with DataLoader workers)."""
+        return bool(self._state[1])
+
+    def _generator(self) -> np.random.Generator:
+        """This process's random generator, seeded from (seed, torch.initial_seed(), epoch).
+
+        In a DataLoader worker torch.initial_seed() is the worker's own seed (base seed + worker id); the generator
+        is re-seeded when that seed or the epoch changes, so epochs differ and a resumed run repeats them.
+        """
+        key = (torch.initial_seed(), int(self._state[0]))
+        if self._rng is None or key != self._rng_key:
+            self._rng = np.random.default_rng([abs(int(self.seed)), key[0], key[1]])
+            self._rng_key = key
+        return self._rng
+
+    def _report_bad(self, path: str, reason: str) -> None:
+        """Warn about an unreadable image once per process and append 'path<TAB>reason' to bad_image_log."""
+        if path in self._reported_bad:
+            return
+        self._reported_bad.add(path)
+        logger.warning("unreadable image %s (%s): replaced by another sample", path, reason)
+        if self.bad_image_log:
+            try:
+                with open(self.bad_image_log, "a", encoding="utf-8") as f:
+                    f.write(f"{path}\t{reason}\n")
+            except OSError as e:
+                logger.warning("cannot write bad image log %s: %s", self.bad_image_log, e)
+
+    def _read(self, i: int) -> tuple[np.ndarray, int]:
+        """BGR uint8 image of frame i, or of the next readable frame after it; returns (image, index used)."""
+        n = len(self.frames)
+        limit = min(MAX_CONSECUTIVE_BAD_IMAGES, n)
+        path = ""
+        for k in range(limit):
+            j = (int(i) + k) % n
+            path = str(self.frames[j].image)
+            try:
+                img = cv2.imread(path, cv2.IMREAD_COLOR)
+                reason = "cv2.imread returned None: missing, unreadable or not an image"
+            except Exception as e:  # a decoder error on one frame must not end a long run
+                img, reason = None, f"{type(e).__name__}: {e}"
+            if img is not None and img.size > 0:
+                return img, j
+            self._report_bad(path, reason)
+        raise RuntimeError(f"{limit} images in a row could not be read, the last one {path}; "
+                           f"check the data (python train_fred.py --check_data) and the bad image log")
+
+    def _labels(self, j: int) -> np.ndarray:
+        """Frame j's boxes as float [N, 5] cls, cx, cy, w, h normalised."""
+        return np.asarray(self.frames[j].boxes, dtype=np.float64).reshape(-1, 5)
+
+    def _train_sample(self, i: int, rng: np.random.Generator, special: bool
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[int, tuple[int, int], float, tuple[float, float]]]:
+        """One augmented BGR image of input_shape with [N, 5] cls, xyxy boxes (before mixup, HSV and flip).
+
+        Also returns (index, orig_shape, ratio, pad) of the first image used, letterbox values for that image.
+        """
+        h, w = self.input_shape
+        img, j = self._read(i)
+        ratio, (nw, nh), pad = letterbox_params(img.shape[:2], self.input_shape)
+        meta = (j, (int(img.shape[0]), int(img.shape[1])), float(ratio), (float(pad[0]), float(pad[1])))
+        if special and self.mosaic and rng.random() < self.mosaic_prob:
+            images, labels = [img], [self._labels(j)]
+            for k in rng.integers(0, len(self.frames), 3):
+                im, kk = self._read(int(k))
+                images.append(im)
+                labels.append(self._labels(kk))
+            src, boxes, uncropped = mosaic4(images, labels, self.input_shape, rng)
+            matrix = random_affine_matrix(rng, (float(w), float(h)), self.input_shape,
+                                          self.degrees, self.translate, self.scale)
+        else:
+            src = img
+            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
+            uncropped = boxes[:, 1:]
+            # the letterbox of utils/letterbox.py, with cv2.resize's per-axis scale, so that pixels match validation's
+            letterbox_map = scale_translate_matrix(nw / img.shape[1], nh / img.shape[0], pad)
+            matrix = random_affine_matrix(rng, (w / 2, h / 2), self.input_shape,
+                                          self.degrees, self.translate, self.scale) @ letterbox_map
+        out, boxes = apply_affine(src, matrix, self.input_shape, boxes, uncropped, self.min_box_size)
+        return out, boxes, meta
+
+    def __getitem__(self, i: int) -> dict:
+        """Sample i (or the next readable frame when its image cannot be read).
+
+        Returns {"image": uint8 [3, H, W] RGB, "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
+        "index": frame index used, "orig_shape": (h, w), "ratio": float, "pad": (pad_w, pad_h)}; orig_shape, ratio
+        and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
+        """
+        if not self.train:
+            img, j = self._read(i)
+            img_lb, ratio, pad = letterbox(img, self.input_shape)
+            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
+            boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
+            return _item(img_lb, boxes, j, img.shape[:2], ratio, pad)
+        rng = self._generator()
+        special = self.special_aug
+        img, boxes, (j, orig_shape, ratio, pad) = self._train_sample(i, rng, special)
+        if special and self.mixup and rng.random() < self.mixup_prob:
+            img2, boxes2, _ = self._train_sample(int(rng.integers(0, len(self.frames))), rng, special)
+            img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
+        img = augment_hsv(img, self.hsv, rng)
+        if self.flip_lr and rng.random() < self.flip_lr:
+            img, boxes = flip_horizontal(img, boxes)
+        return _item(img, boxes, j, orig_shape, ratio, pad)
+
+
+def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
+          pad: tuple[float, float]) -> dict:
+    """Build the item dict: BGR HWC -> RGB CHW uint8 tensor (one copy), boxes cls, xyxy -> cls, cx, cy, w, h."""
+    image = torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1)))
+    b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 5)
+    out = np.empty_like(b)
+    out[:, 0] = b[:, 0]
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
+    out[:, 2] = (b[:, 2] + b[:, 4]) / 2
+    out[:, 3] = b[:, 3] - b[:, 1]
+    out[:, 4] = b[:, 4] - b[:, 2]
+    return {"image": image, "boxes": torch.from_numpy(out), "index": int(index),
+            "orig_shape": (int(orig_shape[0]), int(orig_shape[1])), "ratio": float(ratio),
+            "pad": (float(pad[0]), float(pad[1]))}
+
+
+def collate_fred(batch: list[dict]) -> dict:
+    """Stack items: images uint8 [B, 3, H, W]; targets float32 [M, 6] batch_idx, cls, cx, cy, w, h (input pixels);
+    index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]."""
+    targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
+               for b, item in enumerate(batch)]
+    return {"images": torch.stack([item["image"] for item in batch]),
+            "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
+            "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
+            "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),
+            "ratios": torch.tensor([item["ratio"] for item in batch], dtype=torch.float32),
+            "pads": torch.tensor([item["pad"] for item in batch], dtype=torch.float32)}

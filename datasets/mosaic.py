@@ -1,0 +1,66 @@
+"""Mosaic (four images around a random centre on a 2H x 2W canvas) and Mixup (blend of two samples).
+
+Boxes are numpy [N, 5] float: cls, x1, y1, x2, y2 in pixels (continuous coordinates) unless said otherwise.
+The mosaic canvas is then cropped back to the input size by a random affine (datasets/augment.py), as in
+Ultralytics' Mosaic followed by RandomPerspective.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from datasets.augment import PAD_VALUE
+from utils.letterbox import letterbox_params
+
+
+def boxes_cxcywh_norm_to_xyxy(labels: np.ndarray, width: float, height: float) -> np.ndarray:
+    """[N, 5] cls, cx, cy, w, h normalised -> [N, 5] cls, x1, y1, x2, y2 in pixels of a width x height image."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
+    out = np.empty_like(labels)
+    out[:, 0] = labels[:, 0]
+    out[:, 1] = (labels[:, 1] - labels[:, 3] / 2) * width
+    out[:, 2] = (labels[:, 2] - labels[:, 4] / 2) * height
+    out[:, 3] = (labels[:, 1] + labels[:, 3] / 2) * width
+    out[:, 4] = (labels[:, 2] + labels[:, 4] / 2) * height
+    return out
+
+
+def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple[int, int],
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place 4 images (top-left, top-right, bottom-left, bottom-right) around a random centre of a 2H x 2W canvas.
+
+    images: 4 uint8 [h, w, 3]; labels: 4 [N, 5] cls, cx, cy, w, h normalised to their image; out_shape (H, W).
+    Each image is resized (cv2.INTER_LINEAR, aspect kept) to fit H x W; the centre is uniform in
+    [H/2, 3H/2] x [W/2, 3W/2]. Returns (canvas uint8 [2H, 2W, 3], boxes [N, 5] cls, xyxy of the part each object
+    shows on the canvas, boxes_uncropped [N, 4] xyxy of the whole object in canvas pixels).
+    """
+    h, w = out_shape
+    yc = int(rng.uniform(h / 2, 3 * h / 2))
+    xc = int(rng.uniform(w / 2, 3 * w / 2))
+    canvas = np.full((2 * h, 2 * w, 3), PAD_VALUE, dtype=np.uint8)
+    visible, whole = [], []
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        _, (nw, nh), _ = letterbox_params(img.shape[:2], out_shape)
+        if (nw, nh) != (img.shape[1], img.shape[0]):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        ox = xc - nw if k in (0, 2) else xc  # canvas position of the image's top-left corner
+        oy = yc - nh if k in (0, 1) else yc
+        x1, y1 = max(ox, 0), max(oy, 0)  # canvas area the image covers
+        x2, y2 = min(ox + nw, 2 * w), min(oy + nh, 2 * h)
+        canvas[y1:y2, x1:x2] = img[y1 - oy:y2 - oy, x1 - ox:x2 - ox]
+        boxes = boxes_cxcywh_norm_to_xyxy(lab, nw, nh)
+        boxes[:, 1::2] += ox
+        boxes[:, 2::2] += oy
+        whole.append(boxes[:, 1:].copy())
+        np.clip(boxes[:, 1::2], x1, x2, out=boxes[:, 1::2])
+        np.clip(boxes[:, 2::2], y1, y2, out=boxes[:, 2::2])
+        visible.append(boxes)
+    return canvas, np.concatenate(visible), np.concatenate(whole)
+
+
+def mixup_images(img1: np.ndarray, boxes1: np.ndarray, img2: np.ndarray, boxes2: np.ndarray, rng: np.random.Generator,
+          alpha: float = 32.0) -> tuple[np.ndarray, np.ndarray]:
+    """Blend two same-size uint8 images with a Beta(alpha, alpha) weight and keep the boxes of both ([N, 5] each)."""
+    lam = float(rng.beta(alpha, alpha))
+    img = cv2.addWeighted(img1, lam, img2, 1.0 - lam, 0.0)
+    return img, np.concatenate([boxes1, boxes2]).astype(np.float32, copy=False)

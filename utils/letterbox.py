@@ -1,0 +1,77 @@
+"""The one letterbox of the project: resize keeping the aspect ratio, pad centred with grey.
+
+Used by the training samples (datasets/fred_dataset.py), the evaluator and eval_fred.py, so that a box maps
+between original-image pixels and network-input pixels the same way everywhere.
+Box coordinates are continuous pixel coordinates: pixel (i, j) covers [j, j+1) x [i, i+1).
+Forward map: x_input = x_orig * ratio + pad_w, y_input = y_orig * ratio + pad_h; the inverse is its exact inverse.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+BoxArray = torch.Tensor | np.ndarray
+
+
+def letterbox_params(shape: tuple[int, int], new_shape: tuple[int, int]
+                     ) -> tuple[float, tuple[int, int], tuple[int, int]]:
+    """For an image of shape (h, w): (ratio, resized (w, h), top-left offset (pad_w, pad_h)) that letterbox() uses."""
+    h0, w0 = int(shape[0]), int(shape[1])
+    h, w = int(new_shape[0]), int(new_shape[1])
+    ratio = min(h / h0, w / w0)
+    nw = min(w, max(1, round(w0 * ratio)))
+    nh = min(h, max(1, round(h0 * ratio)))
+    return ratio, (nw, nh), ((w - nw) // 2, (h - nh) // 2)
+
+
+def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114
+              ) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping aspect ratio and pad to new_shape (h, w), centred. Returns (image, ratio, (pad_w, pad_h)).
+
+    img: uint8 [h0, w0, C] (or [h0, w0]); upscaling is allowed; cv2.INTER_LINEAR; padding value `color`.
+    (pad_w, pad_h) is the exact top-left offset at which the resized image was placed (whole pixels, as floats).
+    When img already has the new shape it is returned as is (not copied).
+    """
+    h, w = int(new_shape[0]), int(new_shape[1])
+    ratio, (nw, nh), (left, top) = letterbox_params(img.shape[:2], (h, w))
+    if (nw, nh) != (img.shape[1], img.shape[0]):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if (nw, nh) != (w, h):
+        value = (color,) * (img.shape[2] if img.ndim == 3 else 1)
+        img = cv2.copyMakeBorder(img, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=value)
+    return img, ratio, (float(left), float(top))
+
+
+def _float_copy(boxes: BoxArray) -> BoxArray:
+    """A floating-point copy of boxes (float64 for numpy integers, float32 for torch integers)."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes.clone() if boxes.is_floating_point() else boxes.float()
+    boxes = np.asarray(boxes)
+    return boxes.astype(boxes.dtype if np.issubdtype(boxes.dtype, np.floating) else np.float64, copy=True)
+
+
+def boxes_xyxy_original_to_letterbox(boxes: BoxArray, ratio: float, pad: tuple[float, float]) -> BoxArray:
+    """Map [..., 4] xyxy boxes from original-image pixels to letterboxed-input pixels (same type as the input)."""
+    out = _float_copy(boxes)
+    out *= ratio
+    out[..., 0::2] += pad[0]
+    out[..., 1::2] += pad[1]
+    return out
+
+
+def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float, pad: tuple[float, float],
+                                     orig_shape: tuple[int, int]) -> BoxArray:
+    """Map [..., 4] xyxy boxes from letterboxed-input pixels to original-image pixels, clipped to orig_shape (h, w)."""
+    out = _float_copy(boxes)
+    out[..., 0::2] -= pad[0]
+    out[..., 1::2] -= pad[1]
+    out /= ratio
+    h0, w0 = float(orig_shape[0]), float(orig_shape[1])
+    if isinstance(out, torch.Tensor):
+        out[..., 0::2] = out[..., 0::2].clamp(0.0, w0)
+        out[..., 1::2] = out[..., 1::2].clamp(0.0, h0)
+    else:
+        np.clip(out[..., 0::2], 0.0, w0, out=out[..., 0::2])
+        np.clip(out[..., 1::2], 0.0, h0, out=out[..., 1::2])
+    return out
