@@ -1,0 +1,102 @@
+"""Ultralytics YOLOv8 detection weights -> our layout (nets/yolov8.py), and a CLI to write our checkpoint format.
+
+Usage: python -m nets.convert IN OUT
+  IN:  an Ultralytics checkpoint (.pt, a pickled model: needs `pip install ultralytics` at conversion time only;
+       unpickling runs code, so convert only files you trust) or a saved Ultralytics state dict.
+  OUT: our checkpoint {"model": state_dict, "phi": str, "num_classes": int, "in_channels": int},
+       loadable with nets.load_weights.
+"""
+import argparse
+import pickle
+import sys
+from collections.abc import Mapping
+
+import torch
+
+from nets.weights import checkpoint_info, is_ultralytics_state_dict
+from nets.yolov8 import build_model
+
+# Ultralytics yolov8.yaml layer index -> our module path (10, 11, 13, 14, 17, 20 are parameter-free).
+_LAYER_TO_MODULE = {
+    0: "backbone.stem",
+    1: "backbone.dark2.0", 2: "backbone.dark2.1",
+    3: "backbone.dark3.0", 4: "backbone.dark3.1",
+    5: "backbone.dark4.0", 6: "backbone.dark4.1",
+    7: "backbone.dark5.0", 8: "backbone.dark5.1", 9: "backbone.dark5.2",
+    12: "neck.top_down_p4", 15: "neck.top_down_p3", 16: "neck.down_p3",
+    18: "neck.bottom_up_p4", 19: "neck.down_p4", 21: "neck.bottom_up_p5",
+    22: "head",
+}
+_HEAD_BRANCH = {"cv2": "box", "cv3": "cls", "dfl": "dfl"}
+
+
+def _map_key(key: str) -> str:
+    """One Ultralytics key ('model.22.cv2.0.0.conv.weight') -> ours ('head.box.0.0.conv.weight')."""
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit() or int(parts[1]) not in _LAYER_TO_MODULE:
+        raise ValueError(f"key {key!r} is not part of an Ultralytics YOLOv8 detection model")
+    layer, rest = int(parts[1]), parts[2:]
+    if layer == 22:
+        if rest[0] not in _HEAD_BRANCH:
+            raise ValueError(f"key {key!r}: head branch {rest[0]!r} is not in a YOLOv8 Detect head "
+                             "(end-to-end or YOLO11/26 heads are not supported)")
+        rest = [_HEAD_BRANCH[rest[0]], *rest[1:]]
+    return ".".join([_LAYER_TO_MODULE[layer], *rest])
+
+
+def from_ultralytics(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an Ultralytics YOLOv8 detection state dict (model.0.conv.weight, ...) to our keys, as float32."""
+    return {_map_key(k): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def _ultralytics_state_dict(obj: object) -> Mapping[str, torch.Tensor]:
+    """The state dict inside a loaded Ultralytics checkpoint, model or state dict (EMA weights preferred)."""
+    if isinstance(obj, torch.nn.Module):
+        return obj.float().state_dict()
+    if isinstance(obj, Mapping):
+        if is_ultralytics_state_dict(obj):
+            return obj
+        for key in ("ema", "model", "state_dict"):
+            if obj.get(key) is not None:
+                return _ultralytics_state_dict(obj[key])
+    raise ValueError("no Ultralytics YOLOv8 weights found (expected a model, a checkpoint dict with 'ema'/'model', "
+                     "or a state dict with keys like 'model.0.conv.weight')")
+
+
+def _load_any(path: str) -> object:
+    """torch.load, safely when possible; pickled Ultralytics models need the full unpickler and ultralytics."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickled model: needs the full unpickler below
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"{path}: needs the module '{e.name}' to unpickle; "
+                         "install it (`pip install ultralytics`) for the conversion, then run again") from e
+
+
+def convert_file(src: str, dst: str) -> dict:
+    """Convert an Ultralytics checkpoint or state dict file to our checkpoint at dst; returns its metadata."""
+    state = from_ultralytics(_ultralytics_state_dict(_load_any(src)))
+    phi, num_classes, in_channels = checkpoint_info(state)
+    model = build_model(phi, num_classes, in_channels)
+    model.load_state_dict(state, strict=True)  # proves the mapping is complete for this phi / nc
+    torch.save({"model": model.state_dict(), "phi": phi, "num_classes": num_classes, "in_channels": in_channels},
+               dst)
+    return {"phi": phi, "num_classes": num_classes, "in_channels": in_channels, "tensors": len(state)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: python -m nets.convert IN OUT."""
+    parser = argparse.ArgumentParser(prog="python -m nets.convert", description=__doc__.split("\n")[0])
+    parser.add_argument("src", metavar="IN", help="Ultralytics .pt checkpoint or saved Ultralytics state dict")
+    parser.add_argument("dst", metavar="OUT", help="our checkpoint to write")
+    args = parser.parse_args(argv)
+    info = convert_file(args.src, args.dst)
+    print(f"{args.src} -> {args.dst}: YOLOv8{info['phi']}, num_classes={info['num_classes']}, "
+          f"in_channels={info['in_channels']}, {info['tensors']} tensors")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

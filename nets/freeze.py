@@ -1,0 +1,20 @@
+"""Freezing the backbone for the first training phase (transfer learning from pretrained weights)."""
+from torch import nn
+
+
+def freeze_backbone(model: nn.Module, frozen: bool) -> None:
+    """Freeze (frozen=True) or unfreeze the backbone of a YoloV8 (or a DDP/compile wrapper around one).
+
+    Frozen: backbone parameters get requires_grad=False and its BatchNorm layers stay in eval mode (running
+    statistics fixed), also across later model.train() calls. Unfreezing restores both. Other parameters
+    are untouched (the fixed DFL projection stays non-trainable).
+    Note for DDP: change requires_grad before wrapping the model, or re-wrap after the change.
+    """
+    net = model
+    while not hasattr(net, "backbone_frozen"):
+        if not hasattr(net, "module") and not hasattr(net, "_orig_mod"):
+            raise TypeError(f"{type(model).__name__} is not a YoloV8 (no backbone_frozen attribute)")
+        net = net.module if hasattr(net, "module") else net._orig_mod
+    net.backbone.requires_grad_(not frozen)
+    net.backbone_frozen = frozen
+    net.train(net.training)  # re-applies (or lifts) eval mode on the backbone BatchNorm layers

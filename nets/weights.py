@@ -1,0 +1,120 @@
+"""Loading checkpoints into a YoloV8 by name and shape, with a report, and telling a checkpoint's size (phi)."""
+import logging
+import os
+import pickle
+from collections import Counter
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from nets.yolov8 import SCALES, scaled_depth, scaled_width
+
+logger = logging.getLogger(__name__)
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+_STEM = "backbone.stem.conv.weight"
+_P5 = "backbone.dark5.0.conv.weight"
+_CLS_OUT = "head.cls.0.2.weight"
+
+
+def is_ultralytics_state_dict(state_dict: Mapping) -> bool:
+    """True for a state dict in Ultralytics' layout (keys 'model.0.conv.weight', ...)."""
+    return "model.0.conv.weight" in state_dict
+
+
+def _is_state_dict(obj: object) -> bool:
+    """True for a non-empty mapping of names to tensors."""
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
+    """The weights in src: our checkpoint {"model": ..., "phi": ...}, a dict with "model"/"ema", a plain
+    state dict, or a path to any of these. Wrapper prefixes (DDP 'module.', compile '_orig_mod.') are removed."""
+    obj = src
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            obj = torch.load(src, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{src}: holds pickled objects besides tensors and plain values (torch.load "
+                             "weights_only=True refused it). An Ultralytics .pt? Convert it first: "
+                             f"python -m nets.convert {src} OUT") from e
+    if isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in ("model", "ema", "state_dict") if _is_state_dict(obj.get(k))), None)
+        if inner is None:
+            raise ValueError(f"{src if isinstance(src, (str, os.PathLike)) else 'checkpoint'}: no weights found "
+                             f"(keys: {sorted(map(str, obj))[:8]}); expected a state dict or a dict with 'model'")
+        obj = inner
+    if not _is_state_dict(obj):
+        raise ValueError(f"not a checkpoint or state dict: {type(obj).__name__}")
+    state = {}
+    for k, v in obj.items():
+        for prefix in _WRAPPER_PREFIXES:
+            k = k.removeprefix(prefix)
+        state[k] = v
+    return state
+
+
+def infer_phi(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """YOLOv8 size (n/s/m/l/x) of a state dict in our layout, from its stem and P5 widths and C2f depth."""
+    if _STEM not in state_dict or _P5 not in state_dict:
+        raise ValueError(f"not a YOLOv8 state dict in our layout (no {_STEM!r} / {_P5!r})")
+    stem, p5 = state_dict[_STEM].shape[0], state_dict[_P5].shape[0]
+    depth = len({k.split(".")[4] for k in state_dict if k.startswith("backbone.dark3.1.m.")})
+    for phi in SCALES:
+        if (stem, p5, depth) == (scaled_width(64, phi), scaled_width(1024, phi), scaled_depth(6, phi)):
+            return phi
+    raise ValueError(f"state dict matches no YOLOv8 size: stem {stem} channels, P5 {p5} channels, "
+                     f"{depth} bottlenecks in the P3 C2f")
+
+
+def checkpoint_info(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int, int]:
+    """(phi, num_classes, in_channels) of a state dict in our layout."""
+    phi = infer_phi(state_dict)
+    if _CLS_OUT not in state_dict:
+        raise ValueError(f"not a YOLOv8 state dict in our layout (no {_CLS_OUT!r})")
+    return phi, state_dict[_CLS_OUT].shape[0], state_dict[_STEM].shape[1]
+
+
+def _skip_reason(key: str, own: Mapping[str, torch.Tensor]) -> str:
+    """Why a checkpoint tensor was not loaded, for the report."""
+    if key not in own:
+        return "name not in model"
+    if key.startswith("head.cls."):
+        return "head classes"
+    if key == _STEM:
+        return "input channels"
+    return "other shape mismatch"
+
+
+def load_weights(model: nn.Module, src: str | os.PathLike | Mapping) -> dict:
+    """Load the tensors of src (see read_state_dict) whose names and shapes match model's; the rest keep their values.
+
+    Returns {"loaded", "skipped", "missing", "total"} (counts: loaded model tensors, checkpoint tensors not loaded,
+    model tensors not loaded, model tensors) plus "skipped_keys" and "missing_keys".
+    Raises ValueError, naming the size the checkpoint looks like, when less than half of the model's tensors load.
+    """
+    state = read_state_dict(src)
+    if is_ultralytics_state_dict(state):
+        raise ValueError("these are Ultralytics weights (keys 'model.0...'); convert them first: "
+                         "python -m nets.convert IN OUT, or nets.convert.from_ultralytics(state_dict)")
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    skipped = [k for k in state if k not in matched]
+    missing = [k for k in own if k not in matched]
+    if len(matched) < 0.5 * len(own):
+        try:
+            phi, nc, in_ch = checkpoint_info(state)
+            looks = f"it looks like YOLOv8{phi} (num_classes={nc}, in_channels={in_ch})"
+        except ValueError as e:
+            looks = f"it does not look like a YOLOv8 checkpoint ({e})"
+        what = (f"YOLOv8{getattr(model, 'phi', '?')} (num_classes={getattr(model, 'num_classes', '?')}, "
+                f"in_channels={getattr(model, 'in_channels', '?')})")
+        raise ValueError(f"checkpoint matches only {len(matched)}/{len(own)} tensors of the model, a {what}: {looks}; "
+                         "build the model with the checkpoint's phi")
+    model.load_state_dict(matched, strict=False)
+    reasons = Counter(_skip_reason(k, own) for k in skipped)
+    detail = f" ({', '.join(f'{r}: {n}' for r, n in reasons.items())})" if reasons else ""
+    logger.info("loaded %d/%d tensors; skipped %d%s", len(matched), len(own), len(skipped), detail)
+    return {"loaded": len(matched), "skipped": len(skipped), "missing": len(missing), "total": len(own),
+            "skipped_keys": skipped, "missing_keys": missing}

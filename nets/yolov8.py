@@ -1,0 +1,292 @@
+"""YOLOv8 detector (n/s/m/l/x): CSP-Darknet backbone with C2f and SPPF, PAN neck, anchor-free DFL head.
+
+The architecture, channel/depth scaling, BatchNorm settings and head bias initialisation follow
+Ultralytics' YOLOv8 so that its weights load one to one (see nets/convert.py) and outputs agree.
+Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over the three levels.
+"""
+import functools
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from utils.boxes import dist2bbox, make_anchors
+
+# phi -> (depth multiple, width multiple, max channels), as published for YOLOv8.
+SCALES: dict[str, tuple[float, float, int]] = {
+    "n": (0.33, 0.25, 1024),
+    "s": (0.33, 0.50, 1024),
+    "m": (0.67, 0.75, 768),
+    "l": (1.00, 1.00, 512),
+    "x": (1.00, 1.25, 512),
+}
+STRIDES = (8, 16, 32)
+REG_MAX = 16
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def scaled_width(channels: int, phi: str) -> int:
+    """Channels of a layer nominally `channels` wide, for model size `phi` (capped, then rounded up to 8)."""
+    _, width, max_channels = SCALES[phi]
+    return int(math.ceil(min(channels, max_channels) * width / 8) * 8)
+
+
+def scaled_depth(repeats: int, phi: str) -> int:
+    """Number of bottlenecks in a C2f nominally repeated `repeats` times, for model size `phi`."""
+    return max(round(repeats * SCALES[phi][0]), 1)
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias, 'same' padding) -> BatchNorm2d -> SiLU; [B, c_in, H, W] -> [B, c_out, H/s, W/s]."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply conv, BatchNorm (Identity once fused) and activation."""
+        return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the BatchNorm (its running statistics) into the convolution; the BN becomes Identity."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn = self.bn
+        fused = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
+                          self.conv.stride, self.conv.padding, bias=True).to(self.conv.weight)
+        weight, bias = fuse_conv_bn_weights(self.conv.weight, None, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        self.conv = fused.requires_grad_(False)
+        self.bn = nn.Identity()
+
+
+class Bottleneck(nn.Module):
+    """Two 3x3 Convs with an optional residual; [B, c, H, W] -> [B, c, H, W]."""
+
+    def __init__(self, c: int, shortcut: bool):
+        super().__init__()
+        self.cv1 = Conv(c, c, 3)
+        self.cv2 = Conv(c, c, 3)
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual (if enabled) around two 3x3 Convs."""
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """CSP block with n bottlenecks whose outputs are all concatenated; [B, c_in, H, W] -> [B, c_out, H, W]."""
+
+    def __init__(self, c_in: int, c_out: int, n: int, shortcut: bool):
+        super().__init__()
+        self.c = c_out // 2
+        self.cv1 = Conv(c_in, 2 * self.c, 1)
+        self.cv2 = Conv((2 + n) * self.c, c_out, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Split cv1's output in two halves, chain the bottlenecks on the second, concatenate everything."""
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling (fast): three chained k x k max-pools; [B, c_in, H, W] -> [B, c_out, H, W]."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 5):
+        super().__init__()
+        hidden = c_in // 2
+        self.cv1 = Conv(c_in, hidden, 1)
+        self.cv2 = Conv(hidden * 4, c_out, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate the input and its 1, 2 and 3 times pooled versions."""
+        y = [self.cv1(x)]
+        for _ in range(3):
+            y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: [B, 4 * reg_max, A] logits -> [B, 4, A] expected distances (bins)."""
+
+    def __init__(self, reg_max: int = REG_MAX):
+        super().__init__()
+        self.reg_max = reg_max
+        self.conv = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax over the bins of each box side, then the expectation (a fixed 1x1 conv with weights 0..reg_max-1)."""
+        b, _, a = x.shape
+        prob = x.view(b, 4, self.reg_max, a).transpose(1, 2).softmax(1)  # [B, reg_max, 4, A]
+        return nn.functional.conv2d(prob, self.conv.weight.to(prob.dtype)).view(b, 4, a)
+
+
+class Backbone(nn.Module):
+    """CSP-Darknet with C2f and SPPF; [B, C, H, W] -> P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..]."""
+
+    def __init__(self, phi: str, in_channels: int = 3):
+        super().__init__()
+        w = functools.partial(scaled_width, phi=phi)
+        d = functools.partial(scaled_depth, phi=phi)
+        self.stem = Conv(in_channels, w(64), 3, 2)
+        self.dark2 = nn.Sequential(Conv(w(64), w(128), 3, 2), C2f(w(128), w(128), d(3), shortcut=True))
+        self.dark3 = nn.Sequential(Conv(w(128), w(256), 3, 2), C2f(w(256), w(256), d(6), shortcut=True))
+        self.dark4 = nn.Sequential(Conv(w(256), w(512), 3, 2), C2f(w(512), w(512), d(6), shortcut=True))
+        self.dark5 = nn.Sequential(Conv(w(512), w(1024), 3, 2), C2f(w(1024), w(1024), d(3), shortcut=True),
+                                   SPPF(w(1024), w(1024), 5))
+        self.out_channels = (w(256), w(512), w(1024))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the stride 8, 16 and 32 feature maps."""
+        p3 = self.dark3(self.dark2(self.stem(x)))
+        p4 = self.dark4(p3)
+        p5 = self.dark5(p4)
+        return p3, p4, p5
+
+
+class PAN(nn.Module):
+    """Path aggregation neck: top-down (nearest upsample + concat) then bottom-up (stride-2 Conv + concat).
+
+    Inputs and outputs: P3 [B, c3, H/8, W/8], P4 [B, c4, H/16, W/16], P5 [B, c5, H/32, W/32] (same channels).
+    """
+
+    def __init__(self, phi: str):
+        super().__init__()
+        w = functools.partial(scaled_width, phi=phi)
+        n = scaled_depth(3, phi)
+        c3, c4, c5 = w(256), w(512), w(1024)
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
+        self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
+        self.down_p3 = Conv(c3, c3, 3, 2)
+        self.bottom_up_p4 = C2f(c3 + c4, c4, n, shortcut=False)
+        self.down_p4 = Conv(c4, c4, 3, 2)
+        self.bottom_up_p5 = C2f(c4 + c5, c5, n, shortcut=False)
+
+    def forward(self, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
+        """Fuse the three backbone levels; returns [P3, P4, P5] for the head."""
+        t4 = self.top_down_p4(torch.cat([self.upsample(p5), p4], 1))
+        o3 = self.top_down_p3(torch.cat([self.upsample(t4), p3], 1))
+        o4 = self.bottom_up_p4(torch.cat([self.down_p3(o3), t4], 1))
+        o5 = self.bottom_up_p5(torch.cat([self.down_p4(o4), p5], 1))
+        return [o3, o4, o5]
+
+
+class Detect(nn.Module):
+    """Decoupled anchor-free head: per level a box branch (4 * reg_max DFL logits) and a class branch (nc logits).
+
+    Training: list of [B, 4 * reg_max + nc, H/s, W/s] per stride s.
+    Inference: [B, 4 + nc, A], boxes (cx, cy, w, h) in input pixels and sigmoid class scores, float32.
+    """
+
+    def __init__(self, num_classes: int, in_channels: tuple[int, ...], strides: tuple[int, ...] = STRIDES,
+                 reg_max: int = REG_MAX):
+        super().__init__()
+        self.num_classes = num_classes
+        self.reg_max = reg_max
+        self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32), persistent=False)
+        c_box = max(16, in_channels[0] // 4, 4 * reg_max)
+        c_cls = max(in_channels[0], min(num_classes, 100))
+        self.box = nn.ModuleList(
+            nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3), nn.Conv2d(c_box, 4 * reg_max, 1))
+            for c in in_channels)
+        self.cls = nn.ModuleList(
+            nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, num_classes, 1))
+            for c in in_channels)
+        self.dfl = DFL(reg_max)
+        self._anchor_cache: tuple | None = None
+        self._bias_init(strides)
+
+    @torch.no_grad()
+    def _bias_init(self, strides: tuple[int, ...]) -> None:
+        """Box logits bias 1.0; class bias log(5 / nc / (640 / s)^2), i.e. ~5 objects per 640x640 image a priori."""
+        for box, cls, s in zip(self.box, self.cls, strides):
+            box[-1].bias.fill_(1.0)
+            cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / s) ** 2))
+
+    def anchors(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor points [A, 2] and strides [A, 1] for these feature map sizes, cached by shape and device."""
+        key = (tuple(tuple(f.shape[-2:]) for f in feats), feats[0].device)
+        if self._anchor_cache is None or self._anchor_cache[0] != key:
+            probes = [f[:1, :1].detach().float() for f in feats]  # float32 anchors, whatever the autocast dtype
+            self._anchor_cache = (key, *make_anchors(probes, self.stride, 0.5))
+        return self._anchor_cache[1], self._anchor_cache[2]
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
+        """Raw per-level maps in training mode, decoded predictions in eval mode (see class docstring)."""
+        maps = [torch.cat((box(f), cls(f)), 1) for f, box, cls in zip(feats, self.box, self.cls)]
+        return maps if self.training else self.decode(maps)
+
+    def decode(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Per-level maps [B, 4 * reg_max + nc, h, w] -> [B, 4 + nc, A]: (cx, cy, w, h) pixels, sigmoid scores."""
+        b = maps[0].shape[0]
+        with torch.autocast(maps[0].device.type, enabled=False):  # decode in float32 (pixel precision under AMP)
+            flat = torch.cat([m.reshape(b, 4 * self.reg_max + self.num_classes, -1) for m in maps], 2).float()
+            box, cls = flat.split((4 * self.reg_max, self.num_classes), 1)
+            points, strides = self.anchors(maps)
+            boxes = dist2bbox(self.dfl(box), points.t().unsqueeze(0), xywh=True, dim=1) * strides.t()
+            return torch.cat((boxes, cls.sigmoid()), 1)
+
+
+class YoloV8(nn.Module):
+    """YOLOv8 detector; see Detect for the training and inference outputs."""
+
+    def __init__(self, phi: str, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        if phi not in SCALES:
+            raise ValueError(f"unknown YOLOv8 size phi={phi!r}; choose one of {', '.join(SCALES)}")
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError(f"num_classes ({num_classes}) and in_channels ({in_channels}) must be >= 1")
+        self.phi = phi
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.reg_max = REG_MAX
+        self.backbone_frozen = False  # set by nets.freeze.freeze_backbone
+        self.backbone = Backbone(phi, in_channels)
+        self.neck = PAN(phi)
+        self.head = Detect(num_classes, self.backbone.out_channels, STRIDES, REG_MAX)
+
+    @property
+    def stride(self) -> torch.Tensor:
+        """Strides of the three output levels, tensor([8., 16., 32.])."""
+        return self.head.stride
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """x [B, in_channels, H, W] (H, W multiples of 32) -> per-level maps (train) or [B, 4 + nc, A] (eval)."""
+        return self.head(self.neck(*self.backbone(x)))
+
+    def train(self, mode: bool = True) -> "YoloV8":
+        """Set train/eval mode; BatchNorm layers of a frozen backbone stay in eval mode (fixed statistics)."""
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def fuse(self) -> "YoloV8":
+        """Fold every BatchNorm into its convolution for inference; puts the model in eval mode."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, Conv):
+                m.fuse()
+        return self
+
+
+def build_model(phi: str, num_classes: int, in_channels: int = 3) -> YoloV8:
+    """YOLOv8 of size phi (n/s/m/l/x) for num_classes classes and in_channels input channels, Ultralytics init."""
+    return YoloV8(phi, num_classes, in_channels)
