@@ -1,0 +1,430 @@
+"""The FRED frame index: which images, with which boxes, on which side of the split.
+
+A FRED root holds sequence folders `<id>/`, `train/<id>/` or `test/<id>/` (numeric names). For modality
+`rgb` the images are `<seq>/PADDED_RGB/*` (or `RGB/`) with labels `<seq>/RGB_YOLO/<stem>.txt`; for `event`
+the images are `<seq>/Event/Frames/*` with labels `<seq>/Event_YOLO/<stem>.txt`. `Removed_frames/` is never
+used: an RGB frame whose name is listed there is left out even if a copy sits in the image folder.
+
+Which side a sequence is on comes from the split (datasets/splits.py), never from the train/ or test/ folder
+it was unzipped into. A frame with an empty label file is a negative and is kept; a frame without a label file
+was not annotated and is left out (counted). A label file with a line that does not parse is reported and left
+out (an error with strict_labels). Boxes are clipped to the image; a box with no width or height left is
+dropped (counted). Strides keep every k-th annotated frame of each sequence.
+
+Parsing 700,000 label files takes minutes, so the parsed labels are cached per sequence, keyed by a fingerprint
+of the sequence's folders (image names; label names, sizes and mtimes): a sequence is parsed again only when
+its folders change. The cache is one pickle of plain Python values (read back without allowing any class),
+written atomically to cache_dir (default `<root>/.fred_index_cache/`, else `~/.cache/fred_yolo/<hash>/`).
+"""
+import hashlib
+import logging
+import math
+import os
+import pickle
+import re
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import box_convert
+
+from datasets.splits import resolve_split, sort_ids
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+EVENT_IMAGE_DIR = os.path.join("Event", "Frames")
+LABEL_DIRS = {"rgb": "RGB_YOLO", "event": "Event_YOLO"}
+REMOVED_DIR = "Removed_frames"
+CACHE_VERSION = 1
+SCAN_THREADS = 8  # threads listing and parsing sequence folders (I/O bound; helps most on network storage)
+GENERATE_HINT = "generate a sample with: python -m datasets.synthetic --out DIR"
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
+
+
+class FredDataError(Exception):
+    """Bad or missing data (or data settings); the message names the file or folder and what to do."""
+
+
+@dataclass(slots=True)
+class Frame:
+    """One annotated frame: image and label paths, sequence id, boxes float32 [N, 5] (cls, cx, cy, w, h; 0..1)."""
+    image: str
+    label: str
+    sequence: str
+    boxes: np.ndarray
+
+
+@dataclass
+class FredIndex:
+    """The selected frames of one modality, split into train and val by sequence, plus what was left out (stats)."""
+    modality: str
+    train: list[Frame]
+    val: list[Frame]
+    train_sequences: list[str]
+    val_sequences: list[str]
+    stats: dict
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing the numeric parts of a name as numbers (`02.5` after `02.213938`, `9` before `10`)."""
+    parts = _NUMBER.split(name)
+    for i in range(1, len(parts), 2):
+        whole, _, fraction = parts[i].partition(".")
+        parts[i] = (int(whole), fraction)
+    return tuple(parts), name
+
+
+def clip_boxes_cxcywh(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clip normalised [N, 5] (cls, cx, cy, w, h) boxes to [0, 1]; returns (clipped [N, 5], keep [N]: area left)."""
+    xyxy = box_convert(torch.from_numpy(boxes[:, 1:5]), "cxcywh", "xyxy").clamp_(0.0, 1.0)
+    clipped = boxes.copy()
+    clipped[:, 1:5] = box_convert(xyxy, "xyxy", "cxcywh").numpy()
+    keep = (clipped[:, 3] > 0) & (clipped[:, 4] > 0)
+    return clipped, keep
+
+
+def parse_label_file(path: str) -> tuple[list[list[float]], list[int], tuple[int, str] | None]:
+    """Rows (cls, cx, cy, w, h) and line numbers of a YOLO label file, or an error (line, reason; 0 = whole file)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return [], [], (0, f"cannot read the label file ({e.strerror})")
+    if not data.strip():
+        return [], [], None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return [], [], (0, "not a text file (bytes that are not UTF-8)")
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            return [], [], (n, f"expected 5 fields 'class cx cy w h', found {len(fields)}: {line.strip()!r}")
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            return [], [], (n, f"not a number in {line.strip()!r}")
+        if not all(math.isfinite(v) for v in values):
+            return [], [], (n, f"NaN or infinite value in {line.strip()!r}")
+        rows.append(values)
+        lines.append(n)
+    return rows, lines, None
+
+
+def find_sequences(root: str, image_dir: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """({id: folder}, numeric folders without image_dir, duplicate folders) under root, root/train and root/test."""
+    found, incomplete, duplicates = {}, [], []
+    for base in (root, os.path.join(root, "train"), os.path.join(root, "test")):
+        try:
+            with os.scandir(base) as it:
+                entries = sorted((e for e in it if e.name.isascii() and e.name.isdigit() and e.is_dir()),
+                                 key=lambda e: int(e.name))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if not os.path.isdir(os.path.join(e.path, image_dir)):
+                incomplete.append(e.path)
+            elif str(int(e.name)) in found:
+                duplicates.append(e.path)
+            else:
+                found[str(int(e.name))] = e.path
+    return found, incomplete, duplicates
+
+
+def default_cache_dir(root: str) -> str:
+    """`<root>/.fred_index_cache` when it can be written, else `~/.cache/fred_yolo/<hash of root>`."""
+    local = os.path.join(root, ".fred_index_cache")
+    try:
+        os.makedirs(local, exist_ok=True)
+    except OSError:
+        pass
+    if os.path.isdir(local) and os.access(local, os.W_OK):
+        return local
+    digest = hashlib.sha1(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", digest)
+
+
+def _list_names(folder: str, suffixes: tuple[str, ...]) -> list[os.DirEntry]:
+    """Entries of folder whose lower-cased name ends with one of suffixes ([] when the folder is absent)."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if e.name.lower().endswith(suffixes)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _scan_sequence(seq_dir: str, image_dir: str, label_dir: str, use_removed: bool) -> dict:
+    """One sequence's listing (image names, label names, removed stems) and its fingerprint."""
+    images = sorted(e.name for e in _list_names(os.path.join(seq_dir, image_dir), IMAGE_EXTENSIONS))
+    label_path = os.path.join(seq_dir, label_dir)
+    label_stats = sorted((e.name, st.st_mtime_ns, st.st_size)
+                         for e in _list_names(label_path, (".txt",)) for st in (e.stat(),))
+    removed_entries = _list_names(os.path.join(seq_dir, REMOVED_DIR), IMAGE_EXTENSIONS) if use_removed else []
+    removed = sorted(os.path.splitext(e.name)[0] for e in removed_entries)
+    h = hashlib.blake2b(digest_size=16)
+    for part in ("\n".join(images), "\n".join(f"{n}\t{m}\t{s}" for n, m, s in label_stats),
+                 "\n".join(removed), str(os.path.isdir(label_path))):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return {"images": images, "labels": {n for n, _, _ in label_stats}, "removed": set(removed),
+            "has_labels": os.path.isdir(label_path), "fingerprint": h.digest()}
+
+
+def _parse_sequence(seq_dir: str, label_dir: str, listing: dict) -> dict:
+    """Cache entry of one sequence: annotated image names in natural order, their parsed, clipped boxes, bad files."""
+    annotated, unlabeled, removed = [], 0, 0
+    for name in sorted(listing["images"], key=natural_key):
+        stem = os.path.splitext(name)[0]
+        if stem in listing["removed"]:
+            removed += 1
+        elif stem + ".txt" in listing["labels"]:
+            annotated.append(name)
+        else:
+            unlabeled += 1
+    rows, lines, counts, bad = [], [], [], {}
+    for i, name in enumerate(annotated):
+        r, ln, error = parse_label_file(os.path.join(seq_dir, label_dir, os.path.splitext(name)[0] + ".txt"))
+        if error is not None:
+            bad[i] = error
+        rows.extend(r)
+        lines.extend(ln)
+        counts.append(len(r))
+    boxes, keep = clip_boxes_cxcywh(np.asarray(rows, dtype=np.float64).reshape(-1, 5))
+    offsets = np.zeros(len(annotated) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return {"fingerprint": listing["fingerprint"], "images": annotated, "unlabeled": unlabeled, "removed": removed,
+            "has_labels": listing["has_labels"], "bad": bad, "offsets": offsets.tobytes(),
+            "boxes": boxes.astype(np.float32).tobytes(), "keep": keep.tobytes(),
+            "lines": np.asarray(lines, dtype=np.int32).tobytes()}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every class: the cache holds only dicts, lists, sets, str, bytes and numbers."""
+
+    def find_class(self, module: str, name: str):
+        """Refuse: no class may be loaded from the cache."""
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the index cache")
+
+
+def _load_cache(path: str, header: dict) -> dict:
+    """{sequence folder: entry} from the cache file, {} when absent, unreadable or written for other settings."""
+    try:
+        with open(path, "rb") as f:
+            data = _PlainUnpickler(f).load()
+    except FileNotFoundError:
+        return {}
+    except Exception as e:  # a damaged cache is rebuilt, never fatal
+        logger.warning("ignoring the unreadable index cache %s (%s): rebuilding it", path, e)
+        return {}
+    if not isinstance(data, dict) or data.get("header") != header or not isinstance(data.get("sequences"), dict):
+        return {}
+    return data["sequences"]
+
+
+def _save_cache(path: str, header: dict, sequences: dict) -> None:
+    """Write the cache atomically (temporary file, then os.replace); a failure is a warning."""
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"header": header, "sequences": sequences}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("could not write the index cache %s (%s): the next run will index again", path, e)
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _index_sequences(seq_dirs: dict[str, str], image_dir: str, label_dir: str, use_removed: bool,
+                     cache_path: str, header: dict) -> tuple[dict[str, dict], int]:
+    """({id: cache entry}, number of sequences parsed again) for the given sequence folders, updating the cache."""
+    cached = _load_cache(cache_path, header)
+
+    def current(seq_dir: str) -> tuple[dict, bool]:
+        """(entry, parsed again?) of one sequence folder."""
+        listing = _scan_sequence(seq_dir, image_dir, label_dir, use_removed)
+        entry = cached.get(seq_dir)
+        if entry is not None and entry["fingerprint"] == listing["fingerprint"]:
+            return entry, False
+        return _parse_sequence(seq_dir, label_dir, listing), True
+
+    with ThreadPoolExecutor(min(SCAN_THREADS, len(seq_dirs))) as pool:  # folder listing and file reads overlap
+        results = dict(zip(seq_dirs, pool.map(current, seq_dirs.values())))
+    entries, parsed = {}, 0
+    for sid, (entry, fresh) in results.items():
+        entries[sid] = entry
+        cached[seq_dirs[sid]] = entry
+        parsed += fresh
+    gone = [d for d in cached if not os.path.isdir(d)]
+    for d in gone:
+        del cached[d]
+    if parsed or gone:
+        _save_cache(cache_path, header, cached)
+    return entries, parsed
+
+
+def _bad_message(path: str, error: tuple[int, str]) -> str:
+    """'path:line: reason' (or 'path: reason' for a whole-file problem)."""
+    line, reason = error
+    return f"{path}:{line}: {reason}" if line else f"{path}: {reason}"
+
+
+def _select(seq_ids: list[str], seq_dirs: dict[str, str], entries: dict[str, dict], image_dir: str,
+            label_dir: str, stride: int, num_classes: int, strict: bool, side: dict) -> list[Frame]:
+    """Frames of the given sequences, every stride-th annotated one, checked; counts go into side."""
+    frames = []
+    for sid in seq_ids:
+        e, seq_dir = entries[sid], seq_dirs[sid]
+        image_root, label_root = os.path.join(seq_dir, image_dir), os.path.join(seq_dir, label_dir)
+        names = e["images"]
+        offsets = np.frombuffer(e["offsets"], dtype=np.int64)
+        boxes = np.frombuffer(e["boxes"], dtype=np.float32).reshape(-1, 5)
+        keep = np.frombuffer(e["keep"], dtype=bool)
+        lines = np.frombuffer(e["lines"], dtype=np.int32)
+        side["unlabeled_frames"] += e["unlabeled"]
+        side["removed_frames"] += e["removed"]
+        if not e["has_labels"]:
+            side["no_label_folder"].append(seq_dir)
+        selected = np.zeros(len(names), dtype=bool)
+        selected[::stride] = True
+        box_selected = np.repeat(selected, np.diff(offsets))
+        cls = boxes[:, 0]
+        wrong = box_selected & ((cls < 0) | (cls >= num_classes) | (cls != np.floor(cls)))
+        if wrong.any():
+            j = int(np.argmax(wrong))
+            i = int(np.searchsorted(offsets, j, side="right")) - 1
+            path = os.path.join(label_root, os.path.splitext(names[i])[0] + ".txt")
+            raise FredDataError(f"{path}:{lines[j]}: class id {cls[j]:g} is not in 0..{num_classes - 1}: set "
+                                f"NUM_CLASSES to the number of classes in your labels (now {num_classes}; FRED has 1)")
+        kept = boxes[keep]
+        kept_offsets = np.concatenate([[0], np.cumsum(keep)])[offsets].tolist()
+        side["dropped_boxes"] += int((box_selected & ~keep).sum())
+        image_prefix, label_prefix = image_root + os.sep, label_root + os.sep
+        for i in range(0, len(names), stride):
+            name = names[i]
+            label = f"{label_prefix}{name[:name.rfind('.')]}.txt"
+            if i in e["bad"]:
+                message = _bad_message(label, e["bad"][i])
+                if strict:
+                    raise FredDataError(f"{message} (STRICT_LABELS is on: fix the file, or set "
+                                        f"STRICT_LABELS = False to leave it out)")
+                side["bad_files"].append(message)
+                continue
+            frames.append(Frame(image_prefix + name, label, sid,
+                                kept[kept_offsets[i]:kept_offsets[i + 1]]))
+    return frames
+
+
+def _check_settings(modality: str, frame_stride: int, val_frame_stride: int, num_classes: int,
+                    rgb_image_dir: str) -> None:
+    """Raise FredDataError for settings the index cannot work with."""
+    if modality not in LABEL_DIRS:
+        raise FredDataError(f"modality must be 'rgb' or 'event', got {modality!r}")
+    for name, value in (("FRAME_STRIDE", frame_stride), ("VAL_FRAME_STRIDE", val_frame_stride),
+                        ("NUM_CLASSES", num_classes)):
+        if not isinstance(value, int) or value < 1:
+            raise FredDataError(f"{name} must be a whole number >= 1, got {value!r}")
+    if modality == "rgb" and (not rgb_image_dir or os.path.normpath(rgb_image_dir) == REMOVED_DIR):
+        raise FredDataError(f"RGB_IMAGE_DIR must name the RGB image folder of a sequence (PADDED_RGB or RGB), "
+                            f"got {rgb_image_dir!r}")
+
+
+def _no_sequences_message(root: str, image_dir: str, incomplete: list[str]) -> str:
+    """Error text for a root without sequence folders: where it looked, what it found, what to do."""
+    message = (f"no FRED sequences found under {root}: expected folders like {os.path.join(root, '12', image_dir)} "
+               f"or {os.path.join(root, 'train', '12', image_dir)}")
+    if incomplete:
+        message += (f"; {len(incomplete)} numeric folders (e.g. {incomplete[0]}) have no {image_dir}/"
+                    + (" (set RGB_IMAGE_DIR = 'RGB' if your copy has only RGB/)" if "RGB" in image_dir else ""))
+    elif os.path.isdir(os.path.join(root, image_dir)):
+        message += f"; {root} itself looks like one sequence folder: point the data root at its parent"
+    return f"{message}; {GENERATE_HINT}"
+
+
+def _empty_side_message(side_name: str, seq_ids: list[str], root: str, image_dir: str, label_dir: str,
+                        side: dict) -> str:
+    """Error text for a split side left without frames."""
+    message = (f"no usable {side_name} frames in {len(seq_ids)} {side_name} sequences under {root} "
+               f"(ids {', '.join(seq_ids[:20])}{' ...' if len(seq_ids) > 20 else ''}): looked for images in "
+               f"<seq>/{image_dir}/ with labels in <seq>/{label_dir}/; {side['unlabeled_frames']} images have no "
+               f"label file, {len(side['bad_files'])} label files are bad")
+    if side["bad_files"]:
+        message += f" (first: {side['bad_files'][0]})"
+    return message
+
+
+def build_fred_index(root: str, modality: str, split: str = "canonical", frame_stride: int = 1,
+                     val_frame_stride: int = 1, num_classes: int = 1, strict_labels: bool = False,
+                     rgb_image_dir: str = "PADDED_RGB", cache_dir: str | None = None) -> FredIndex:
+    """Index the annotated frames of a FRED root for one modality and split (cached per sequence; see module doc)."""
+    start = time.perf_counter()
+    _check_settings(modality, frame_stride, val_frame_stride, num_classes, rgb_image_dir)
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise FredDataError(f"FRED root {root} is not a folder: set the data root (--data_root / DATA_ROOT) to the "
+                            f"folder holding the sequence folders, or {GENERATE_HINT}")
+    image_dir = EVENT_IMAGE_DIR if modality == "event" else os.path.normpath(rgb_image_dir)
+    label_dir = LABEL_DIRS[modality]
+    found, incomplete, duplicates = find_sequences(root, image_dir)
+    if not found:
+        raise FredDataError(_no_sequences_message(root, image_dir, incomplete))
+    if duplicates:
+        logger.warning("%d sequence folders appear twice under %s; using the first, ignoring %s",
+                       len(duplicates), root, ", ".join(duplicates))
+    try:
+        train_ids, val_ids = resolve_split(split, found)
+    except (ValueError, OSError) as e:
+        raise FredDataError(f"split {split!r}: {e}") from None
+    missing = sort_ids(i for i in train_ids + val_ids if i not in found)
+    if missing:
+        logger.warning("%d sequences of split %r are not under %s (%d of %d train, %d of %d val); ids: %s",
+                       len(missing), split, root, sum(i not in found for i in train_ids), len(train_ids),
+                       sum(i not in found for i in val_ids), len(val_ids), " ".join(missing))
+    train_seqs = [i for i in train_ids if i in found]
+    val_seqs = [i for i in val_ids if i in found]
+    for side_name, ids, wanted in (("train", train_seqs, train_ids), ("val", val_seqs, val_ids)):
+        if not ids:
+            raise FredDataError(
+                f"split {split!r} leaves no {side_name} sequences under {root}: it wants {len(wanted)} ids "
+                f"({' '.join(wanted[:20])}{' ...' if len(wanted) > 20 else ''}); found on disk: "
+                f"{' '.join(sort_ids(found)[:20])}{' ...' if len(found) > 20 else ''}. Use a split that matches "
+                f"your sequences (e.g. random:0.2:0, or a folder with *train*.txt and *test*.txt)")
+
+    tag = f"{modality}-{image_dir.replace(os.sep, '_')}"
+    cache_root = cache_dir or default_cache_dir(root)
+    root_hash = hashlib.sha1(root.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    cache_path = os.path.join(os.path.abspath(os.path.expanduser(cache_root)), f"index-{tag}-{root_hash}.pkl")
+    header = {"version": CACHE_VERSION, "root": root, "image_dir": image_dir, "label_dir": label_dir}
+    seq_dirs = {sid: found[sid] for sid in train_seqs + val_seqs}
+    entries, parsed = _index_sequences(seq_dirs, image_dir, label_dir, modality == "rgb", cache_path, header)
+
+    sides = {name: {"unlabeled_frames": 0, "removed_frames": 0, "dropped_boxes": 0, "bad_files": [],
+                    "no_label_folder": []} for name in ("train", "val")}
+    train = _select(train_seqs, seq_dirs, entries, image_dir, label_dir, frame_stride, num_classes,
+                    strict_labels, sides["train"])
+    val = _select(val_seqs, seq_dirs, entries, image_dir, label_dir, val_frame_stride, num_classes,
+                  strict_labels, sides["val"])
+    for side_name, frames, ids in (("train", train, train_seqs), ("val", val, val_seqs)):
+        if not frames:
+            raise FredDataError(_empty_side_message(side_name, ids, root, image_dir, label_dir, sides[side_name]))
+    stats = {key: sides["train"][key] + sides["val"][key] for key in sides["train"]}
+    if stats["no_label_folder"]:
+        logger.warning("%d sequence folders have no %s/ (their frames are unannotated): %s",
+                       len(stats["no_label_folder"]), label_dir, ", ".join(stats["no_label_folder"]))
+    if stats["bad_files"]:
+        logger.warning("%d label files do not parse and were left out, e.g. %s",
+                       len(stats["bad_files"]), stats["bad_files"][0])
+    stats.update(root=root, image_dir=image_dir, label_dir=label_dir, split=split, missing_sequences=missing,
+                 unused_sequences=sort_ids(set(found) - set(train_ids) - set(val_ids)),
+                 incomplete_folders=incomplete, duplicate_folders=duplicates, cache_file=cache_path,
+                 parsed_sequences=parsed, cached_sequences=len(seq_dirs) - parsed,
+                 seconds=round(time.perf_counter() - start, 3))
+    return FredIndex(modality, train, val, train_seqs, val_seqs, stats)
