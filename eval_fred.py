@@ -1,0 +1,219 @@
+"""Evaluate FRED-YOLO checkpoints on the val split of FRED with pycocotools' COCO metrics.
+
+    python eval_fred.py --modality event --weights logs/fred_event/loss_.../best.pth [more.pth ...]
+        [--data_root DIR] [--split S] [--conf C] [--iou I] [--max_det N] [--batch B] [--device D] [--phi P]
+        [--save_json DIR] [--plots] [--per_sequence] [--workers N] [--set KEY=VALUE ...]
+
+Defaults come from config_fred.py (change them there or with --set). The evaluator is utils/evaluator.evaluate(),
+the same function train_fred.py calls every EVAL_PERIOD epochs, so both print the same number for the same
+checkpoint, data and settings. Output: a table with one row per checkpoint, then one final line of JSON for the
+last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images, ms_per_image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import config_fred
+from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.fred_index import FredDataError, build_fred_index
+from nets import build_model, load_weights
+from nets.weights import checkpoint_info, read_state_dict
+from utils.checkpoint import load_checkpoint
+from utils.config import apply_overrides, config_dict
+from utils.evaluator import evaluate, per_sequence_metrics
+from utils.plots import plot_pr_curve, plot_samples
+
+LOGGER = logging.getLogger("eval_fred")
+JSON_KEYS = ("mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images", "ms_per_image")
+PLOT_SCORE = 0.25  # detections drawn in samples.png score at least this
+
+
+class EvalError(Exception):
+    """A problem the user can fix (missing file, checkpoint that does not fit, bad setting): printed, exit 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line; unset options fall back to config_fred.py (after --set)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modality", required=True, choices=("rgb", "event"), help="which FRED images to evaluate on")
+    p.add_argument("--weights", required=True, nargs="+", help="checkpoints (train_fred.py's best.pth / last.pth, "
+                   "or a state dict); one table row each")
+    p.add_argument("--data_root", help="FRED root (default DATA_ROOT)")
+    p.add_argument("--split", help="canonical | challenging | random:<val_fraction>:<seed> | folder (default SPLIT)")
+    p.add_argument("--conf", type=float, help="score threshold (default CONFIDENCE)")
+    p.add_argument("--iou", type=float, help="NMS IoU threshold (default NMS_IOU)")
+    p.add_argument("--max_det", type=int, help="detections kept per image (default MAX_DET)")
+    p.add_argument("--batch", type=int, help="images per batch (default EVAL_BATCH_SIZE)")
+    p.add_argument("--workers", type=int, help="data loader processes (default NUM_WORKERS, capped at the CPUs)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--phi", choices=("n", "s", "m", "l", "x"),
+                   help="model size for a bare state dict (checkpoints from train_fred.py carry their own)")
+    p.add_argument("--save_json", metavar="DIR", help="write DIR/detections.json (COCO results) and "
+                   "DIR/ground_truth.json (COCO dataset); with several checkpoints, DIR/<checkpoint name>/...")
+    p.add_argument("--plots", action="store_true", help=f"write pr_curve.png and samples.png (detections with "
+                   f"score >= {PLOT_SCORE} in green, ground truth in red) into --save_json DIR or "
+                   "logs/eval_<modality>_<time>/")
+    p.add_argument("--per_sequence", action="store_true", help="print mAP50 and mAP50:95 per sequence, worst first")
+    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override a config_fred.py key with a Python literal, e.g. --set \"INPUT_SHAPE=[320,320]\"")
+    return p.parse_args(argv)
+
+
+def read_checkpoint(path: str, phi: str | None) -> dict:
+    """Weights and (phi, num_classes, in_channels) of a checkpoint file; bare state dicts are measured."""
+    if not os.path.isfile(path):
+        raise EvalError(f"weights file {path} does not exist: pass a checkpoint written by train_fred.py "
+                        "(e.g. logs/fred_event/loss_<time>/best.pth)")
+    try:
+        ckpt = load_checkpoint(path)
+        state = read_state_dict(ckpt)
+    except (ValueError, OSError) as e:
+        raise EvalError(f"cannot read weights from {path}: {e}. Ultralytics .pt files must be converted first: "
+                        "python -m nets.convert IN OUT") from None
+    meta = {k: ckpt[k] for k in ("phi", "num_classes", "in_channels") if isinstance(ckpt, dict) and k in ckpt}
+    if len(meta) < 3:  # a bare state dict (or an older checkpoint): measure it, --phi wins for the size
+        try:
+            measured = dict(zip(("phi", "num_classes", "in_channels"), checkpoint_info(state)))
+        except ValueError as e:
+            if phi is None:
+                raise EvalError(f"{path}: cannot tell the model size ({e}); pass --phi") from None
+            measured = {}
+        meta = {**measured, **({"phi": phi} if phi else {}), **meta}
+    elif phi and phi != meta["phi"]:
+        LOGGER.warning("%s is a YOLOv8%s checkpoint; --phi %s is ignored", path, meta["phi"], phi)
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return {"state": state, "config": config if isinstance(config, dict) else {}, **meta}
+
+
+def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """Build the checkpoint's model, load every tensor (anything less is an error naming the file), fuse."""
+    nc = int(ckpt.get("num_classes", num_classes))
+    if nc != num_classes:
+        raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
+                        f"--set NUM_CLASSES={nc} (and CLASS_NAMES) or pick a checkpoint trained on these labels")
+    model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)))
+    try:
+        report = load_weights(model, ckpt["state"])
+    except ValueError as e:
+        raise EvalError(f"{path} does not fit: {e}") from None
+    if report["skipped"] or report["missing"]:
+        example = (report["missing_keys"] or report["skipped_keys"])[0]
+        raise EvalError(f"{path} does not fit YOLOv8{ckpt['phi']} ({nc} classes, {model.in_channels} input "
+                        f"channels): {report['missing']} model tensors not loaded, {report['skipped']} checkpoint "
+                        f"tensors unused (e.g. {example}); check --phi / the checkpoint")
+    return model.fuse().to(device)
+
+
+def output_dirs(args: argparse.Namespace) -> list[str | None]:
+    """Folder for each checkpoint's JSON / plots (None: nothing to write)."""
+    if not (args.save_json or args.plots):
+        return [None] * len(args.weights)
+    base = args.save_json or os.path.join("logs", f"eval_{args.modality}_{time.strftime('%Y_%m_%d_%H_%M_%S')}")
+    if len(args.weights) == 1:
+        return [base]
+    stems = [os.path.splitext(os.path.basename(w))[0] for w in args.weights]
+    return [os.path.join(base, s if stems.count(s) == 1 else f"{k}_{s}") for k, s in enumerate(stems)]
+
+
+def write_outputs(folder: str, result, frames: list, args: argparse.Namespace) -> None:
+    """--save_json files and --plots pictures of one checkpoint into folder."""
+    os.makedirs(folder, exist_ok=True)
+    if args.save_json:
+        for name, obj in (("detections.json", result.detections), ("ground_truth.json", result.ground_truth)):
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                json.dump(obj, f)
+    if args.plots:
+        plot_pr_curve(result.precision, os.path.join(folder, "pr_curve.png"), title=f"{args.modality} precision-recall")
+        plot_samples(frames, result.ground_truth, result.detections, os.path.join(folder, "samples.png"),
+                     score_thres=PLOT_SCORE)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """One line per checkpoint: name, mAP50, mAP50:95, mAP75, AP_small, ms/img."""
+    width = max(10, *(len(name) for name, _ in rows))
+    lines = [f"{'checkpoint':<{width}}  {'mAP50':>7}  {'mAP50:95':>8}  {'mAP75':>7}  {'AP_small':>8}  {'ms/img':>7}"]
+    for name, m in rows:
+        lines.append(f"{name:<{width}}  {m['mAP50']:7.4f}  {m['mAP50_95']:8.4f}  {m['mAP75']:7.4f}  "
+                     f"{m['AP_small']:8.4f}  {m['ms_per_image']:7.2f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate every checkpoint; print the table (and per-sequence tables); return the last one's metrics."""
+    try:
+        cfg = apply_overrides(config_dict(config_fred), args.sets)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    input_shape = tuple(int(v) for v in cfg["INPUT_SHAPE"])
+    if len(input_shape) != 2 or any(v <= 0 or v % 32 for v in input_shape):
+        raise EvalError(f"INPUT_SHAPE must be [height, width], multiples of 32; got {cfg['INPUT_SHAPE']}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
+    data_root = args.data_root or cfg["DATA_ROOT"]
+    try:
+        index = build_fred_index(data_root, args.modality, args.split or cfg["SPLIT"], cfg["FRAME_STRIDE"],
+                                 cfg["VAL_FRAME_STRIDE"], cfg["NUM_CLASSES"], cfg["STRICT_LABELS"],
+                                 cfg["RGB_IMAGE_DIR"], cfg["INDEX_CACHE_DIR"] or None)
+    except FredDataError as e:
+        raise EvalError(str(e)) from None
+    frames = index.val
+    LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
+                len(index.val_sequences), data_root)
+    workers = min(args.workers if args.workers is not None else cfg["NUM_WORKERS"], os.cpu_count() or 1)
+    loader = DataLoader(FredDataset(frames, input_shape, train=False), batch_size=args.batch or cfg["EVAL_BATCH_SIZE"],
+                        shuffle=False, num_workers=workers, collate_fn=collate_fred, pin_memory=device.type == "cuda")
+    class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
+    class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
+    rows, per_sequence = [], []
+    for path, ckpt, folder in zip(args.weights, checkpoints, output_dirs(args)):
+        trained_shape = ckpt["config"].get("INPUT_SHAPE")
+        if trained_shape is not None and tuple(trained_shape) != input_shape:
+            LOGGER.warning("%s was trained at INPUT_SHAPE %s; evaluating at %s", path, list(trained_shape),
+                           list(input_shape))
+        model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device)
+        result = evaluate(model, tqdm(loader, desc=os.path.basename(path), leave=False), frames, device,
+                          conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
+                          iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
+                          max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
+                          amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
+                          class_names=class_names, data_root=data_root)
+        rows.append((path, result.metrics))
+        if args.per_sequence:
+            per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.detections, frames)))
+        if folder:
+            write_outputs(folder, result, frames, args)
+            LOGGER.info("%s: outputs in %s", path, folder)
+        del model, result
+    print(format_table(rows))
+    for path, seq_rows in per_sequence:
+        print(f"\nper sequence, worst first ({path}); -1 = no ground truth box in the sequence")
+        print(f"{'sequence':>8}  {'mAP50':>7}  {'mAP50:95':>8}  {'images':>6}")
+        for sequence, m50, m50_95, n in seq_rows:
+            print(f"{sequence:>8}  {m50:7.4f}  {m50_95:8.4f}  {n:6d}")
+    return rows[-1][1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit status (0 ok, 2 for a problem the message explains)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        metrics = run(args)
+    except EvalError as e:
+        print(f"eval_fred.py: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metrics[k] for k in JSON_KEYS}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

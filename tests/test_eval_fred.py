@@ -1,0 +1,174 @@
+"""eval_fred.py end to end on a tiny generated FRED with randomly initialised YOLOv8n checkpoints (CPU)."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import pytest
+import torch
+
+import eval_fred
+from datasets.fred_index import build_fred_index
+from datasets.synthetic import generate_fred
+from nets import build_model
+from utils.evaluator import coco_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON = ["--modality", "event", "--split", "random:0.5:0", "--set", "INPUT_SHAPE=[64,64]", "--device", "cpu",
+          "--workers", "0", "--batch", "8", "--conf", "0.0001"]
+
+
+@pytest.fixture(scope="module")
+def fred(tmp_path_factory):
+    """A 4 sequences x 6 frames FRED of 96x160 frames and checkpoints in train_fred.py's format."""
+    base = tmp_path_factory.mktemp("eval_fred")
+    root = str(base / "fred")
+    generate_fred(root, sequences=4, frames=6, seed=3, size=(96, 160))
+    torch.manual_seed(0)
+    model = build_model("n", 1)
+    ckpt = str(base / "best.pth")
+    torch.save({"model": model.state_dict(), "phi": "n", "num_classes": 1, "in_channels": 3,
+                "config": {"INPUT_SHAPE": [64, 64]}}, ckpt)
+    bare = str(base / "bare_state_dict.pth")
+    torch.save(model.state_dict(), bare)
+    index = build_fred_index(root, "event", split="random:0.5:0")
+    return {"base": base, "root": root, "ckpt": ckpt, "bare": bare, "val": index.val,
+            "val_sequences": index.val_sequences}
+
+
+def run_main(argv, capsys):
+    """eval_fred.main in this process: (exit status, stdout, stderr)."""
+    status = eval_fred.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_end_to_end(fred, capsys):
+    out_dir = str(fred["base"] / "out")
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], "--save_json",
+                                          out_dir, "--plots", "--per_sequence"], capsys)
+    assert status == 0, err
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert list(result) == ["mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images",
+                            "ms_per_image"]
+    assert result["images"] == len(fred["val"]) > 0
+    assert result["ms_per_image"] > 0
+    assert lines[0].split()[:3] == ["checkpoint", "mAP50", "mAP50:95"]
+    assert lines[1].startswith(fred["ckpt"])
+
+    detections = json.load(open(os.path.join(out_dir, "detections.json")))
+    gt = json.load(open(os.path.join(out_dir, "ground_truth.json")))
+    assert detections and set(detections[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert len(gt["images"]) == result["images"]
+    assert sum(len(f.boxes) for f in fred["val"]) == len(gt["annotations"]) > 0
+    for image in gt["images"]:  # e.g. 12/Event/Frames/Video_12_33333.png, or FRED's Video_12_frame_100032333.png
+        assert re.fullmatch(r"\d+/Event/Frames/Video_\d+_(frame_)?\d+\.png", image["file_name"]), image["file_name"]
+        assert image["file_name"] == os.path.relpath(fred["val"][image["id"]].image, fred["root"])
+        assert (image["height"], image["width"]) == (96, 160)
+    for d in detections:  # boxes in original pixels
+        x, y, w, h = d["bbox"]
+        assert -1e-3 <= x and -1e-3 <= y and x + w <= 160 + 1e-3 and y + h <= 96 + 1e-3
+    # the saved files reproduce the printed numbers
+    again = coco_metrics(gt, detections)
+    for key in ("mAP50", "mAP50_95", "mAP75", "AP_small"):
+        assert again[key] == pytest.approx(result[key], abs=1e-12)
+
+    for name in ("pr_curve.png", "samples.png"):
+        image = cv2.imread(os.path.join(out_dir, name))
+        assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+    per_seq = out[out.index("per sequence"):].splitlines()[2:-1]
+    assert sorted(row.split()[0] for row in per_seq) == sorted(fred["val_sequences"])
+    assert len(fred["val_sequences"]) >= 2
+    values = [float(row.split()[2]) for row in per_seq]
+    defined = [v for v in values if v >= 0]
+    assert defined == sorted(defined) and values[:len(defined)] == defined  # worst first, undefined last
+    assert sum(int(row.split()[3]) for row in per_seq) == result["images"]
+
+
+def test_several_checkpoints_and_bare_state_dict(fred, capsys):
+    """One row per checkpoint; a bare state dict is measured; same weights give the same numbers."""
+    out_dir = str(fred["base"] / "two")
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], fred["bare"],
+                                          "--save_json", out_dir], capsys)
+    assert status == 0, err
+    lines = out.strip().splitlines()
+    assert lines[1].startswith(fred["ckpt"]) and lines[2].startswith(fred["bare"])
+    assert lines[1].split()[1:4] == lines[2].split()[1:4]
+    assert sorted(os.listdir(out_dir)) == ["bare_state_dict", "best"]
+    assert os.path.isfile(os.path.join(out_dir, "best", "detections.json"))
+
+
+def test_missing_weights_exit_2_without_traceback(fred, tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    proc = subprocess.run([sys.executable, "eval_fred.py", *COMMON, "--data_root", fred["root"], "--weights",
+                           missing], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert missing in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_checkpoint_that_does_not_fit(fred, tmp_path, capsys):
+    wrong_phi = str(tmp_path / "labelled_n_but_s.pth")
+    torch.save({"model": build_model("s", 1).state_dict(), "phi": "n", "num_classes": 1, "in_channels": 3}, wrong_phi)
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", wrong_phi], capsys)
+    assert status == 2 and wrong_phi in err and "does not fit" in err and "YOLOv8s" in err
+    assert out == ""
+
+    status, _, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["bare"], "--phi", "s"], capsys)
+    assert status == 2 and fred["bare"] in err and "does not fit" in err
+
+    two_classes = str(tmp_path / "two_classes.pth")
+    torch.save({"model": build_model("n", 2).state_dict(), "phi": "n", "num_classes": 2, "in_channels": 3},
+               two_classes)
+    status, _, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", two_classes], capsys)
+    assert status == 2 and two_classes in err and "NUM_CLASSES" in err
+
+
+def test_bad_set_and_bad_data_root(fred, tmp_path, capsys):
+    status, _, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], "--set", "NOPE=1"],
+                              capsys)
+    assert status == 2 and "NOPE" in err and "Valid keys" in err and "CONFIDENCE" in err
+    status, _, err = run_main(COMMON + ["--data_root", str(tmp_path / "empty"), "--weights", fred["ckpt"]], capsys)
+    assert status == 2 and str(tmp_path / "empty") in err
+
+
+def test_training_time_map_equals_eval_fred(tmp_path, capsys):
+    """train_fred.py's in-training mAP and eval_fred.py on its best.pth are the same number (same data, settings).
+
+    Labels are rewritten to large boxes so that even a barely trained model scores a non-zero mAP: the comparison
+    is between two non-trivial numbers, not 0 == 0.
+    """
+    import numpy as np
+
+    import train_fred
+
+    root = str(tmp_path / "fred")
+    generate_fred(root, sequences=4, frames=6, seed=5, size=(96, 160))
+    rng = np.random.default_rng(0)
+    for label in sorted(glob.glob(os.path.join(root, "*", "Event_YOLO", "*.txt"))):
+        w, h = rng.uniform(0.5, 0.95, 2)
+        cx, cy = rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)
+        with open(label, "w") as f:
+            f.write(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" if rng.random() < 0.8 else "")
+    sets = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MAX_DET=50", "EVAL_BATCH_SIZE=8",
+            "NUM_WORKERS=0"]
+    status = train_fred.main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
+                              "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *sets,
+                              "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4", "EVAL_PERIOD=1"])
+    out = capsys.readouterr().out
+    assert status == 0
+    trained = json.loads(out.strip().splitlines()[-1])
+    assert trained["best_epoch"] == 1 and trained["best_mAP50"] > 0.01
+
+    status, out, err = run_main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--device",
+                                 "cpu", "--weights", os.path.join(trained["run_dir"], "best.pth"), "--set", *sets],
+                                capsys)
+    assert status == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
+    assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
