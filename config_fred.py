@@ -41,10 +41,14 @@ WARMUP_EPOCHS = 3                 # linear warmup length, epochs (at least WARMU
 WARMUP_MIN_ITERS = 100            # minimum warmup iterations
 GRAD_CLIP = 10.0                  # max gradient norm (0 = off)
 EMA_DECAY = 0.9999                # EMA of weights, ramped up over the first ~2000 iterations
+WARMUP_BIAS_LR = 0.1              # SGD only: bias learning rate at the start of warmup, falling to the scheduled lr
+WARMUP_MOMENTUM = 0.8             # SGD only: momentum at the start of warmup, rising to MOMENTUM
+SEED = 0                          # random seed (init, shuffling, augmentation); same seed + data + workers = same run
 
 # ----------------------------------------------------------------- precision
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
+CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
 
 # ----------------------------------------------------------------- augmentation
 MOSAIC = True                     # 4-image mosaic
@@ -63,6 +67,11 @@ MIN_BOX_SIZE = 2.0                # boxes smaller than this after augmentation a
 
 # ----------------------------------------------------------------- data loading
 NUM_WORKERS = 8                   # dataloader worker processes (capped at the CPU count)
+SYNC_BN = False                   # multi-GPU (torchrun) only: synchronise BatchNorm statistics across GPUs
+
+# ----------------------------------------------------------------- training run
+LOG_INTERVAL = 50                 # iterations between reads of the loss from the GPU (progress bar, NaN check), >= 1
+NAN_PATIENCE = 100                # stop after this many skipped steps in a row (non-finite loss), steps
 
 # ----------------------------------------------------------------- saving and evaluation
 SAVE_DIR = "logs/fred_{modality}" # run folders go under here; {modality} is filled in

@@ -1,0 +1,514 @@
+"""train_fred.py end to end on tiny generated FRED data (CPU): phases, checkpoints, resume, faults, learning.
+
+Most runs call train_fred.main(argv) in-process; torchrun and a real SIGTERM use subprocesses.
+"""
+import contextlib
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_fred
+from datasets.fred_index import build_fred_index
+from datasets.synthetic import generate_fred
+from nets import build_model, load_weights
+from utils import engine
+from utils.checkpoint import atomic_save, load_checkpoint
+from utils.ema import ModelEMA
+from utils.loss import DetectionLoss
+from utils.optim import build_optimizer, lr_at, scale_lr_for_batch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 event+rgb sequences x 8 frames at 180x320 (drones ~8-16 px), canonical ids on both sides of the split."""
+    root = tmp_path_factory.mktemp("fred")
+    generate_fred(str(root), sequences=4, frames=8, seed=0, size=(180, 320))
+    return str(root)
+
+
+def tiny_args(data, save_dir, *sets, epochs=2):
+    """A two-phase run: 1 frozen epoch at batch 8, then batch 4; 64x64 input, phi n, no workers."""
+    return ["--modality", "event", "--data_root", data, "--phi", "n", "--device", "cpu", "--save_dir", str(save_dir),
+            "--set", "INPUT_SHAPE=[64, 64]", "FREEZE_EPOCH=1", f"UNFREEZE_EPOCH={epochs}", "FREEZE_BATCH_SIZE=8",
+            "UNFREEZE_BATCH_SIZE=4", "NUM_WORKERS=0", "EVAL_PERIOD=1", "SAVE_PERIOD=1", "EVAL_BATCH_SIZE=16",
+            "LOG_INTERVAL=2", "MIN_BOX_SIZE=1.0", "WARMUP_MIN_ITERS=4", *sets]
+
+
+def only_run_dir(save_dir):
+    dirs = glob.glob(os.path.join(str(save_dir), "loss_*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def final_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+class Recorder:
+    """Wraps engine.train_one_epoch: records batch size and backbone trainability; runs hooks before/after a call."""
+
+    def __init__(self, before=None, after=None):
+        self.calls, self.before, self.after = [], before or {}, after or {}
+        self.original = engine.train_one_epoch
+
+    def __call__(self, model, *args, **kwargs):
+        n = len(self.calls)
+        loader = args[4]
+        net = model.module if hasattr(model, "module") else model
+        self.calls.append({"batch_size": loader.batch_size,
+                           "requires_grad": {p.requires_grad for p in net.backbone.parameters()},
+                           "head_requires_grad": {p.requires_grad for p in net.head.cls.parameters()},
+                           "bn_training_after_train": None})
+        if n in self.before:
+            self.before[n]()
+        out = self.original(model, *args, **kwargs)
+        self.calls[-1]["bn_training_after_train"] = {m.training for m in net.backbone.modules()
+                                                     if isinstance(m, torch.nn.BatchNorm2d)}
+        if n in self.after:
+            self.after[n]()
+        return out
+
+
+@pytest.fixture(scope="module")
+def run_a(data, tmp_path_factory):
+    """Reference run: 2 epochs crossing freeze -> unfreeze, recorded."""
+    save = tmp_path_factory.mktemp("run_a")
+    rec = Recorder()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "train_one_epoch", rec)
+        t0 = time.perf_counter()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = train_fred.main(tiny_args(data, save))
+    return {"rc": rc, "rec": rec, "run_dir": only_run_dir(save), "stdout": out.getvalue(),
+            "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------------------------- units
+def test_lr_schedule_warmup_cosine_step_and_nbs_rule():
+    assert lr_at(0.0, 10, 2, 0.01, 0.0001, "cos") == 0.0
+    assert lr_at(1.0, 10, 2, 0.01, 0.0001, "cos") == pytest.approx(0.005)
+    assert lr_at(2.0, 10, 2, 0.01, 0.0001, "cos") == pytest.approx(0.01)
+    assert lr_at(6.0, 10, 2, 0.01, 0.0001, "cos") == pytest.approx((0.01 + 0.0001) / 2)
+    assert lr_at(10.0, 10, 2, 0.01, 0.0001, "cos") == pytest.approx(0.0001)
+    steps = [lr_at(t, 10, 0, 0.01, 0.0001, "step") for t in np.linspace(0, 10, 101)]
+    assert steps[0] == pytest.approx(0.01) and steps[-1] == pytest.approx(0.0001)
+    assert len(set(np.round(steps, 12))) == 10 and all(a >= b for a, b in zip(steps, steps[1:]))
+    assert scale_lr_for_batch(1e-2, 1e-4, 16, "sgd") == pytest.approx((2.5e-3, 2.5e-5))
+    assert scale_lr_for_batch(1e-2, 1e-4, 1024, "sgd") == pytest.approx((5e-2, 5e-4))  # clamped high
+    assert scale_lr_for_batch(1e-3, 1e-5, 16, "adam") == pytest.approx((3e-4, 3e-6))  # clamped low
+
+
+def test_optimizer_groups_decay_only_weights():
+    model = build_model("n", 1)
+    opt = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["decay"]["weight_decay"] == 5e-4 and groups["norm"]["weight_decay"] == 0
+    assert groups["bias"]["weight_decay"] == 0 and groups["decay"]["nesterov"]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert all(p.ndim > 1 for p in groups["decay"]["params"]) and all(p.ndim == 1 for p in groups["norm"]["params"])
+    assert isinstance(build_optimizer(model, "adamw", 1e-3, 0.9, 0.0), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="OPTIMIZER_TYPE"):
+        build_optimizer(model, "rmsprop", 1e-3, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_nonfinite_step_is_skipped_and_training_continues_like_the_reference(kind):
+    """GradScaler + fused optimizer: a NaN step changes nothing (no uninitialised momentum left behind)."""
+    torch.manual_seed(0)
+    model, ref = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ref.load_state_dict(model.state_dict())
+    opt = build_optimizer(model, kind, 0.1, 0.9, 0.0)
+    ref_opt = (torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True) if kind == "sgd"
+               else torch.optim.AdamW(ref.parameters(), lr=0.1, betas=(0.9, 0.999), weight_decay=0.0))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    for k in range(4):
+        x = torch.randn(4, 3)
+        scaler.scale(model(x).sum() * (float("nan") if k == 0 else 1.0)).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update(1.0)
+        opt.zero_grad()
+        if k:
+            ref(x).sum().backward()
+            ref_opt.step()
+            ref_opt.zero_grad()
+        assert torch.allclose(model.weight, ref.weight, atol=1e-6), k
+
+
+def test_ema_follows_the_ramped_decay():
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.9, tau=10.0)
+    start = ema.ema.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-1 / 10))
+    assert torch.allclose(ema.ema.weight, d * start + (1 - d) * model.weight)
+    assert ema.updates == 1 and not ema.ema.weight.requires_grad
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = str(tmp_path / "last.pth")
+    atomic_save({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"], "the temporary file must be removed"
+
+
+def test_step_advice_names_the_epochs_that_reach_the_seed_note_figure():
+    cfg = {"UNFREEZE_EPOCH": 150, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": True, "FREEZE_BATCH_SIZE": 32,
+           "UNFREEZE_BATCH_SIZE": 16, "OPTIMIZER_TYPE": "sgd"}
+    assert "enough" in train_fred.step_advice(cfg, 48335)  # the seed note: 48,335 frames, well above 5e4
+    text = train_fred.step_advice(cfg, 1000)  # 30 * 32 + 120 * 63 = 8520 steps
+    assert "8520 optimizer steps" in text
+    # 30 * 32 = 960 frozen steps, then ceil((50000 - 960) / 63) = 779 unfrozen epochs
+    assert "UNFREEZE_EPOCH=809" in text
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def test_two_epochs_cross_freeze_to_unfreeze(run_a):
+    assert run_a["rc"] == 0, run_a["stdout"][-2000:]
+    calls = run_a["rec"].calls
+    assert [c["batch_size"] for c in calls] == [8, 4]
+    assert calls[0]["requires_grad"] == {False} and calls[1]["requires_grad"] == {True}
+    assert calls[0]["head_requires_grad"] == {True}
+    assert calls[0]["bn_training_after_train"] == {False}, "frozen BatchNorm must keep its statistics"
+    assert calls[1]["bn_training_after_train"] == {True}
+    run_dir = run_a["run_dir"]
+    names = set(os.listdir(run_dir))
+    assert {"last.pth", "best.pth", "config.json", "results.csv", "loss.png", "map.png", "epoch_map.txt"} <= names
+    assert any(re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", n) for n in names), names
+    assert any(n.startswith("ep002-") for n in names)
+    events = [n for n in names if n.startswith("events.out.tfevents")]
+    assert events
+    acc = EventAccumulator(run_dir).Reload()
+    for tag in ("train/box", "train/cls", "train/dfl", "val/loss", "lr", "metrics/mAP50", "metrics/mAP50_95",
+                "speed/img_per_s", "time/epoch_s", "gpu/mem_GB"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
+    rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("1,frozen,8,") and rows[2].startswith("2,unfrozen,4,")
+    assert len(open(os.path.join(run_dir, "epoch_map.txt")).read().splitlines()) == 2
+
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pth"))
+    assert ckpt["epoch"] == 2 and ckpt["phase"] == "unfrozen" and ckpt["iteration"] == 0
+    assert (ckpt["phi"], ckpt["num_classes"], ckpt["in_channels"], ckpt["modality"]) == ("n", 1, 3, "event")
+    assert ckpt["config"]["INPUT_SHAPE"] == [64, 64] and ckpt["ema_updates"] == 4 + 7
+    model = build_model("n", 1)
+    model.load_state_dict(ckpt["model"])  # strict: the EMA weights are a complete model
+    assert not torch.equal(ckpt["model"]["head.cls.0.2.weight"], ckpt["model_raw"]["head.cls.0.2.weight"])
+    assert load_weights(build_model("n", 1), os.path.join(run_dir, "best.pth"))["missing"] == 0
+    best = load_checkpoint(os.path.join(run_dir, "best.pth"))
+    assert "optimizer" not in best and best["phi"] == "n" and best["best"]["epoch"] == best["epoch"]
+    assert train_fred.main(["--resume", os.path.join(run_dir, "best.pth")]) == 2  # weights only: use last.pth
+    summary = final_json(run_a["stdout"])
+    assert set(summary) == {"run_dir", "epochs", "best_mAP50", "best_mAP50_95", "best_epoch", "train_seconds"}
+    assert summary["run_dir"] == run_dir and summary["epochs"] == 2 and summary["best_epoch"] in (1, 2)
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["modality"] == "event" and config["UNFREEZE_BATCH_SIZE"] == 4
+
+
+def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, run_a, tmp_path, monkeypatch, capsys):
+    save = tmp_path / "b"
+    rec = Recorder(after={0: lambda: os.kill(os.getpid(), signal.SIGTERM)})  # a real SIGTERM after epoch 1
+    monkeypatch.setattr(engine, "train_one_epoch", rec)
+    assert train_fred.main(tiny_args(data, save)) == 128 + signal.SIGTERM
+    run_dir = only_run_dir(save)
+    last = os.path.join(run_dir, "last.pth")
+    assert load_checkpoint(last)["epoch"] == 1
+    monkeypatch.setattr(engine, "train_one_epoch", rec.original)
+    capsys.readouterr()
+    assert train_fred.main(["--resume", last]) == 0
+    assert final_json(capsys.readouterr().out)["epochs"] == 2
+
+    a = load_checkpoint(os.path.join(run_a["run_dir"], "last.pth"))
+    b = load_checkpoint(last)
+    assert b["epoch"] == a["epoch"] == 2 and b["ema_updates"] == a["ema_updates"]
+    assert [g["lr"] for g in b["optimizer"]["param_groups"]] == [g["lr"] for g in a["optimizer"]["param_groups"]]
+    for key in ("model_raw", "model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+
+
+def test_larger_unfreeze_epoch_extends_a_finished_run(run_a, tmp_path, capsys):
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(run_a["run_dir"], run_dir)
+    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth")]) == 0  # finished: nothing to do
+    assert "nothing to do: 2 epochs done" in capsys.readouterr().out
+    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth"), "--set", "UNFREEZE_EPOCH=3"]) == 0
+    assert final_json(capsys.readouterr().out)["epochs"] == 3
+    assert load_checkpoint(os.path.join(run_dir, "last.pth"))["epoch"] == 3
+    rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "frozen"], ["2", "unfrozen"], ["3", "unfrozen"]]
+    assert [e.step for e in EventAccumulator(run_dir).Reload().Scalars("val/loss")] == [1, 2, 3]
+
+
+def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(data, run_a, tmp_path, capsys):
+    best = os.path.join(run_a["run_dir"], "best.pth")
+    args = tiny_args(data, tmp_path, "FREEZE_TRAIN=False", epochs=1)
+    assert train_fred.main(args + ["--weights", best, "--no_eval_map"]) == 0
+    out = capsys.readouterr().out
+    n = len(build_model("n", 1).state_dict())
+    assert f"weights {best}: loaded {n}/{n} tensors, skipped 0" in out
+    summary = final_json(out)
+    assert summary["best_mAP50"] is None and summary["best_epoch"] == 1
+    run_dir = only_run_dir(tmp_path)
+    assert os.path.isfile(os.path.join(run_dir, "best.pth"))
+    assert not os.path.exists(os.path.join(run_dir, "epoch_map.txt"))
+    ckpt = load_checkpoint(os.path.join(run_dir, "best.pth"))
+    assert ckpt["best_fitness"] == pytest.approx(-ckpt["best"]["val_loss"])
+
+    assert train_fred.main(tiny_args(data, tmp_path / "s", epochs=1) + ["--phi", "s", "--weights", best]) == 2
+    err = capsys.readouterr().err
+    assert "YOLOv8n" in err and "Traceback" not in err
+
+
+def test_set_errors_are_reported_without_traceback(data, tmp_path, capsys):
+    assert train_fred.main(["--modality", "event", "--set", "NOT_A_KEY=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'NOT_A_KEY'" in err and "UNFREEZE_BATCH_SIZE" in err and "Traceback" not in err
+    assert train_fred.main(["--modality", "event", "--set", "UNFREEZE_EPOCH=[1]"]) == 2
+    assert "UNFREEZE_EPOCH must be int" in capsys.readouterr().err
+    args = tiny_args(data, tmp_path, "INPUT_SHAPE=[100, 64]")
+    assert train_fred.main(args) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+def _raise_oom(*args, **kwargs):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_cuda_oom_names_phase_batch_and_key_and_saves_nothing_new(data, tmp_path, monkeypatch, capsys):
+    real_call = DetectionLoss.__call__
+    state = {"oom": False}
+
+    def loss(self, *args, **kwargs):
+        if state["oom"]:
+            _raise_oom()
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(DetectionLoss, "__call__", loss)
+    seen = {}
+
+    def before_second():
+        state["oom"] = True
+        seen["hash"] = sha(os.path.join(only_run_dir(tmp_path), "last.pth"))
+
+    monkeypatch.setattr(engine, "train_one_epoch", Recorder(before={1: before_second}))
+    assert train_fred.main(tiny_args(data, tmp_path)) == 3
+    err = capsys.readouterr().err
+    assert "CUDA out of memory" in err and "unfrozen phase" in err and "batch size 4" in err
+    assert "UNFREEZE_BATCH_SIZE" in err and "--set UNFREEZE_BATCH_SIZE=" in err and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    assert sha(os.path.join(run_dir, "last.pth")) == seen["hash"], "nothing new may be saved after OOM"
+    assert not any(n.startswith("ep002") for n in os.listdir(run_dir))
+
+    state["oom"] = True  # OOM in the very first step: frozen phase, nothing saved at all
+    monkeypatch.setattr(engine, "train_one_epoch", Recorder())
+    assert train_fred.main(tiny_args(data, tmp_path / "first")) == 3
+    err = capsys.readouterr().err
+    assert "frozen phase at batch size 8" in err and "FREEZE_BATCH_SIZE" in err
+    assert not os.path.exists(os.path.join(only_run_dir(tmp_path / "first"), "last.pth"))
+
+
+def test_nonfinite_loss_is_skipped_then_stops_after_patience(data, tmp_path, monkeypatch, capsys):
+    real_call = DetectionLoss.__call__
+    state = {"nan_calls": 2, "nan_all": False}  # epoch 1: the first two steps are NaN; epoch 2: all of them
+
+    def loss(self, *args, **kwargs):
+        parts = real_call(self, *args, **kwargs)
+        if torch.is_grad_enabled() and (state["nan_all"] or state["nan_calls"] > 0):
+            state["nan_calls"] -= 1
+            parts = {k: v * float("nan") for k, v in parts.items()}
+        return parts
+
+    monkeypatch.setattr(DetectionLoss, "__call__", loss)
+    seen = {}
+
+    def before_second():
+        state["nan_all"] = True
+        seen["hash"] = sha(os.path.join(only_run_dir(tmp_path), "last.pth"))
+
+    monkeypatch.setattr(engine, "train_one_epoch", Recorder(before={1: before_second}))
+    rc = train_fred.main(tiny_args(data, tmp_path, "NAN_PATIENCE=3", "LOG_INTERVAL=1"))
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    assert "3 optimizer steps in a row had a non-finite loss" in err and "last.pth keeps the state after epoch 1" in err
+    run_dir = only_run_dir(tmp_path)
+    last = os.path.join(run_dir, "last.pth")
+    assert sha(last) == seen["hash"]
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model_raw"].values() if t.is_floating_point())
+    rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert row[header.index("skipped_steps")] == "2" and math.isfinite(float(row[header.index("train_loss")]))
+
+
+def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
+    assert train_fred.main(["--modality", "event", "--data_root", data, "--check_data"]) == 0
+    out = capsys.readouterr().out
+    summary = final_json(out)
+    assert list(summary) == ["modality", "train_sequences", "val_sequences", "train_frames", "val_frames", "boxes",
+                             "empty_frames", "unlabeled_frames", "bad_files", "dropped_boxes"]
+    truth = json.load(open(os.path.join(data, "synthetic_manifest.json")))["totals"]["event"]
+    assert summary["train_frames"] + summary["val_frames"] == truth["annotated"]
+    assert (summary["boxes"], summary["empty_frames"], summary["unlabeled_frames"]) == (
+        truth["boxes"], truth["empty"], truth["unlabeled"])
+    assert summary["bad_files"] == 0 and "FRED data check" in out
+
+    assert train_fred.main(["--modality", "event", "--data_root", str(tmp_path / "nowhere"), "--check_data"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    val_ids = build_fred_index(str(broken), "event").val_sequences
+    for path in glob.glob(str(broken / "*" / "Event" / "Frames" / "*.png")):
+        if path.split(os.sep)[-4] in val_ids:
+            open(path, "wb").write(b"not a png")
+    assert train_fred.main(["--modality", "event", "--data_root", str(broken), "--check_data"]) == 1
+    captured = capsys.readouterr()
+    assert final_json(captured.out)["val_frames"] == 0 and final_json(captured.out)["bad_files"] > 0
+    assert "no val frames" in captured.err and str(broken) in captured.err
+
+
+# ----------------------------------------------------------------------------------------------- subprocesses
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(data, tmp_path):
+    """DDP on CPU: global batch sizes split over 2 processes, DDP re-wrapped when the backbone is unfrozen."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(REPO, "train_fred.py"), *tiny_args(data, tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "batch 8 (4 per process x 2)" in proc.stdout and "batch 4 (2 per process x 2)" in proc.stdout
+    json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1, "only rank 0 prints the summary"
+    run_dir = only_run_dir(tmp_path)
+    rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("1,frozen,8,") and rows[2].startswith("2,unfrozen,4,")
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pth"))
+    assert ckpt["ema_updates"] == 4 + 7, "each process takes 14 of the 27 frames: 4 batches of 4, then 7 of 2"
+    assert not any(k.startswith("module.") for k in ckpt["model_raw"])
+
+
+def test_sigterm_mid_epoch_saves_last_and_resume_finishes(data, tmp_path):
+    args = tiny_args(data, tmp_path, "FREEZE_TRAIN=False", "UNFREEZE_BATCH_SIZE=1", "NUM_WORKERS=1",
+                     "LOG_INTERVAL=1", "INPUT_SHAPE=[128, 128]", epochs=2)  # 27 steps: time to land mid-epoch
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train_fred.py"), *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = bytearray()
+    reader = threading.Thread(target=lambda: [err.extend(c) for c in iter(lambda: proc.stderr.read1(4096), b"")],
+                              daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while not re.search(rb"epoch 1/2 unfrozen:.*\| *[2-9]/27", bytes(err)) and time.time() < deadline:
+        assert proc.poll() is None, bytes(err)[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read().decode()
+    rc = proc.wait(timeout=120)
+    reader.join(timeout=10)
+    text = bytes(err).decode(errors="replace")
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "SIGTERM: stopping at the next iteration" in text and "saved" in text
+    ckpt = load_checkpoint(os.path.join(only_run_dir(tmp_path), "last.pth"))
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["iteration"] < 27
+    assert not out.strip().splitlines()[-1].startswith("{")
+
+    resumed = subprocess.run([sys.executable, os.path.join(REPO, "train_fred.py"), "--resume",
+                              os.path.join(only_run_dir(tmp_path), "last.pth")], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert final_json(resumed.stdout)["epochs"] == 2
+    done = load_checkpoint(os.path.join(only_run_dir(tmp_path), "last.pth"))
+    assert done["epoch"] == 2 and done["ema_updates"] == 54, "the interrupted epoch continues where it stopped"
+
+
+# ----------------------------------------------------------------------------------------------- learning
+def crop_around_drones(src: str, out: str, crop: int, copies: int, frames: int, skip: int = 2) -> None:
+    """Write `copies` + 1 identical event sequences (ids 0..copies) of `frames` crop x crop windows cut around the
+    drone of sequence 0 in src (random offset; the first `skip` frames, where the drone enters, are left out)."""
+    rng = np.random.default_rng(0)
+    images = sorted(glob.glob(os.path.join(src, "0", "Event", "Frames", "*.png")))[skip:skip + frames]
+    for k in range(copies + 1):
+        os.makedirs(os.path.join(out, str(k), "Event", "Frames"))
+        os.makedirs(os.path.join(out, str(k), "Event_YOLO"))
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        image = cv2.imread(path)
+        h, w = image.shape[:2]
+        boxes = np.loadtxt(os.path.join(src, "0", "Event_YOLO", stem + ".txt"), ndmin=2).reshape(-1, 5)
+        xyxy = np.stack([(boxes[:, 1] - boxes[:, 3] / 2) * w, (boxes[:, 2] - boxes[:, 4] / 2) * h,
+                         (boxes[:, 1] + boxes[:, 3] / 2) * w, (boxes[:, 2] + boxes[:, 4] / 2) * h], 1)
+        centre = xyxy[0].reshape(2, 2).mean(0) if len(xyxy) else rng.uniform((0, 0), (w, h))
+        x0, y0 = np.clip(centre - crop / 2 + rng.uniform(-crop / 4, crop / 4, 2), 0, (w - crop, h - crop)).astype(int)
+        xyxy = np.clip(xyxy - (x0, y0, x0, y0), 0, crop)
+        keep = (xyxy[:, 2] - xyxy[:, 0] > 2) & (xyxy[:, 3] - xyxy[:, 1] > 2)
+        lines = "".join(f"0 {(a + c) / 2 / crop} {(b + d) / 2 / crop} {(c - a) / crop} {(d - b) / crop}\n"
+                        for a, b, c, d in xyxy[keep])
+        for k in range(copies + 1):
+            cv2.imwrite(os.path.join(out, str(k), "Event", "Frames", stem + ".png"), image[y0:y0 + crop, x0:x0 + crop])
+            with open(os.path.join(out, str(k), "Event_YOLO", stem + ".txt"), "w") as f:
+                f.write(lines)
+
+
+def test_overfits_a_handful_of_frames(tmp_path, capsys):
+    """Train = val = the same 8 event frames, no augmentation: loss, assigner, decode and evaluator fit together.
+
+    The frames are 96 x 96 windows around the drone of a generated 360 x 640 sequence, so a tiny, fast input still
+    shows drones of FRED's size (about 15-30 px); six copies of the sequence train, a seventh validates.
+    """
+    generate_fred(str(tmp_path / "gen"), sequences=1, frames=12, seed=3, size=(360, 640), ids=[0])
+    root = str(tmp_path / "fred")
+    crop_around_drones(str(tmp_path / "gen"), root, crop=96, copies=6, frames=8)
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "train.txt").write_text("".join(f"{i}/\n" for i in range(6)))
+    (split / "test.txt").write_text("6/\n")
+    args = ["--modality", "event", "--data_root", root, "--split", str(split), "--phi", "n", "--device", "cpu",
+            "--save_dir", str(tmp_path / "runs"), "--set", "INPUT_SHAPE=[96, 96]", "FREEZE_TRAIN=False",
+            "UNFREEZE_EPOCH=40", "UNFREEZE_BATCH_SIZE=8", "OPTIMIZER_TYPE='adamw'", "INIT_LR=8e-3", "MIN_LR=8e-4",
+            "WEIGHT_DECAY=0.0", "WARMUP_EPOCHS=1", "WARMUP_MIN_ITERS=10", "MOSAIC=False", "HSV_H=0.0",
+            "HSV_S=0.0", "HSV_V=0.0", "FLIP_LR=0.0", "TRANSLATE=0.0", "SCALE=0.0", "NUM_WORKERS=0",
+            "EVAL_PERIOD=10", "SAVE_PERIOD=1000", "LOG_INTERVAL=6", "MIN_BOX_SIZE=1.0"]
+    assert train_fred.main(args) == 0
+    out = capsys.readouterr().out
+    summary = final_json(out)
+    assert summary["best_mAP50"] >= 0.8, out[-3000:]
+    assert summary["epochs"] == 40 and summary["best_epoch"] >= 20, summary

@@ -1,0 +1,140 @@
+"""One training epoch and the validation loss, with explicit arguments (torchvision references style)."""
+import contextlib
+import math
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from utils.ema import ModelEMA
+
+LOSS_PARTS = ("box", "cls", "dfl")
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [B,3,H,W] -> float 0..1 on device (normalised there); targets [M,6] -> device."""
+    images = batch["images"].to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images.float().div_(255.0), batch["targets"].to(device, non_blocking=True)
+
+
+def weighted_parts(parts: dict, weights: dict) -> torch.Tensor:
+    """Stack weight * part for box, cls, dfl: tensor [3]; its sum is the per-image loss."""
+    return torch.stack([parts[k].float() * weights[k] for k in LOSS_PARTS])
+
+
+def gpu_mem_gb(device: torch.device) -> float:
+    """Peak reserved CUDA memory of device in GB since the last reset (0 on CPU)."""
+    return torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
+
+
+def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callable, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader: torch.utils.data.DataLoader, device: torch.device,
+                    set_lr: Callable[[int], float], amp_dtype: Optional[torch.dtype], fixed_scale: bool,
+                    grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
+                    stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
+                    desc: str = "", show_progress: bool = True) -> dict:
+    """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
+
+    set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
+    after every step. A step whose loss is not finite is skipped (GradScaler finds the non-finite gradients);
+    nan_patience such steps in a row end the epoch with stopped="nan" (noticed at the next log step); stop(i)
+    true ends it before iteration i with stopped="signal". fixed_scale: hold the scaler's scale at 1 (no fp16).
+    The loss back-propagated is sum(weight * part) times the global batch size (Ultralytics' scale).
+    Returns the mean weighted loss parts of the finite steps (box, cls, dfl, loss), lr, skipped, img_per_s,
+    gpu_mem_GB, iteration (steps done in this epoch, counting from 0) and stopped (None, "nan" or "signal").
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    sums, finite_steps = torch.zeros(3, device=device), torch.zeros((), device=device)
+    run, max_run = torch.zeros((), device=device), torch.zeros((), device=device)
+    images_seen, i, stopped, lr = 0, start_iter - 1, None, 0.0
+    t0, n_total = time.perf_counter(), start_iter + len(loader)
+    bar = tqdm(loader, desc=desc, total=len(loader), disable=not show_progress, dynamic_ncols=True, leave=True)
+    for i, batch in enumerate(bar, start_iter):
+        if stop(i):
+            stopped = "signal"
+            break
+        lr = set_lr(i)
+        images, targets = to_device(batch, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            parts = weighted_parts(criterion(model(images), targets, tuple(images.shape[2:])), criterion.weight_dict)
+        loss = parts.sum() * (images.shape[0] * world)  # DDP averages gradients: undo it, as for one big batch
+        finite = torch.isfinite(loss)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        scaler.step(optimizer)
+        scaler.update(1.0 if fixed_scale else None)
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
+        sums += torch.where(finite, parts.detach(), 0.0)
+        finite_steps += finite
+        run = (run + 1) * (~finite)
+        max_run = torch.maximum(max_run, run)
+        images_seen += images.shape[0]
+        if (i + 1) % log_interval == 0 or i + 1 == n_total:
+            out = _read_stats(sums, finite_steps, i + 1 - start_iter, images_seen, t0, lr, device)
+            bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in out.items() if k in LOSS_PARTS + ("lr",))
+                                + f" img/s={out['img_per_s']:.0f} mem={out['gpu_mem_GB']:.1f}G")
+            if _any_rank(max_run >= nan_patience):
+                stopped = "nan"
+                break
+    bar.close()
+    done = i + 1 if stopped != "signal" else i
+    out = _read_stats(sums, finite_steps, done - start_iter, images_seen, t0, lr, device)
+    return {**out, "iteration": done, "stopped": stopped}
+
+
+def _any_rank(flag: torch.Tensor) -> bool:
+    """True if flag (0-d bool tensor) is true on any process (one collective when distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _read_stats(sums: torch.Tensor, finite_steps: torch.Tensor, steps: int, images: int, t0: float, lr: float,
+                device: torch.device) -> dict:
+    """Host copy of the running loss means (one sync) plus speed and memory."""
+    s, n = sums.tolist(), float(finite_steps.item())
+    means = {k: (v / n if n else math.nan) for k, v in zip(LOSS_PARTS, s)}
+    return {**means, "loss": sum(means.values()), "lr": lr, "skipped": steps - int(n),
+            "img_per_s": images / max(time.perf_counter() - t0, 1e-9), "gpu_mem_GB": gpu_mem_gb(device)}
+
+
+@contextlib.contextmanager
+def raw_outputs(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put model in train mode (raw head maps for the loss) with BatchNorm in eval mode."""
+    was_training = model.training
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, criterion: Callable, loader: torch.utils.data.DataLoader, device: torch.device,
+                  amp_dtype: Optional[torch.dtype], channels_last: bool = False, show_progress: bool = False) -> dict:
+    """Mean weighted loss parts (box, cls, dfl) and their sum over loader, BatchNorm using running statistics."""
+    sums, batches = torch.zeros(3, device=device), 0
+    with raw_outputs(model):
+        for batch in tqdm(loader, desc="val loss", disable=not show_progress, dynamic_ncols=True, leave=False):
+            images, targets = to_device(batch, device, channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                preds = model(images)
+                sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)
+            batches += 1
+    means = {k: v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums.tolist())}
+    return {**means, "loss": sum(means.values())}
