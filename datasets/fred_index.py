@@ -361,6 +361,21 @@ def _empty_side_message(side_name: str, seq_ids: list[str], root: str, image_dir
     return message
 
 
+def id_ranges(ids: list[str]) -> str:
+    """Compact text of sequence ids, consecutive numbers as ranges: ['1','2','3','7'] -> '1-3 7'."""
+    parts, run = [], []
+    for i in ids:
+        if run and i.isdigit() and run[-1].isdigit() and int(i) == int(run[-1]) + 1:
+            run.append(i)
+            continue
+        if run:
+            parts.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [i]
+    if run:
+        parts.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return " ".join(parts)
+
+
 def build_fred_index(root: str, modality: str, split: str = "canonical", frame_stride: int = 1,
                      val_frame_stride: int = 1, num_classes: int = 1, strict_labels: bool = False,
                      rgb_image_dir: str = "PADDED_RGB", cache_dir: str | None = None) -> FredIndex:
@@ -387,7 +402,7 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     if missing:
         logger.warning("%d sequences of split %r are not under %s (%d of %d train, %d of %d val); ids: %s",
                        len(missing), split, root, sum(i not in found for i in train_ids), len(train_ids),
-                       sum(i not in found for i in val_ids), len(val_ids), " ".join(missing))
+                       sum(i not in found for i in val_ids), len(val_ids), id_ranges(missing))
     train_seqs = [i for i in train_ids if i in found]
     val_seqs = [i for i in val_ids if i in found]
     for side_name, ids, wanted in (("train", train_seqs, train_ids), ("val", val_seqs, val_ids)):

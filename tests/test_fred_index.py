@@ -240,7 +240,13 @@ def test_missing_split_sequences_warn_with_ids(tmp_path, caplog):
     assert len(index.stats["missing_sequences"]) == 231 - 4
     message = [r.getMessage() for r in caplog.records if "not under" in r.getMessage()]
     assert len(message) == 1 and message[0].startswith("227 sequences of split 'canonical'")
-    assert " 1 2 3 " in message[0] and message[0].endswith(" 230")
+    missing = sorted(set(range(231)) - {int(i) for i in IDS})
+    assert message[0].endswith("-230") and f" {missing[0]}-" in message[0]
+    listed = set()
+    for part in message[0].split("ids: ")[1].split():
+        a, _, b = part.partition("-")
+        listed.update(range(int(a), int(b or a) + 1))
+    assert listed == set(missing)
 
 
 def test_empty_train_or_val_is_an_error(tmp_path):
@@ -330,3 +336,10 @@ def test_counts_equal_the_generators_truth(tmp_path, modality):
         assert stems(frames) == sorted(stems(frames), key=natural_key)
     assert index.stats["unlabeled_frames"] == manifest["totals"][modality]["unlabeled"]
     assert index.stats["dropped_boxes"] == 0 and index.stats["bad_files"] == []
+
+
+def test_missing_ids_are_listed_as_ranges():
+    from datasets.fred_index import id_ranges
+    assert id_ranges(["1", "2", "3", "7", "9", "10"]) == "1-3 7 9-10"
+    assert id_ranges(["5"]) == "5"
+    assert id_ranges([]) == ""
