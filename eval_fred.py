@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import config_fred
+from datasets.frame_cache import build_frame_cache, default_frame_cache_dir
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, load_weights
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace) -> dict:
     input_shape = tuple(int(v) for v in cfg["INPUT_SHAPE"])
     if len(input_shape) != 2 or any(v <= 0 or v % 32 for v in input_shape):
         raise EvalError(f"INPUT_SHAPE must be [height, width], multiples of 32; got {cfg['INPUT_SHAPE']}")
+    if cfg["FRAME_CACHE"] not in ("off", "disk"):
+        raise EvalError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
     data_root = args.data_root or cfg["DATA_ROOT"]
@@ -169,7 +172,16 @@ def run(args: argparse.Namespace) -> dict:
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), data_root)
     workers = min(args.workers if args.workers is not None else cfg["NUM_WORKERS"], os.cpu_count() or 1)
-    loader = DataLoader(FredDataset(frames, input_shape, train=False), batch_size=args.batch or cfg["EVAL_BATCH_SIZE"],
+    cache = None
+    if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
+        try:
+            cache = build_frame_cache([f.image for f in frames], max(input_shape),
+                                      cfg["FRAME_CACHE_DIR"] or default_frame_cache_dir(data_root),
+                                      workers=os.cpu_count() or 1, desc="frame cache (val)")
+        except OSError as e:
+            LOGGER.warning("frame cache not used (%s): decoding the image files instead", e)
+    loader = DataLoader(FredDataset(frames, input_shape, train=False, frame_cache=cache),
+                        batch_size=args.batch or cfg["EVAL_BATCH_SIZE"],
                         shuffle=False, num_workers=workers, collate_fn=collate_fred, pin_memory=device.type == "cuda")
     class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
     class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]

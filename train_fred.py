@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import config_fred
 from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
+from datasets.frame_cache import FrameCache, build_frame_cache, default_frame_cache_dir
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
@@ -124,6 +125,8 @@ def check_config(cfg: dict, world: int) -> None:
         raise ValueError("LR_DECAY_TYPE must be cos or step and AMP_DTYPE fp16 or bf16")
     if cfg["UNFREEZE_EPOCH"] < 1 or min(cfg["SAVE_PERIOD"], cfg["EVAL_PERIOD"], cfg["LOG_INTERVAL"]) < 1:
         raise ValueError("UNFREEZE_EPOCH, SAVE_PERIOD, EVAL_PERIOD and LOG_INTERVAL must be >= 1")
+    if cfg["FRAME_CACHE"] not in ("off", "disk"):
+        raise ValueError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
 
 
 def new_run_dir(save_dir: str) -> str:
@@ -185,14 +188,32 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
                       generator=torch.Generator().manual_seed(seed), drop_last=False)
 
 
-def train_dataset(cfg: dict, frames: list, run_dir: str) -> FredDataset:
+def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None) -> FredDataset:
     """Augmented training samples configured from cfg."""
     return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
                        mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
                        hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
                        degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
                        min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"])
+                       seed=cfg["SEED"], frame_cache=frame_cache)
+
+
+def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
+    """The decoded-frame cache of frames for FRAME_CACHE="disk" (built when absent or stale), else None.
+
+    A cache that cannot be written (disk full, no permission) is reported and training decodes the files instead.
+    """
+    if cfg["FRAME_CACHE"] == "off":
+        return None
+    cache_dir = cfg["FRAME_CACHE_DIR"] or default_frame_cache_dir(cfg["DATA_ROOT"])
+    try:
+        return build_frame_cache([f.image for f in frames], max(cfg["INPUT_SHAPE"]), cache_dir,
+                                 workers=os.cpu_count() or 1, progress=progress, desc=f"frame cache ({what})",
+                                 max_bytes=cfg["FRAME_CACHE_MAX_GB"] * 1e9)
+    except OSError as e:
+        print(f"frame cache for the {what} frames not used ({e}): decoding the image files instead",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def run_check_data(cfg: dict, modality: str) -> int:
@@ -327,11 +348,18 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         return finish(run_dir, start_epoch, best, train_seconds, main_proc)
     frozen_epochs = cfg["FREEZE_EPOCH"] if cfg["FREEZE_TRAIN"] else 0
     workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
-    train_set = train_dataset(cfg, index.train, run_dir)
+    train_cache = val_cache = None
+    if main_proc:  # rank 0 builds the caches, the other processes then open the train one
+        train_cache = open_frame_cache(cfg, index.train, "train", progress=True)
+        val_cache = open_frame_cache(cfg, index.val, "val", progress=True)
+    dist.barrier()
+    if not main_proc:
+        train_cache = open_frame_cache(cfg, index.train, "train", progress=False)
+    train_set = train_dataset(cfg, index.train, run_dir, train_cache)
     val_loader = None
     if main_proc:
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
-                              bad_image_log=os.path.join(run_dir, "bad_images.txt"))
+                              bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
         val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
                                  workers, device, cfg["SEED"])
     log = RunLog(run_dir, start_epoch) if main_proc else None

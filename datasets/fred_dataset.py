@@ -6,6 +6,8 @@ image letterboxed and warped by the same kind of affine in a single warp; then M
 (probability mixup_prob, special augmentation on), HSV jitter, horizontal flip. Boxes move with the pixels; boxes
 cropped below min_box_size pixels, below 10% of their area or beyond aspect 20 are dropped.
 Validation sample (train=False): letterbox only.
+With a frame_cache (datasets/frame_cache.py) images come pre-resized from the cache instead of cv2.imread; ratio,
+pad and orig_shape still refer to the original image, so boxes and the evaluator's mapping are unchanged.
 Images stay BGR (as cv2.imread gives them) through all steps and become RGB once, in the final CHW copy.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
 if TYPE_CHECKING:
+    from datasets.frame_cache import FrameCache
     from datasets.fred_index import Frame
 
 logger = logging.getLogger(__name__)
@@ -37,10 +40,15 @@ class FredDataset(Dataset):
                  mosaic_prob: float = 0.5, mixup: bool = False, mixup_prob: float = 0.0,
                  hsv: tuple = (0.015, 0.7, 0.4), flip_lr: float = 0.5, degrees: float = 0.0,
                  translate: float = 0.1, scale: float = 0.5, min_box_size: float = 2.0,
-                 bad_image_log: str | None = None, seed: int = 0):
-        """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised)."""
+                 bad_image_log: str | None = None, seed: int = 0, frame_cache: FrameCache | None = None):
+        """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised);
+        frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files."""
         if len(frames) == 0:
             raise ValueError("FredDataset got no frames: check the data root, modality and split")
+        if frame_cache is not None and not frame_cache.matches([str(f.image) for f in frames]):
+            raise ValueError(f"the frame cache {frame_cache.bin_path} was built for other frames than these "
+                             f"{len(frames)}: build it from this frame list")
+        self.frame_cache = frame_cache
         self.frames = frames
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
         self.train = train
@@ -102,21 +110,28 @@ class FredDataset(Dataset):
             except OSError as e:
                 logger.warning("cannot write bad image log %s: %s", self.bad_image_log, e)
 
-    def _read(self, i: int) -> tuple[np.ndarray, int]:
-        """BGR uint8 image of frame i, or of the next readable frame after it; returns (image, index used)."""
+    def _read(self, i: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+        """BGR uint8 image of frame i, or of the next readable frame after it; returns (image, index used,
+        original (h, w)). From the frame cache the image is pre-resized (a read-only view), else the original."""
         n = len(self.frames)
         limit = min(MAX_CONSECUTIVE_BAD_IMAGES, n)
         path = ""
         for k in range(limit):
             j = (int(i) + k) % n
             path = str(self.frames[j].image)
-            try:
-                img = cv2.imread(path, cv2.IMREAD_COLOR)
-                reason = "cv2.imread returned None: missing, unreadable or not an image"
-            except Exception as e:  # a decoder error on one frame must not end a long run
-                img, reason = None, f"{type(e).__name__}: {e}"
-            if img is not None and img.size > 0:
-                return img, j
+            if self.frame_cache is not None:
+                img = self.frame_cache.get(j)
+                if img is not None:
+                    return img, j, self.frame_cache.orig_shape(j)
+                reason = f"{self.frame_cache.bad_reason(j)} (when the frame cache was built)"
+            else:
+                try:
+                    img = cv2.imread(path, cv2.IMREAD_COLOR)
+                    reason = "cv2.imread returned None: missing, unreadable or not an image"
+                except Exception as e:  # a decoder error on one frame must not end a long run
+                    img, reason = None, f"{type(e).__name__}: {e}"
+                if img is not None and img.size > 0:
+                    return img, j, (int(img.shape[0]), int(img.shape[1]))
             self._report_bad(path, reason)
         raise RuntimeError(f"{limit} images in a row could not be read, the last one {path}; "
                            f"check the data (python train_fred.py --check_data) and the bad image log")
@@ -132,13 +147,13 @@ class FredDataset(Dataset):
         Also returns (index, orig_shape, ratio, pad) of the first image used, letterbox values for that image.
         """
         h, w = self.input_shape
-        img, j = self._read(i)
-        ratio, (nw, nh), pad = letterbox_params(img.shape[:2], self.input_shape)
-        meta = (j, (int(img.shape[0]), int(img.shape[1])), float(ratio), (float(pad[0]), float(pad[1])))
+        img, j, orig_shape = self._read(i)
+        ratio, (nw, nh), pad = letterbox_params(orig_shape, self.input_shape)
+        meta = (j, orig_shape, float(ratio), (float(pad[0]), float(pad[1])))
         if special and self.mosaic and rng.random() < self.mosaic_prob:
             images, labels = [img], [self._labels(j)]
             for k in rng.integers(0, len(self.frames), 3):
-                im, kk = self._read(int(k))
+                im, kk, _ = self._read(int(k))
                 images.append(im)
                 labels.append(self._labels(kk))
             src, boxes, uncropped = mosaic4(images, labels, self.input_shape, rng)
@@ -149,6 +164,7 @@ class FredDataset(Dataset):
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
             uncropped = boxes[:, 1:]
             # the letterbox of utils/letterbox.py, with cv2.resize's per-axis scale, so that pixels match validation's
+            # (nw, nh, pad are the original image's: a cached, pre-resized image lands on the same place)
             letterbox_map = scale_translate_matrix(nw / img.shape[1], nh / img.shape[0], pad)
             matrix = random_affine_matrix(rng, (w / 2, h / 2), self.input_shape,
                                           self.degrees, self.translate, self.scale) @ letterbox_map
@@ -163,11 +179,15 @@ class FredDataset(Dataset):
         and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
         """
         if not self.train:
-            img, j = self._read(i)
-            img_lb, ratio, pad = letterbox(img, self.input_shape)
-            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
+            img, j, orig_shape = self._read(i)
+            ratio, (nw, nh), (left, top) = letterbox_params(orig_shape, self.input_shape)
+            pad = (float(left), float(top))
+            if img.shape[:2] != orig_shape and img.shape[:2] != (nh, nw):  # cached at another size than needed
+                img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            img_lb, _, _ = letterbox(img, self.input_shape)  # resizes the original; a cached image is only padded
+            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
             boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
-            return _item(img_lb, boxes, j, img.shape[:2], ratio, pad)
+            return _item(img_lb, boxes, j, orig_shape, ratio, pad)
         rng = self._generator()
         special = self.special_aug
         img, boxes, (j, orig_shape, ratio, pad) = self._train_sample(i, rng, special)
