@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from datasets.fred_index import writable_dir
 from utils.letterbox import letterbox_params
 
 logger = logging.getLogger(__name__)
@@ -99,14 +100,8 @@ class FrameCache:
 
 def default_frame_cache_dir(data_root: str) -> str:
     """`<data_root>/.fred_frame_cache` when it can be written, else `~/.cache/fred_yolo/frames`."""
-    local = os.path.join(data_root, ".fred_frame_cache")
-    try:
-        os.makedirs(local, exist_ok=True)
-    except OSError:
-        pass
-    if os.path.isdir(local) and os.access(local, os.W_OK):
-        return local
-    return os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", "frames")
+    return writable_dir(os.path.join(data_root, ".fred_frame_cache"),
+                        os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", "frames"))
 
 
 def _paths_digest(paths: Sequence[str]) -> str:

@@ -138,17 +138,20 @@ def find_sequences(root: str, image_dir: str) -> tuple[dict[str, str], list[str]
     return found, incomplete, duplicates
 
 
-def default_cache_dir(root: str) -> str:
-    """`<root>/.fred_index_cache` when it can be written, else `~/.cache/fred_yolo/<hash of root>`."""
-    local = os.path.join(root, ".fred_index_cache")
+def writable_dir(preferred: str, fallback: str) -> str:
+    """preferred (created if needed) when it can be written, else fallback (a cache folder choice)."""
     try:
-        os.makedirs(local, exist_ok=True)
+        os.makedirs(preferred, exist_ok=True)
     except OSError:
         pass
-    if os.path.isdir(local) and os.access(local, os.W_OK):
-        return local
+    return preferred if os.path.isdir(preferred) and os.access(preferred, os.W_OK) else fallback
+
+
+def default_cache_dir(root: str) -> str:
+    """`<root>/.fred_index_cache` when it can be written, else `~/.cache/fred_yolo/<hash of root>`."""
     digest = hashlib.sha1(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", digest)
+    return writable_dir(os.path.join(root, ".fred_index_cache"),
+                        os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", digest))
 
 
 def _list_names(folder: str, suffixes: tuple[str, ...]) -> list[os.DirEntry]:
