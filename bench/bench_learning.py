@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ultra_ref import (CsvWatcher, build_ultra_dataset, copy_logs, ensure_generated,  # noqa: E402
-                             exit_on_sigterm, final_json_line, log_tail, ours_command, print_table, run_logged,
+from bench.ultra_ref import (CsvWatcher, add_run_args, apply_quick, build_ultra_dataset, copy_logs,  # noqa: E402
+                             ensure_generated, exit_on_sigterm, final_json_line, log_tail, ours_command, print_table, run_logged,
                              score_ultra_predictions, ultra_device, work_dir, write_split)
 
 
@@ -57,26 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--mosaic_prob", type=float, default=0.5)
     p.add_argument("--special_aug_ratio", type=float, default=0.7)
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--data_root", default="", help="generated data (default data/bench_learning[_quick])")
-    p.add_argument("--gen_workers", type=int, default=min(16, os.cpu_count() or 1))
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", default="", help="ours or ultralytics: leave that trainer out")
-    p.add_argument("--timeout", type=float, default=0, help="seconds per trainer process (0 = none)")
-    p.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_learning.json"))
-    p.add_argument("--runs_dir", default="", help="trainer runs and logs (default bench/out/<out stem>_runs)")
+    add_run_args(p, "bench_learning", "generated data (default data/bench_learning[_quick])")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 4 sequences x 8 frames at 96x64, "
                    "phi n, input 64, 1 epoch, batch 8, no workers")
     a = p.parse_args(argv)
-    if a.quick:  # sizes of the smoke test, where not given on the command line
-        quick = dict(sequences=4, frames=8, height=64, width=96, epochs=1, batch=8, imgsz=64, phi="n", workers=0,
-                     device="cpu", gen_workers=min(a.gen_workers, 2))
-        for key, value in quick.items():
-            if getattr(a, key) == p.get_default(key):
-                setattr(a, key, value)
-    if not a.device:
-        import torch
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    apply_quick(a, p, dict(sequences=4, frames=8, height=64, width=96, epochs=1, batch=8, imgsz=64, phi="n",
+                           workers=0, device="cpu", gen_workers=min(a.gen_workers, 2)))
     a.data_root = a.data_root or str(REPO / "data" / ("bench_learning_quick" if a.quick else "bench_learning"))
     return a
 

@@ -52,9 +52,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ultra_ref import (CsvWatcher, GpuSampler, build_ultra_dataset, copy_logs,  # noqa: E402
-                             ensure_generated, exit_on_sigterm, final_json_line, log_tail, median, ours_command,
-                             print_table, run_logged, ultra_device, work_dir, write_split)
+from bench.ultra_ref import (CsvWatcher, GpuSampler, add_run_args, apply_quick, build_ultra_dataset,  # noqa: E402
+                             copy_logs, ensure_generated, exit_on_sigterm, final_json_line, log_tail, median,
+                             ours_command, print_table, run_logged, ultra_device, work_dir, write_split)
 
 PARTS = ("speed", "tta", "data", "ceiling", "eval")
 
@@ -81,26 +81,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tta_target", type=float, default=0.9, help="mAP50 to reach")
     p.add_argument("--data_batches", type=int, default=48, help="batches timed in the data part")
     p.add_argument("--ceiling_iters", type=int, default=40, help="timed steps in the ceiling part")
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--data_root", default="", help="generated data (default data/bench_learning[_quick], shared)")
-    p.add_argument("--gen_workers", type=int, default=min(16, os.cpu_count() or 1))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=0, help="seconds per trainer process (0 = none)")
-    p.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_train.json"))
-    p.add_argument("--runs_dir", default="", help="trainer runs and logs (default bench/out/<out stem>_runs)")
+    add_run_args(p, "bench_train", "generated data (default data/bench_learning[_quick], shared)")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 4 sequences x 8 frames at 96x64, phi n, "
                    "input 64, batches 8/4, 1 epoch per phase, no workers")
     a = p.parse_args(argv)
-    if a.quick:  # sizes of the smoke test, where not given on the command line
-        quick = dict(sequences=4, frames=8, height=64, width=96, phi="n", imgsz=64, workers=0, frozen_batch=8,
-                     unfrozen_batch=4, speed_epochs=1, speed_val_stride=2, tta_epochs=2, tta_batch=8,
-                     data_batches=3, ceiling_iters=2, device="cpu", gen_workers=min(a.gen_workers, 2), parts="all")
-        for key, value in quick.items():
-            if getattr(a, key) == p.get_default(key):
-                setattr(a, key, value)
-    if not a.device:
-        import torch
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    apply_quick(a, p, dict(sequences=4, frames=8, height=64, width=96, phi="n", imgsz=64, workers=0, frozen_batch=8,
+                           unfrozen_batch=4, speed_epochs=1, speed_val_stride=2, tta_epochs=2, tta_batch=8,
+                           data_batches=3, ceiling_iters=2, device="cpu", gen_workers=min(a.gen_workers, 2),
+                           parts="all"))
     a.parts = list(PARTS) if a.parts == "all" else [x.strip() for x in a.parts.split(",") if x.strip()]
     unknown = set(a.parts) - set(PARTS)
     if unknown:

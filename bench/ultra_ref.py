@@ -367,6 +367,28 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
             "stopped": stopped, "timed_out": timed_out}
 
 
+def add_run_args(p: argparse.ArgumentParser, name: str, data_help: str) -> None:
+    """Arguments the benches share: device, generated data, seed, per-trainer timeout, output and runs folders."""
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--data_root", default="", help=data_help)
+    p.add_argument("--gen_workers", type=int, default=min(16, os.cpu_count() or 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=0, help="seconds per trainer process (0 = none)")
+    p.add_argument("--out", default=str(REPO / "bench" / "out" / f"{name}.json"))
+    p.add_argument("--runs_dir", default="", help="trainer runs and logs (default bench/out/<out stem>_runs)")
+
+
+def apply_quick(a: argparse.Namespace, p: argparse.ArgumentParser, quick: dict) -> None:
+    """With --quick, take the smoke-test sizes for every option not given on the command line; pick the device."""
+    if a.quick:
+        for key, value in quick.items():
+            if getattr(a, key) == p.get_default(key):
+                setattr(a, key, value)
+    if not a.device:
+        import torch
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def work_dir(out_json: str, given: str = "") -> Path:
     """Folder for a bench's runs (checkpoints, Ultralytics runs, logs): `given`, else bench/out/<out stem>_runs.
 
