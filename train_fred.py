@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 import config_fred
 from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
 from datasets.frame_cache import FrameCache, build_frame_cache, default_frame_cache_dir
-from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.fred_dataset import FredDataset, collate_fred, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
 from utils.checkpoint import atomic_save, load_checkpoint, restore_training_state, training_state
+from utils.cuda_graph import GraphedTrainForward
 from utils.config import apply_overrides, config_dict
 from utils.ema import ModelEMA
 from utils.evaluator import evaluate
@@ -144,8 +145,8 @@ def step_advice(cfg: dict, n_train: int) -> str:
     """The seed note's check: total optimizer steps against 5e4 (SGD) / 1.5e4 (Adam), with the epochs to reach it."""
     total = cfg["UNFREEZE_EPOCH"]
     frozen = min(cfg["FREEZE_EPOCH"], total) if cfg["FREEZE_TRAIN"] else 0
-    per_frozen = math.ceil(n_train / cfg["FREEZE_BATCH_SIZE"])
-    per_unfrozen = math.ceil(n_train / cfg["UNFREEZE_BATCH_SIZE"])
+    per_frozen = max(1, n_train // cfg["FREEZE_BATCH_SIZE"])  # training loaders drop the incomplete last batch
+    per_unfrozen = max(1, n_train // cfg["UNFREEZE_BATCH_SIZE"])
     steps = frozen * per_frozen + (total - frozen) * per_unfrozen
     wanted = RECOMMENDED_STEPS[cfg["OPTIMIZER_TYPE"]]
     head = (f"{n_train} training frames: {frozen} frozen epochs x {per_frozen} + {total - frozen} unfrozen epochs x "
@@ -174,18 +175,20 @@ class SkipSampler(Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
-def _ignore_sigint(_: int) -> None:
-    """DataLoader worker init: Ctrl-C is handled by the main process, which saves and then stops the workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
                 seed: int, persistent: bool = True) -> DataLoader:
-    """DataLoader of collated uint8 batches: pinned memory on CUDA, persistent workers, seeded worker RNG."""
+    """DataLoader of collated uint8 batches: pinned memory on CUDA, persistent workers, seeded worker RNG.
+
+    Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
+    cuDNN re-tuning, CUDA graphs apply). On CUDA the workers start from a fork server, not by forking this process: a fork of a process that
+    holds CUDA state and its threads (CUDA graphs especially) can leave a worker deadlocked.
+    """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fred, pin_memory=device.type == "cuda",
-                      persistent_workers=persistent and workers > 0, worker_init_fn=_ignore_sigint,
-                      generator=torch.Generator().manual_seed(seed), drop_last=False)
+                      persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
+                      multiprocessing_context="forkserver" if device.type == "cuda" and workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed),
+                      drop_last=dataset.train and len(sampler) >= batch_size)
 
 
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None) -> FredDataset:
@@ -214,6 +217,22 @@ def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Opti
         print(f"frame cache for the {what} frames not used ({e}): decoding the image files instead",
               file=sys.stderr, flush=True)
         return None
+
+
+def graphed_forward(cfg: dict, model: torch.nn.Module, per_rank: int, device: torch.device,
+                    amp_dtype: Optional[torch.dtype], channels_last: bool, world: int) -> Optional[GraphedTrainForward]:
+    """The CUDA-graphed training forward of this phase's model and batch (CUDA_GRAPH), or None to run eagerly."""
+    if not cfg["CUDA_GRAPH"] or device.type != "cuda":
+        return None
+    if world > 1:
+        if dist.is_main():
+            print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
+        return None
+    h, w = cfg["INPUT_SHAPE"]
+    sample = torch.empty((per_rank, 3, h, w), device=device,
+                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.train()
+    return GraphedTrainForward(model, sample, amp_dtype)
 
 
 def run_check_data(cfg: dict, modality: str) -> int:
@@ -365,9 +384,10 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     log = RunLog(run_dir, start_epoch) if main_proc else None
     first_batch = cfg["FREEZE_BATCH_SIZE"] if frozen_epochs > 0 else cfg["UNFREEZE_BATCH_SIZE"]
     warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] /
-                 math.ceil(math.ceil(len(index.train) / world) / (first_batch // world)))
+                 max(1, math.ceil(len(index.train) / world) // (first_batch // world)))
 
     phase, net, loader, sampler, per_rank, lr_fit, min_fit = None, model, None, None, 0, 0.0, 0.0
+    forward = None
     epoch = start_epoch
     t_start = time.perf_counter() - train_seconds
     try:
@@ -382,6 +402,13 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 loader = make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank)
                 net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
                        if world > 1 else model)
+                forward = None  # the previous phase's graph holds memory: drop it first
+                try:
+                    forward = graphed_forward(cfg, model, per_rank, device, amp_dtype, channels_last, world)
+                except torch.cuda.OutOfMemoryError:
+                    print(oom_message(phase, cfg, per_rank, world, "CUDA graph capture", run_dir), file=sys.stderr,
+                          flush=True)
+                    return EXIT_OOM
                 if main_proc:
                     print(f"phase {phase}: epochs {epoch + 1}-{frozen_epochs if phase == 'frozen' else total}, batch "
                           f"{batch} ({per_rank} per process x {world}), lr {lr_fit:.3g} -> {min_fit:.3g} "
@@ -407,7 +434,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                     net, ema if main_proc else None, criterion, optimizer, scaler, epoch_loader, device, lr_for,
                     amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
                     stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
-                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc)
+                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, forward=forward)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM

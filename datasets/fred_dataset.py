@@ -13,12 +13,13 @@ Images stay BGR (as cv2.imread gives them) through all steps and become RGB once
 from __future__ import annotations
 
 import logging
+import signal
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import apply_affine, augment_hsv, flip_horizontal, random_affine_matrix, scale_translate_matrix
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
@@ -216,12 +217,20 @@ def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: t
             "pad": (float(pad[0]), float(pad[1]))}
 
 
+def worker_init(_: int) -> None:
+    """DataLoader worker init: Ctrl-C is left to the main process (it saves, then stops the workers); OpenCV runs
+    single-threaded, as the workers already fill the cores (a thread pool per worker would oversubscribe them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+
+
 def collate_fred(batch: list[dict]) -> dict:
     """Stack items: images uint8 [B, 3, H, W]; targets float32 [M, 6] batch_idx, cls, cx, cy, w, h (input pixels);
     index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]."""
     targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
                for b, item in enumerate(batch)]
-    return {"images": torch.stack([item["image"] for item in batch]),
+    # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it)
+    return {"images": default_collate([item["image"] for item in batch]),
             "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
             "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
             "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),

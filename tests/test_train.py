@@ -190,10 +190,10 @@ def test_step_advice_names_the_epochs_that_reach_the_seed_note_figure():
     cfg = {"UNFREEZE_EPOCH": 150, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": True, "FREEZE_BATCH_SIZE": 32,
            "UNFREEZE_BATCH_SIZE": 16, "OPTIMIZER_TYPE": "sgd"}
     assert "enough" in train_fred.step_advice(cfg, 48335)  # the seed note: 48,335 frames, well above 5e4
-    text = train_fred.step_advice(cfg, 1000)  # 30 * 32 + 120 * 63 = 8520 steps
-    assert "8520 optimizer steps" in text
-    # 30 * 32 = 960 frozen steps, then ceil((50000 - 960) / 63) = 779 unfrozen epochs
-    assert "UNFREEZE_EPOCH=809" in text
+    text = train_fred.step_advice(cfg, 1000)  # full batches only: 30 * 31 + 120 * 62 = 8370 steps
+    assert "8370 optimizer steps" in text
+    # 30 * 31 = 930 frozen steps, then ceil((50000 - 930) / 62) = 792 unfrozen epochs
+    assert "UNFREEZE_EPOCH=822" in text
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -223,7 +223,7 @@ def test_two_epochs_cross_freeze_to_unfreeze(run_a):
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pth"))
     assert ckpt["epoch"] == 2 and ckpt["phase"] == "unfrozen" and ckpt["iteration"] == 0
     assert (ckpt["phi"], ckpt["num_classes"], ckpt["in_channels"], ckpt["modality"]) == ("n", 1, 3, "event")
-    assert ckpt["config"]["INPUT_SHAPE"] == [64, 64] and ckpt["ema_updates"] == 4 + 7
+    assert ckpt["config"]["INPUT_SHAPE"] == [64, 64] and ckpt["ema_updates"] == 27 // 8 + 27 // 4  # incomplete last batches dropped
     model = build_model("n", 1)
     model.load_state_dict(ckpt["model"])  # strict: the EMA weights are a complete model
     assert not torch.equal(ckpt["model"]["head.cls.0.2.weight"], ckpt["model_raw"]["head.cls.0.2.weight"])
@@ -423,7 +423,8 @@ def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(data, tmp_path):
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,frozen,8,") and rows[2].startswith("2,unfrozen,4,")
     ckpt = load_checkpoint(os.path.join(run_dir, "last.pth"))
-    assert ckpt["ema_updates"] == 4 + 7, "each process takes 14 of the 27 frames: 4 batches of 4, then 7 of 2"
+    assert ckpt["ema_updates"] == 14 // 4 + 14 // 2, ("each process takes 14 of the 27 frames: 3 full batches of 4, "
+                                                       "then 7 of 2 (incomplete last batches dropped)")
     assert not any(k.startswith("module.") for k in ckpt["model_raw"])
 
 

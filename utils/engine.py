@@ -2,7 +2,7 @@
 import contextlib
 import math
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import distributed as dist
@@ -22,6 +22,32 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
     return images.float().div_(255.0), batch["targets"].to(device, non_blocking=True)
 
 
+def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream.
+
+    The copy and normalisation of batch i+1 are queued on their own stream before batch i is handed out, so they
+    overlap batch i's step on the GPU; the consuming stream waits for them only when it reaches batch i+1.
+    """
+    if device.type != "cuda":
+        for batch in loader:
+            yield to_device(batch, device, channels_last)
+        return
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    pending = None
+    for batch in loader:
+        with torch.cuda.stream(side):
+            ready = to_device(batch, device, channels_last)
+        if pending is not None:
+            yield pending
+        main.wait_stream(side)
+        for t in ready:
+            t.record_stream(main)  # used on main: the allocator must not hand the memory back to side earlier
+        pending = ready
+    if pending is not None:
+        yield pending
+
+
 def weighted_parts(parts: dict, weights: dict) -> torch.Tensor:
     """Stack weight * part for box, cls, dfl: tensor [3]; its sum is the per-image loss."""
     return torch.stack([parts[k].float() * weights[k] for k in LOSS_PARTS])
@@ -37,7 +63,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
                     set_lr: Callable[[int], float], amp_dtype: Optional[torch.dtype], fixed_scale: bool,
                     grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
                     stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
-                    desc: str = "", show_progress: bool = True) -> dict:
+                    desc: str = "", show_progress: bool = True, forward: Optional[Callable] = None) -> dict:
     """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
 
     set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
@@ -55,15 +81,17 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     run, max_run = torch.zeros((), device=device), torch.zeros((), device=device)
     images_seen, i, stopped, lr = 0, start_iter - 1, None, 0.0
     t0, n_total = time.perf_counter(), start_iter + len(loader)
-    bar = tqdm(loader, desc=desc, total=len(loader), disable=not show_progress, dynamic_ncols=True, leave=True)
-    for i, batch in enumerate(bar, start_iter):
+    forward = forward or model
+    bar = tqdm(device_batches(loader, device, channels_last), desc=desc, total=len(loader),
+               disable=not show_progress, dynamic_ncols=True, leave=True)
+    for i, (images, targets) in enumerate(bar, start_iter):
         if stop(i):
             stopped = "signal"
             break
         lr = set_lr(i)
-        images, targets = to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            parts = weighted_parts(criterion(model(images), targets, tuple(images.shape[2:])), criterion.weight_dict)
+            parts = weighted_parts(criterion(forward(images), targets, tuple(images.shape[2:])),
+                                   criterion.weight_dict)
         loss = parts.sum() * (images.shape[0] * world)  # DDP averages gradients: undo it, as for one big batch
         finite = torch.isfinite(loss)
         scaler.scale(loss).backward()
@@ -130,8 +158,8 @@ def evaluate_loss(model: nn.Module, criterion: Callable, loader: torch.utils.dat
     """Mean weighted loss parts (box, cls, dfl) and their sum over loader, BatchNorm using running statistics."""
     sums, batches = torch.zeros(3, device=device), 0
     with raw_outputs(model):
-        for batch in tqdm(loader, desc="val loss", disable=not show_progress, dynamic_ncols=True, leave=False):
-            images, targets = to_device(batch, device, channels_last)
+        for images, targets in tqdm(device_batches(loader, device, channels_last), desc="val loss",
+                                    total=len(loader), disable=not show_progress, dynamic_ncols=True, leave=False):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 preds = model(images)
                 sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)

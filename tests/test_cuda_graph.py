@@ -1,0 +1,120 @@
+"""CUDA graphs of the training forward/backward, and the training step's freedom from host syncs (CUDA only).
+
+These need a GPU: CI (CPU only) skips them; they run on the H200 through the device tool (see README, Measured).
+"""
+import copy
+
+import pytest
+import torch
+
+from nets import build_model, freeze_backbone
+from utils import engine
+from utils.cuda_graph import GraphedTrainForward
+from utils.ema import ModelEMA
+from utils.loss import DetectionLoss
+from utils.optim import build_optimizer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _batch(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random float images [n, 3, size, size] (channels_last, CUDA) and targets [M, 6]."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+    m = 3 * n
+    wh = torch.rand(m, 2, generator=g) * 40 + 8
+    cxy = torch.rand(m, 2, generator=g) * (size - 60) + 30
+    targets = torch.cat([torch.arange(m).remainder(n).float()[:, None], torch.zeros(m, 1), cxy, wh], 1).cuda()
+    return images, targets
+
+
+def _grads(model, forward, criterion, images, targets) -> tuple[dict, torch.Tensor]:
+    """Parameter gradients and total loss of one fp16-autocast step."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.float16):
+        parts = criterion(forward(images), targets, tuple(images.shape[2:]))
+        loss = sum(parts[k] * w for k, w in criterion.weight_dict.items())
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, loss.detach()
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_graphed_step_matches_eager_and_leaves_state(frozen):
+    torch.manual_seed(0)
+    model = build_model("n", 1).cuda().to(memory_format=torch.channels_last)
+    freeze_backbone(model, frozen)
+    model.train()
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    images, targets = _batch(4, 128, 1)
+    before = copy.deepcopy(model.state_dict())
+    graphed = GraphedTrainForward(model, torch.empty_like(images), torch.float16)
+    for k, v in model.state_dict().items():  # capture's warm-up steps left no trace (BatchNorm statistics too)
+        assert torch.equal(v, before[k]), k
+    eager_model = copy.deepcopy(model)
+    g_graph, loss_graph = _grads(model, graphed, criterion, images, targets)
+    g_eager, loss_eager = _grads(eager_model, eager_model, criterion, images, targets)
+    assert set(g_graph) == set(g_eager)
+    assert all(not n.startswith("backbone") for n in g_graph) == frozen  # frozen: no backbone gradients
+    torch.testing.assert_close(loss_graph, loss_eager, rtol=1e-3, atol=1e-4)
+    for n in g_eager:
+        torch.testing.assert_close(g_graph[n], g_eager[n], rtol=2e-2, atol=2e-3 * g_eager[n].abs().max().item())
+    for k, v in eager_model.state_dict().items():  # same BatchNorm updates in the step
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-3, atol=1e-4)
+    # a second batch through the same graph (new data copied into the static input)
+    images2, targets2 = _batch(4, 128, 2)
+    g2, _ = _grads(model, graphed, criterion, images2, targets2)
+    g2e, _ = _grads(eager_model, eager_model, criterion, images2, targets2)
+    for n in g2e:
+        torch.testing.assert_close(g2[n], g2e[n], rtol=2e-2, atol=2e-3 * g2e[n].abs().max().item())
+
+
+def test_graphed_forward_falls_back_for_other_shapes_and_eval():
+    model = build_model("n", 1).cuda().to(memory_format=torch.channels_last).train()
+    images, _ = _batch(4, 128, 3)
+    graphed = GraphedTrainForward(model, images, torch.float16)
+    smaller, _ = _batch(3, 128, 4)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = graphed(smaller)  # the last, smaller batch of an epoch: eager
+        ref = model(smaller)
+    assert [o.shape[0] for o in out] == [3, 3, 3]
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+    model.eval()
+    with torch.no_grad():
+        assert graphed(images).shape == model(images).shape  # eval mode: the decoded output, eager
+
+
+@pytest.mark.parametrize("use_graph", [False, True])
+def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_graph):
+    """Steps 2.. of an epoch run with sync_debug_mode='error' (any host sync raises), pinned host batches."""
+    torch.manual_seed(0)
+    model = build_model("n", 1).cuda().to(memory_format=torch.channels_last).train()
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    optimizer = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4, fused=True)
+    scaler = torch.amp.GradScaler("cuda")
+    ema = ModelEMA(model)
+    images, targets = _batch(4, 128, 5)
+    batches = [{"images": (images * 255).to(torch.uint8).cpu().pin_memory(), "targets": targets.cpu().pin_memory()}
+               for _ in range(8)]
+    forward = GraphedTrainForward(model, images, torch.float16) if use_graph else None
+    read = engine._read_stats
+
+    def read_without_debug(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode(0)  # the log step's one read is the allowed sync
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_read_stats", read_without_debug)
+
+    def stop(i: int) -> bool:
+        if i == 2:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        return False
+
+    try:
+        stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler, batches, torch.device("cuda"),
+                                       lambda i: 0.01, torch.float16, False, 10.0, 100, 100, stop=stop,
+                                       channels_last=True, show_progress=False, forward=forward)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert stats["iteration"] == 8 and stats["skipped"] <= 1 and torch.isfinite(torch.tensor(stats["loss"]))
