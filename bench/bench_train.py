@@ -19,7 +19,9 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            batch 32, mosaic 0.5) and Ultralytics' training dataloader alone, per modality.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
            channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
-           fused SGD, EMA), "bare" = forward + DetectionLoss + backward + SGD step only. Frozen at batch 32,
+           fused SGD, EMA), "engine_graph" = the same with the model's forward/backward from a CUDA graph
+           (CUDA_GRAPH, the trainer's default; the reference of the 0.9x target), "bare" = forward +
+           DetectionLoss + backward + SGD step only. Frozen at batch 32,
            unfrozen at batch 16.
   eval     evaluation time on the same full val set (event): eval_fred.py's run() in-process (index, model,
            loader, inference, NMS, pycocotools) vs Ultralytics' YOLO(best.pt).val() fp16; two passes each
@@ -42,6 +44,7 @@ are printed as met / NOT met.
 from __future__ import annotations
 
 import argparse
+import ast
 import itertools
 import json
 import os
@@ -74,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frozen_batch", type=int, default=32)
     p.add_argument("--unfrozen_batch", type=int, default=16)
     p.add_argument("--speed_epochs", type=int, default=3, help="epochs per phase in the speed part")
+    p.add_argument("--ours_variants", nargs="*", default=[], metavar="NAME:KEY=VALUE;...",
+                   help="speed part: extra runs of ours on the first modality with these config overrides (Python "
+                        "literals), to measure what one speed option gives, e.g. 'no_graph:CUDA_GRAPH=False'")
     p.add_argument("--speed_val_stride", type=int, default=20, help="keep every k-th val frame in the speed part")
     p.add_argument("--mosaic_prob", type=float, default=0.5)
     p.add_argument("--tta_epochs", type=int, default=20, help="schedule length of the time-to-accuracy runs")
@@ -94,6 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     a.modalities = [m.strip() for m in a.modalities.split(",") if m.strip()]
+    try:
+        a.ours_variants = [(v.split(":", 1)[0], {k.strip(): ast.literal_eval(x.strip()) for k, x in
+                                                  (kv.split("=", 1) for kv in v.split(":", 1)[1].split(";") if kv)})
+                           for v in a.ours_variants]
+    except (IndexError, ValueError, SyntaxError) as e:
+        p.error(f"--ours_variants: NAME:KEY=VALUE;KEY=VALUE with Python literals ({e})")
     a.data_root = a.data_root or str(REPO / "data" / ("bench_learning_quick" if a.quick else "bench_learning"))
     return a
 
@@ -223,6 +235,11 @@ def part_speed(b: Bench) -> dict:
         entry["ours"] = {"run": _strip(ours), "phases": _ours_phases(ours, b.sampler)}
         b.result.setdefault("speed", {})[modality] = entry
         b.save()
+        for name, extra in a.ours_variants if modality == a.modalities[0] else ():
+            v = b.run_ours(f"speed_{modality}_{name}", modality, {**sets, **extra}, no_eval_map=True)
+            entry.setdefault("variants", {})[name] = {"sets": extra, "run": _strip(v),
+                                                      "phases": _ours_phases(v, b.sampler)}
+            b.save()
         if ours.get("run_dir") and modality == "event":
             b.weights.setdefault("ours", (str(Path(ours["run_dir"]) / "last.pth"), "speed run (barely trained)"))
         entry["ultralytics"] = {"phases": {}}
@@ -404,23 +421,27 @@ def part_ceiling(b: Bench) -> dict:
     out = {}
     for phase, batch in (("frozen", a.frozen_batch), ("unfrozen", a.unfrozen_batch)):
         print(f"[ceiling] {phase} batch {batch}", flush=True)
-        out[phase] = {"batch": batch,
-                      "engine": measure_ceiling(a.phi, a.imgsz, batch, phase == "frozen", a.ceiling_iters,
-                                                a.device, engine_step=True),
-                      "bare": measure_ceiling(a.phi, a.imgsz, batch, phase == "frozen", a.ceiling_iters,
-                                              a.device, engine_step=False)}
+        out[phase] = {"batch": batch}
+        for name, engine_step, graph in (("engine", True, False), ("engine_graph", True, True),
+                                         ("bare", False, False)):
+            if graph and not a.device.startswith("cuda"):
+                continue
+            out[phase][name] = measure_ceiling(a.phi, a.imgsz, batch, phase == "frozen", a.ceiling_iters,
+                                               a.device, engine_step=engine_step, graph=graph)
         b.result["ceiling"] = out
         b.save()
     return out
 
 
 def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, device_name: str,
-                    engine_step: bool, warmup: int = 10) -> dict:
-    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA)."""
+                    engine_step: bool, graph: bool = False, warmup: int = 10) -> dict:
+    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA);
+    graph: the engine step with the model's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
     import torch
 
     from nets import build_model, freeze_backbone
     from utils import engine
+    from utils.cuda_graph import GraphedTrainForward
     from utils.ema import ModelEMA
     from utils.loss import DetectionLoss, total_loss
     from utils.optim import build_optimizer
@@ -449,10 +470,14 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
+    forward = (GraphedTrainForward(model, torch.empty(images.shape, device=device, memory_format=fmt), amp_dtype)
+               if graph else None)
+
     def run_engine(n: int) -> float:
         stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler,
                                        [{"images": images, "targets": targets}] * n, device, lambda i: 0.01,
-                                       amp_dtype, not cuda, 10.0, 50, 100, channels_last=cuda, show_progress=False)
+                                       amp_dtype, not cuda, 10.0, 50, 100, channels_last=cuda, show_progress=False,
+                                       forward=forward)
         return stats["img_per_s"]
 
     def run_bare(n: int) -> float:
@@ -473,7 +498,7 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     step(warmup)
     img_per_s = step(iters)
     peak = torch.cuda.max_memory_reserved(device) / 1e9 if cuda else 0.0
-    del model, ema, optimizer
+    del model, ema, optimizer, forward
     if cuda:
         torch.cuda.empty_cache()
     return {"img_per_s": round(img_per_s, 1), "peak_mem_GB": round(peak, 2), "iters": iters, "amp": cuda,
@@ -575,11 +600,20 @@ def report(b: Bench) -> None:
                              o.get("gpu_util_pct"), u.get("gpu_util_pct")])
                 if phase == "unfrozen" and ratio is not None:
                     targets.append((f"{modality} unfrozen img/s >= 1.8x Ultralytics", ratio >= 1.8, f"{ratio:.2f}x"))
-                ceil = ceiling.get(phase, {}).get("engine", {}).get("img_per_s")
+                c = ceiling.get(phase, {})
+                ceil = c.get("engine_graph", c.get("engine", {})).get("img_per_s")  # the trainer's own settings
                 if phase == "unfrozen" and ceil and o.get("img_per_s"):
                     frac = o["img_per_s"] / ceil
                     targets.append((f"{modality} unfrozen img/s >= 0.9x our model+loss ceiling", frac >= 0.9,
                                     f"{frac:.2f}x"))
+            for name, v in e.get("variants", {}).items():
+                for phase in ("frozen", "unfrozen"):
+                    o = v["phases"].get(phase, {})
+                    u = e["ultralytics"]["phases"].get(phase, {})
+                    ratio = (o["img_per_s"] / u["img_per_s"]) if o.get("img_per_s") and u.get("img_per_s") else None
+                    rows.append([f"{modality} [{name}]", phase, o.get("batch"), o.get("img_per_s"), u.get("img_per_s"),
+                                 ratio, o.get("epoch_s"), u.get("epoch_s"), o.get("peak_mem_GB"), u.get("peak_mem_GB"),
+                                 o.get("gpu_util_pct"), u.get("gpu_util_pct")])
         print_table(f"Training speed (YOLOv8{a.phi}, {a.imgsz}, AMP fp16, {a.workers} workers, steady epochs)",
                     ["modality", "phase", "batch", "ours img/s", "Ultra img/s", "ours/Ultra", "ours epoch s",
                      "Ultra epoch s", "ours peak GB", "Ultra peak GB", "ours GPU %", "Ultra GPU %"], rows)
@@ -590,8 +624,10 @@ def report(b: Bench) -> None:
             targets.append(("event (PNG) as fast as RGB (JPEG), unfrozen, within 5%", frac >= 0.95, f"{frac:.2f}x"))
     if ceiling:
         print_table("Our model+loss ceiling on GPU-resident data (fp16 AMP, channels_last)",
-                    ["phase", "batch", "engine step img/s", "bare step img/s", "peak GB"],
-                    [[p, c["batch"], c["engine"]["img_per_s"], c["bare"]["img_per_s"], c["engine"]["peak_mem_GB"]]
+                    ["phase", "batch", "engine step img/s", "engine + CUDA graph img/s", "bare step img/s",
+                     "peak GB (engine)", "peak GB (graph)"],
+                    [[p, c["batch"], c["engine"]["img_per_s"], c.get("engine_graph", {}).get("img_per_s"),
+                      c["bare"]["img_per_s"], c["engine"]["peak_mem_GB"], c.get("engine_graph", {}).get("peak_mem_GB")]
                      for p, c in ceiling.items()])
     data = r.get("data_only", {})
     if data:
