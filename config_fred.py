@@ -49,7 +49,7 @@ SEED = 0                          # random seed (init, shuffling, augmentation);
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
 CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
-CUDA_GRAPH = True                 # CUDA, one GPU: replay the model's forward+backward from a CUDA graph per phase (no launch overhead)
+CUDA_GRAPH = False                # CUDA, one GPU: replay the model's forward+backward from a CUDA graph per phase (no launch overhead); experimental, see README
 
 # ----------------------------------------------------------------- augmentation
 MOSAIC = True                     # 4-image mosaic

@@ -180,13 +180,11 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
     """DataLoader of collated uint8 batches: pinned memory on CUDA, persistent workers, seeded worker RNG.
 
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
-    cuDNN re-tuning, CUDA graphs apply). On CUDA the workers start from a fork server, not by forking this process: a fork of a process that
-    holds CUDA state and its threads (CUDA graphs especially) can leave a worker deadlocked.
+    cuDNN re-tuning, CUDA graphs apply).
     """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fred, pin_memory=device.type == "cuda",
                       persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
-                      multiprocessing_context="forkserver" if device.type == "cuda" and workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed),
                       drop_last=dataset.train and len(sampler) >= batch_size)
 

@@ -49,6 +49,7 @@ cache off, deterministic off (speed). Differences that cannot be equalised:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import hashlib
@@ -56,6 +57,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -328,10 +330,12 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
                stop_when: Callable[[], bool] | None = None) -> dict:
     """Run cmd with stdout+stderr into log_path, polling watchers every 0.2 s; returns rc, start/end stamps, wall.
 
-    stop_when() true (checked after each poll) sends SIGTERM (our trainer then saves last.pth and exits)."""
+    stop_when() true (checked after each poll) sends SIGTERM (our trainer then saves last.pth and exits). Past
+    timeout the run is taken as stalled: SIGABRT to it and its child processes (DataLoader workers) makes Python's
+    faulthandler (PYTHONFAULTHANDLER=1) write every thread's stack into the log, then it is killed."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     watchers = list(watchers)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     start, stopped, timed_out = time.time(), False, False
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -346,7 +350,9 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
                     proc.terminate()
                 if timeout is not None and time.time() - start > timeout:
                     timed_out = True
-                    proc.terminate()
+                    for pid in _descendants(proc.pid) + [proc.pid]:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGABRT)
                     try:
                         proc.wait(30)
                     except subprocess.TimeoutExpired:
@@ -365,6 +371,24 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
     end = time.time()
     return {"rc": proc.wait(), "start": start, "end": end, "wall_s": round(end - start, 2), "log": log_path,
             "stopped": stopped, "timed_out": timed_out}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids of pid's children, grandchildren, ... (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out += [k] + _descendants(k)
+    return out
 
 
 def add_run_args(p: argparse.ArgumentParser, name: str, data_help: str) -> None:
