@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+import cv2
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -150,6 +151,7 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate every checkpoint; print the table (and per-sequence tables); return the last one's metrics."""
+    cv2.setNumThreads(0)  # no OpenCV thread pool: the DataLoader workers fill the cores (see train_fred.main)
     try:
         cfg = apply_overrides(config_dict(config_fred), args.sets)
     except ValueError as e:

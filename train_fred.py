@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Callable, Iterator, Optional
 
+import cv2
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -547,6 +548,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code (tests call it in-process)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # OpenCV without its own thread pool, in this process and the forked DataLoader workers: the workers already
+    # fill the cores, and a pool inherited through fork is unsafe to use or reconfigure.
+    cv2.setNumThreads(0)
     try:
         resume_state = load_checkpoint(args.resume) if args.resume else None
     except (FileNotFoundError, ValueError) as e:

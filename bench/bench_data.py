@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+import cv2
 import torch
 from torch.utils.data import DataLoader
 
@@ -57,6 +58,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=4, help="untimed batches first (worker start-up)")
     p.add_argument("--quick", action="store_true", help="small set, 2 workers, batch 8, 12 batches (CPU)")
     args = p.parse_args()
+    cv2.setNumThreads(0)  # as train_fred.main does: the workers fill the cores
     if args.quick:
         args.sequences, args.frames, args.workers, args.batch, args.batches, args.warmup = 4, 12, 2, 8, 12, 2
     logging.basicConfig(level=logging.WARNING)

@@ -15,8 +15,8 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            --tta_epochs schedule), mAP50 on the held-out sequences after every epoch (each trainer's own
            evaluator: ours pycocotools, Ultralytics its own); a trainer is stopped once it reaches --tta_target.
            Reported: wall seconds from process launch until the epoch that first reached it.
-  data     data-only img/s: our training DataLoader alone (train_fred.py's own dataset and loader builders,
-           batch 32, mosaic 0.5) and Ultralytics' training dataloader alone, per modality.
+  data     data-only img/s: our training DataLoader alone (train_fred.py's own dataset, frame cache and loader
+           builders, batch 32, mosaic 0.5) and Ultralytics' training dataloader alone, per modality.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
            channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
            fused SGD, EMA), "engine_graph" = the same with the model's forward/backward from a CUDA graph
@@ -370,7 +370,8 @@ def _ultra_tta(u: dict, target: float) -> dict:
 
 
 def part_data(b: Bench) -> dict:
-    """Data-only img/s: our training loader alone vs Ultralytics' training dataloader alone."""
+    """Data-only img/s: our training loader alone (frame cache as configured) vs Ultralytics' dataloader alone."""
+    import cv2
     import torch
 
     import config_fred
@@ -380,11 +381,13 @@ def part_data(b: Bench) -> dict:
     a = b.a
     out: dict = {}
     device = torch.device(a.device)
+    cv2.setNumThreads(0)  # as train_fred.main does
     for modality in a.modalities:
         print(f"[data] {modality}", flush=True)
         idx = b.index(modality, a.speed_val_stride)
-        cfg = {**config_dict(config_fred), **b.ours_sets()}
-        dataset = train_fred.train_dataset(cfg, idx.train, str(b.logs))
+        cfg = {**config_dict(config_fred), **b.ours_sets(), "DATA_ROOT": a.data_root}
+        cache = train_fred.open_frame_cache(cfg, idx.train, "train", progress=False)
+        dataset = train_fred.train_dataset(cfg, idx.train, str(b.logs), cache)
         dataset.set_epoch(0, special_aug=True)
         sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
         workers = max(0, min(a.workers, os.cpu_count() or 1))
@@ -393,7 +396,8 @@ def part_data(b: Bench) -> dict:
         del loader
         u = b.run_ultra(f"loader_{modality}", "loader", b.ultra_data(modality, a.speed_val_stride),
                         ["--batch", str(a.frozen_batch), "--batches", str(a.data_batches)])
-        out[modality] = {"ours": {**ours, "batch": a.frozen_batch, "workers": workers},
+        out[modality] = {"ours": {**ours, "batch": a.frozen_batch, "workers": workers,
+                                  "frame_cache": cache is not None},
                          "ultralytics": u["result"] if u.get("ok") else {"ok": False, "log": u.get("log")}}
         b.result.setdefault("data_only", {})[modality] = out[modality]
         b.save()
@@ -498,9 +502,6 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     step(warmup)
     img_per_s = step(iters)
     peak = torch.cuda.max_memory_reserved(device) / 1e9 if cuda else 0.0
-    del model, ema, optimizer, forward
-    if cuda:
-        torch.cuda.empty_cache()
     return {"img_per_s": round(img_per_s, 1), "peak_mem_GB": round(peak, 2), "iters": iters, "amp": cuda,
             "channels_last": cuda}
 

@@ -218,10 +218,12 @@ def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: t
 
 
 def worker_init(_: int) -> None:
-    """DataLoader worker init: Ctrl-C is left to the main process (it saves, then stops the workers); OpenCV runs
-    single-threaded, as the workers already fill the cores (a thread pool per worker would oversubscribe them)."""
+    """DataLoader worker init: Ctrl-C is left to the main process, which saves and then stops the workers.
+
+    OpenCV's thread count is not touched here: reconfiguring its thread pool in a forked worker whose parent had
+    pool threads can hang the worker. The scripts call cv2.setNumThreads(0) once, before any worker starts.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
 
 
 def collate_fred(batch: list[dict]) -> dict:
