@@ -513,3 +513,33 @@ def test_overfits_a_handful_of_frames(tmp_path, capsys):
     summary = final_json(out)
     assert summary["best_mAP50"] >= 0.8, out[-3000:]
     assert summary["epochs"] == 40 and summary["best_epoch"] >= 20, summary
+
+
+_POOL_THEN_FORK = r"""
+import sys, types
+from multiprocessing.pool import ThreadPool
+import cv2, numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import train_fred
+from datasets.fred_dataset import FredDataset
+paths = []
+for k in range(8):
+    paths.append(f"{sys.argv[2]}/{k}.png")
+    cv2.imwrite(paths[-1], np.full((72, 128, 3), 20 * k, np.uint8))
+big = np.zeros((720, 1280, 3), np.uint8)
+with ThreadPool(4) as pool:  # OpenCV's own thread pool now has threads in this (the parent) process
+    pool.map(lambda _: cv2.resize(big, (640, 360)), range(16))
+frames = [types.SimpleNamespace(image=p, boxes=np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)) for p in paths]
+ds = FredDataset(frames, (64, 64), train=True)
+loader = train_fred.make_loader(ds, 4, torch.utils.data.RandomSampler(ds), 2, torch.device("cpu"), 0)
+print("batches", sum(1 for _ in loader), flush=True)
+"""
+
+
+def test_loader_workers_start_after_the_parent_used_opencv_threads(tmp_path):
+    """Regression: a worker init that reconfigured OpenCV's thread pool hung every forked worker (seen on the H200)."""
+    script = tmp_path / "pool_then_fork.py"
+    script.write_text(_POOL_THEN_FORK)
+    proc = subprocess.run([sys.executable, str(script), REPO, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "batches 2" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
