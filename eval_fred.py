@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
                           max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
                           amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
-                          class_names=class_names, data_root=data_root)
+                          class_names=class_names, data_root=data_root, coco_workers=workers)
         rows.append((path, result.metrics))
         if args.per_sequence:
             per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.detections, frames)))

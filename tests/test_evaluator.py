@@ -15,14 +15,15 @@ from pycocotools.cocoeval import COCOeval
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
+from utils import evaluator
 from utils.evaluator import coco_ground_truth, coco_metrics, evaluate, fitness, per_sequence_metrics
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 STATS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5, "AR100": 8}
 
 
-def reference_stats(gt: dict, detections: list[dict]) -> np.ndarray:
-    """COCOeval(bbox).stats computed straight from pycocotools on private copies."""
+def reference_eval(gt: dict, detections: list[dict]) -> COCOeval:
+    """COCOeval(bbox) computed straight from pycocotools on private copies (evaluated, accumulated, summarised)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
@@ -32,7 +33,12 @@ def reference_stats(gt: dict, detections: list[dict]) -> np.ndarray:
         e.evaluate()
         e.accumulate()
         e.summarize()
-    return e.stats
+    return e
+
+
+def reference_stats(gt: dict, detections: list[dict]) -> np.ndarray:
+    """COCOeval(bbox).stats straight from pycocotools."""
+    return reference_eval(gt, detections).stats
 
 
 def make_gt(boxes_per_image: list[list[tuple]], size=(720, 1280), num_classes: int = 1) -> dict:
@@ -88,6 +94,32 @@ def test_metrics_equal_pycocotools(seed):
         assert abs(metrics[key] - stats[i]) <= 1e-9, key
     assert metrics["fitness"] == pytest.approx(0.1 * stats[1] + 0.9 * stats[0], abs=1e-12)
     assert gt == gt_before and dets == dets_before  # pycocotools wrote into copies, not into our dicts
+
+
+def test_sharded_and_truncated_coco_eval_equal_pycocotools(monkeypatch):
+    """coco_eval drops what COCOeval ignores (beyond 100 per image and class) and can split the matching over
+    processes: the precision array must still equal plain pycocotools' exactly."""
+    gt, dets = random_case(3)
+    rng = np.random.default_rng(3)
+    for i in range(0, 30, 2):  # crowded images: 150 more false positives of class 0 with tied scores, which
+        # push true positives past the 100th place
+        dets += [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in rng.uniform(0, 600, 4)],
+                  "score": round(float(rng.uniform(0.3, 1.0)), 1)} for _ in range(150)]
+    rng.shuffle(dets)
+    ref = reference_eval(gt, dets)
+    monkeypatch.setattr(evaluator, "SHARD_MIN_IMAGES", 4)  # 30 images: up to 7 processes
+    for workers in (1, 3, 7):
+        metrics, precision = evaluator.coco_eval(gt, dets, workers)
+        assert np.array_equal(precision, ref.eval["precision"]), workers
+        for key, i in STATS.items():
+            assert metrics[key] == ref.stats[i], (workers, key)
+    assert len(evaluator._top_detections(dets, 100)) < len(dets)  # the truncation did drop detections
+    merged = evaluator._run_cocoeval_sharded(gt, dets, 3).evalImgs  # per-image results in pycocotools' order
+    assert len(merged) == len(ref.evalImgs)
+    for m, r in zip(merged, ref.evalImgs):
+        assert (m is None) == (r is None)
+        if r is not None:
+            assert np.array_equal(m["dtScores"], r["dtScores"]) and np.array_equal(m["gtIgnore"], r["gtIgnore"])
 
 
 def test_perfect_detections_score_one():

@@ -13,8 +13,10 @@ truth in that size range, or no ground truth at all).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
+import multiprocessing
 import os
 import time
 from pathlib import PurePath
@@ -32,6 +34,7 @@ LOGGER = logging.getLogger(__name__)
 
 # COCOeval.stats index of each metric we report.
 _STATS_KEYS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5, "AR100": 8}
+SHARD_MIN_IMAGES = 200  # fewest images per process worth a process of its own in coco_eval(workers > 1)
 
 
 class EvalResult(NamedTuple):
@@ -77,8 +80,28 @@ def coco_ground_truth(frames: Sequence, orig_shapes: Sequence, class_names: Sequ
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def _top_detections(detections: list[dict], k: int) -> list[dict]:
+    """The detections COCOeval scores: per (image, category) the k best by score (its stable order), in list order.
+
+    COCOeval keeps the top maxDets[-1] (100) of each image and category and ignores the rest, after building
+    an index of all of them; dropping the rest first gives the same numbers for less work."""
+    if len(detections) <= k:
+        return detections
+    img = np.fromiter((d["image_id"] for d in detections), dtype=np.int64, count=len(detections))
+    cat = np.fromiter((d["category_id"] for d in detections), dtype=np.int64, count=len(detections))
+    score = np.fromiter((d["score"] for d in detections), dtype=np.float64, count=len(detections))
+    order = np.lexsort((np.arange(len(detections)), -score, cat, img))  # by image, category, score, position
+    group = np.r_[True, (np.diff(img[order]) != 0) | (np.diff(cat[order]) != 0)]
+    starts = np.flatnonzero(group)
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = np.sort(order[rank < k])
+    return [detections[i] for i in keep]
+
+
 def _coco_pair(gt: dict, detections: list[dict]) -> tuple[COCO, COCO]:
-    """pycocotools COCO objects for ground truth and results (copies: pycocotools writes into the dicts)."""
+    """pycocotools COCO objects for ground truth and results (copies: pycocotools writes into the dicts); results
+    only of the detections COCOeval scores (_top_detections)."""
+    detections = _top_detections(detections, max(COCOeval(iouType="bbox").params.maxDets))
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
@@ -111,11 +134,72 @@ def _metrics_from_cocoeval(cocoeval: COCOeval) -> dict:
     return metrics
 
 
-def coco_eval(gt: dict, detections: list[dict]) -> tuple[dict, np.ndarray]:
-    """pycocotools bbox evaluation: (metrics dict, COCOeval precision array [T, R, K, A, M])."""
+_SHARDS: list = []  # (gt, detections) per shard, set before the pool forks: the processes inherit, not unpickle
+_ACCUMULATE_KEYS = ("dtScores", "dtMatches", "dtIgnore", "gtIgnore")  # what COCOeval.accumulate() reads
+
+
+def _evaluate_shard(k: int) -> list:
+    """COCOeval.evaluate() over shard k's images only: its evalImgs (category, area range, image order), each
+    cut to what accumulate() reads (matches as booleans: accumulate only tests them) to keep the transfer small."""
+    coco_gt, coco_dt = _coco_pair(*_SHARDS[k])
+    cocoeval = COCOeval(coco_gt, coco_dt, "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        cocoeval.evaluate()
+    return [None if e is None else {**{key: e[key] for key in _ACCUMULATE_KEYS},
+                                    "dtMatches": e["dtMatches"].astype(bool)} for e in cocoeval.evalImgs]
+
+
+def _run_cocoeval_sharded(gt: dict, detections: list[dict], workers: int) -> COCOeval:
+    """_run_cocoeval() with COCOeval.evaluate() split over `workers` processes by image; accumulate() and
+    summarize() then run once on the merged per-image results, so every number is pycocotools' own."""
+    ids = sorted({int(im["id"]) for im in gt["images"]})
+    chunks = [c.tolist() for c in np.array_split(np.asarray(ids), workers) if len(c)]
+    shard_of = {i: k for k, chunk in enumerate(chunks) for i in chunk}
+    images, anns, dets = ([[] for _ in chunks] for _ in range(3))
+    for im in gt["images"]:
+        images[shard_of[int(im["id"])]].append(im)
+    for a in gt["annotations"]:
+        anns[shard_of[int(a["image_id"])]].append(a)
+    for d in detections:
+        dets[shard_of[int(d["image_id"])]].append(d)
+    _SHARDS[:] = [({**gt, "images": images[k], "annotations": anns[k]}, dets[k]) for k in range(len(chunks))]
+    try:
+        with multiprocessing.get_context("fork").Pool(len(chunks)) as pool:  # pycocotools is pure Python
+            parts = pool.map(_evaluate_shard, range(len(chunks)))
+    finally:
+        _SHARDS.clear()
+    cocoeval = COCOeval(iouType="bbox")
+    p = cocoeval.params
+    p.imgIds, p.catIds = ids, sorted({int(c["id"]) for c in gt["categories"]})
+    p.maxDets = sorted(p.maxDets)
+    n_areas = len(p.areaRng)
+    merged = []  # evaluate()'s order: category, then area range, then image
+    for k in range(len(p.catIds)):
+        for a in range(n_areas):
+            for chunk, part in zip(chunks, parts):
+                start = (k * n_areas + a) * len(chunk)
+                merged += part[start:start + len(chunk)]
+    cocoeval.evalImgs = merged
+    cocoeval._paramsEval = copy.deepcopy(p)
+    with contextlib.redirect_stdout(io.StringIO()):
+        cocoeval.accumulate()
+        cocoeval.summarize()
+    return cocoeval
+
+
+def coco_eval(gt: dict, detections: list[dict], workers: int = 1) -> tuple[dict, np.ndarray]:
+    """pycocotools bbox evaluation: (metrics dict, COCOeval precision array [T, R, K, A, M]).
+
+    workers > 1: the per-image matching (COCOeval.evaluate, the slow part) runs in that many forked processes
+    (used for at least SHARD_MIN_IMAGES images per process); the results are the same as with one.
+    """
     if not gt["images"]:
         raise ValueError("no images to evaluate: the ground truth holds no images")
-    cocoeval = _run_cocoeval(*_coco_pair(gt, detections))
+    workers = min(int(workers), len(gt["images"]) // SHARD_MIN_IMAGES)
+    if workers > 1 and hasattr(os, "fork"):
+        cocoeval = _run_cocoeval_sharded(gt, detections, workers)
+    else:
+        cocoeval = _run_cocoeval(*_coco_pair(gt, detections))
     return _metrics_from_cocoeval(cocoeval), cocoeval.eval["precision"]
 
 
@@ -168,7 +252,7 @@ def _batch_detections(dets: list[torch.Tensor], keep: np.ndarray, image_ids: np.
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, device: torch.device | str,
              conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300, amp: bool = True,
              amp_dtype: torch.dtype = torch.float16, class_names: Sequence[str] = ("drone",),
-             data_root: str | None = None) -> EvalResult:
+             data_root: str | None = None, coco_workers: int = 1) -> EvalResult:
     """Run model over a collate_fred loader of `frames` and score it with pycocotools (COCO bbox metrics).
 
     loader yields {"images": uint8 [B, C, H, W] letterboxed, "index": long [B] (position in frames),
@@ -176,6 +260,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     The model in eval mode returns [B, 4 + nc, A] (cx, cy, w, h input pixels, class scores).
     Metrics gain `images` (frames scored) and `ms_per_image` (transfer + forward + NMS, data loading excluded).
     AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
+    coco_workers: processes for pycocotools' per-image matching (coco_eval), same numbers as with one.
     """
     device = torch.device(device)
     was_training = model.training
@@ -211,7 +296,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
                        n - images_done, n)
     shapes = [tuple(s) if ok else None for s, ok in zip(orig_shapes.tolist(), seen)]
     gt = coco_ground_truth(frames, shapes, class_names, data_root)
-    metrics, precision = coco_eval(gt, detections)
+    metrics, precision = coco_eval(gt, detections, coco_workers)
     metrics["images"] = images_done
     metrics["ms_per_image"] = 1000.0 * seconds / max(images_done, 1)
     return EvalResult(metrics, detections, gt, precision)
