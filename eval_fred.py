@@ -96,8 +96,10 @@ def read_checkpoint(path: str, phi: str | None) -> dict:
     return {"state": state, "config": config if isinstance(config, dict) else {}, **meta}
 
 
-def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """Build the checkpoint's model, load every tensor (anything less is an error naming the file), fuse."""
+def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torch.device,
+                           channels_last: bool = False) -> torch.nn.Module:
+    """Build the checkpoint's model, load every tensor (anything less is an error naming the file), fuse; on
+    device, NHWC when channels_last."""
     nc = int(ckpt.get("num_classes", num_classes))
     if nc != num_classes:
         raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
@@ -112,7 +114,8 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
         raise EvalError(f"{path} does not fit YOLOv8{ckpt['phi']} ({nc} classes, {model.in_channels} input "
                         f"channels): {report['missing']} model tensors not loaded, {report['skipped']} checkpoint "
                         f"tensors unused (e.g. {example}); check --phi / the checkpoint")
-    return model.fuse().to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return model.fuse().to(device, memory_format=fmt)
 
 
 def output_dirs(args: argparse.Namespace) -> list[str | None]:
@@ -193,13 +196,15 @@ def run(args: argparse.Namespace) -> dict:
         if trained_shape is not None and tuple(trained_shape) != input_shape:
             LOGGER.warning("%s was trained at INPUT_SHAPE %s; evaluating at %s", path, list(trained_shape),
                            list(input_shape))
-        model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device)
+        channels_last = device.type == "cuda" and cfg["CHANNELS_LAST"]
+        model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, channels_last)
         result = evaluate(model, tqdm(loader, desc=os.path.basename(path), leave=False), frames, device,
                           conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
                           max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
                           amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
-                          class_names=class_names, data_root=data_root, coco_workers=workers)
+                          class_names=class_names, data_root=data_root, coco_workers=workers,
+                          channels_last=channels_last)
         rows.append((path, result.metrics))
         if args.per_sequence:
             per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.detections, frames)))

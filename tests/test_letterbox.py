@@ -100,3 +100,19 @@ def test_letterbox_matches_ultralytics(orig, new):
     ref = letterbox_mod.LetterBox(new_shape=new, auto=False, scaleup=True, center=True)(image=img)
     ours, _, _ = letterbox(img, new)
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_letterbox_to_original_per_box_parameters_equal_per_image_calls():
+    rng = np.random.default_rng(0)
+    shapes = [(720, 1280), (1280, 720), (480, 640)]
+    boxes, ratios, pads, origs, expected = [], [], [], [], []
+    for k, orig in enumerate(shapes):
+        ratio, _, pad = letterbox_params(orig, (640, 640))
+        b = np.sort(rng.uniform(-20, 660, (4, 4)).reshape(4, 2, 2), axis=1).reshape(4, 4)[:, [0, 2, 1, 3]]
+        expected.append(boxes_xyxy_letterbox_to_original(b, ratio, pad, orig))
+        boxes.append(b)
+        ratios += [ratio] * 4
+        pads += [pad] * 4
+        origs += [orig] * 4
+    out = boxes_xyxy_letterbox_to_original(np.concatenate(boxes), np.array(ratios), np.array(pads), np.array(origs))
+    np.testing.assert_array_equal(out, np.concatenate(expected))

@@ -234,13 +234,10 @@ def _batch_detections(dets: list[torch.Tensor], keep: np.ndarray, image_ids: np.
     if counts.sum() == 0:
         return []
     rows = torch.cat(dets).float().cpu().numpy().astype(np.float64)  # [M, 6] x1, y1, x2, y2, score, cls
-    starts = np.concatenate([[0], np.cumsum(counts)])
     row_image = np.repeat(np.arange(len(dets)), counts)
-    for b in np.flatnonzero(keep & (counts > 0)):  # one call per image: the letterbox parameters differ per image
-        rows[starts[b]:starts[b + 1], :4] = boxes_xyxy_letterbox_to_original(
-            rows[starts[b]:starts[b + 1], :4], float(ratios[b]), (float(pads[b, 0]), float(pads[b, 1])),
-            (int(orig_shapes[b, 0]), int(orig_shapes[b, 1])))
     rows, row_image = rows[keep[row_image]], row_image[keep[row_image]]
+    rows[:, :4] = boxes_xyxy_letterbox_to_original(rows[:, :4], ratios[row_image], pads[row_image],
+                                                   orig_shapes[row_image])  # each box with its image's letterbox
     xywh = np.round(np.concatenate([rows[:, :2], rows[:, 2:4] - rows[:, :2]], 1), 3)
     scores = np.round(rows[:, 4], 5)
     categories = rows[:, 5].astype(np.int64) + 1
@@ -252,7 +249,7 @@ def _batch_detections(dets: list[torch.Tensor], keep: np.ndarray, image_ids: np.
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, device: torch.device | str,
              conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300, amp: bool = True,
              amp_dtype: torch.dtype = torch.float16, class_names: Sequence[str] = ("drone",),
-             data_root: str | None = None, coco_workers: int = 1) -> EvalResult:
+             data_root: str | None = None, coco_workers: int = 1, channels_last: bool = False) -> EvalResult:
     """Run model over a collate_fred loader of `frames` and score it with pycocotools (COCO bbox metrics).
 
     loader yields {"images": uint8 [B, C, H, W] letterboxed, "index": long [B] (position in frames),
@@ -261,6 +258,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     Metrics gain `images` (frames scored) and `ms_per_image` (transfer + forward + NMS, data loading excluded).
     AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
     coco_workers: processes for pycocotools' per-image matching (coco_eval), same numbers as with one.
+    channels_last: feed NHWC images (for a model in channels_last memory format, as trained on CUDA).
     """
     device = torch.device(device)
     was_training = model.training
@@ -278,7 +276,10 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
         keep &= ~seen[index]
         _sync(device)
         start = time.perf_counter()
-        images = batch["images"].to(device, non_blocking=True).float().div_(255)
+        images = batch["images"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.float().div_(255)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             preds = model(images)
         dets = non_max_suppression(preds.float(), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)

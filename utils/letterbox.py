@@ -60,18 +60,25 @@ def boxes_xyxy_original_to_letterbox(boxes: BoxArray, ratio: float, pad: tuple[f
     return out
 
 
-def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float, pad: tuple[float, float],
-                                     orig_shape: tuple[int, int]) -> BoxArray:
-    """Map [..., 4] xyxy boxes from letterboxed-input pixels to original-image pixels, clipped to orig_shape (h, w)."""
+def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | np.ndarray, pad: tuple[float, float] | np.ndarray,
+                                     orig_shape: tuple[int, int] | np.ndarray) -> BoxArray:
+    """Map [..., 4] xyxy boxes from letterboxed-input pixels to original-image pixels, clipped to orig_shape (h, w).
+
+    ratio, pad (pad_w, pad_h) and orig_shape are one image's; for numpy [N, 4] boxes they may also be per box:
+    ratio [N], pad [N, 2], orig_shape [N, 2] (boxes of several images at once).
+    """
     out = _float_copy(boxes)
-    out[..., 0::2] -= pad[0]
-    out[..., 1::2] -= pad[1]
-    out /= ratio
-    h0, w0 = float(orig_shape[0]), float(orig_shape[1])
     if isinstance(out, torch.Tensor):
-        out[..., 0::2] = out[..., 0::2].clamp(0.0, w0)
-        out[..., 1::2] = out[..., 1::2].clamp(0.0, h0)
-    else:
-        np.clip(out[..., 0::2], 0.0, w0, out=out[..., 0::2])
-        np.clip(out[..., 1::2], 0.0, h0, out=out[..., 1::2])
+        out[..., 0::2] -= pad[0]
+        out[..., 1::2] -= pad[1]
+        out /= ratio
+        out[..., 0::2] = out[..., 0::2].clamp(0.0, float(orig_shape[1]))
+        out[..., 1::2] = out[..., 1::2].clamp(0.0, float(orig_shape[0]))
+        return out
+    pad, shape = np.asarray(pad, dtype=np.float64), np.asarray(orig_shape, dtype=np.float64)
+    out[..., 0::2] -= pad[..., 0:1]
+    out[..., 1::2] -= pad[..., 1:2]
+    out /= np.asarray(ratio, dtype=np.float64)[..., None]
+    np.clip(out[..., 0::2], 0.0, shape[..., 1:2], out=out[..., 0::2])
+    np.clip(out[..., 1::2], 0.0, shape[..., 0:1], out=out[..., 1::2])
     return out
