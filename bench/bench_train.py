@@ -80,6 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours_variants", nargs="*", default=[], metavar="NAME:KEY=VALUE;...",
                    help="speed part: extra runs of ours on the first modality with these config overrides (Python "
                         "literals), to measure what one speed option gives, e.g. 'no_graph:CUDA_GRAPH=False'")
+    p.add_argument("--data_variants", nargs="*", default=[], metavar="NAME:KEY=VALUE;...",
+                   help="data part: extra timings of our loader on the first modality with these config overrides, "
+                        "to see where the workers' time goes, e.g. 'no_hsv:HSV_H=0;HSV_S=0;HSV_V=0' "
+                        "'workers16:NUM_WORKERS=16'")
     p.add_argument("--speed_val_stride", type=int, default=20, help="keep every k-th val frame in the speed part")
     p.add_argument("--mosaic_prob", type=float, default=0.5)
     p.add_argument("--tta_epochs", type=int, default=20, help="schedule length of the time-to-accuracy runs")
@@ -100,14 +104,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     a.modalities = [m.strip() for m in a.modalities.split(",") if m.strip()]
-    try:
-        a.ours_variants = [(v.split(":", 1)[0], {k.strip(): ast.literal_eval(x.strip()) for k, x in
-                                                  (kv.split("=", 1) for kv in v.split(":", 1)[1].split(";") if kv)})
-                           for v in a.ours_variants]
-    except (IndexError, ValueError, SyntaxError) as e:
-        p.error(f"--ours_variants: NAME:KEY=VALUE;KEY=VALUE with Python literals ({e})")
+    for name in ("ours_variants", "data_variants"):
+        try:
+            setattr(a, name, [_parse_variant(v) for v in getattr(a, name)])
+        except (IndexError, ValueError, SyntaxError) as e:
+            p.error(f"--{name}: NAME:KEY=VALUE;KEY=VALUE with Python literals ({e})")
     a.data_root = a.data_root or str(REPO / "data" / ("bench_learning_quick" if a.quick else "bench_learning"))
     return a
+
+
+def _parse_variant(text: str) -> tuple[str, dict]:
+    """'NAME:KEY=VALUE;KEY=VALUE' (Python literals) -> (NAME, {KEY: value})."""
+    name, sets = text.split(":", 1)
+    return name, {k.strip(): ast.literal_eval(x.strip()) for k, x in (kv.split("=", 1) for kv in sets.split(";") if kv)}
 
 
 class Bench:
@@ -375,7 +384,6 @@ def part_data(b: Bench) -> dict:
     import torch
 
     import config_fred
-    import train_fred
     from utils.config import config_dict
 
     a = b.a
@@ -386,22 +394,36 @@ def part_data(b: Bench) -> dict:
         print(f"[data] {modality}", flush=True)
         idx = b.index(modality, a.speed_val_stride)
         cfg = {**config_dict(config_fred), **b.ours_sets(), "DATA_ROOT": a.data_root}
-        cache = train_fred.open_frame_cache(cfg, idx.train, "train", progress=False)
-        dataset = train_fred.train_dataset(cfg, idx.train, str(b.logs), cache)
-        dataset.set_epoch(0, special_aug=True)
-        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
-        workers = max(0, min(a.workers, os.cpu_count() or 1))
-        loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed)
-        ours = _time_loader(loader, a.data_batches)
-        del loader
+        ours = _time_our_loader(cfg, idx.train, b, device)
+        variants = {}
+        for name, extra in a.data_variants if modality == a.modalities[0] else ():
+            print(f"[data] {modality} [{name}]", flush=True)
+            variants[name] = {**_time_our_loader({**cfg, **extra}, idx.train, b, device), "sets": extra}
         u = b.run_ultra(f"loader_{modality}", "loader", b.ultra_data(modality, a.speed_val_stride),
                         ["--batch", str(a.frozen_batch), "--batches", str(a.data_batches)])
-        out[modality] = {"ours": {**ours, "batch": a.frozen_batch, "workers": workers,
-                                  "frame_cache": cache is not None},
+        out[modality] = {"ours": ours, "variants": variants,
                          "ultralytics": u["result"] if u.get("ok") else {"ok": False, "log": u.get("log")}}
         b.result.setdefault("data_only", {})[modality] = out[modality]
         b.save()
     return out
+
+
+def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
+    """img/s of train_fred.py's training loader and frame cache built from cfg (batch --frozen_batch, special
+    augmentation on)."""
+    import torch
+
+    import train_fred
+
+    a = b.a
+    cache = train_fred.open_frame_cache(cfg, frames, "train", progress=False)
+    dataset = train_fred.train_dataset(cfg, frames, str(b.logs), cache)
+    dataset.set_epoch(0, special_aug=True)
+    sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
+    workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
+    loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed)
+    return {**_time_loader(loader, a.data_batches), "batch": a.frozen_batch, "workers": workers,
+            "frame_cache": cache is not None}
 
 
 def _time_loader(loader, batches: int, warmup: int = 5) -> dict:
@@ -632,9 +654,11 @@ def report(b: Bench) -> None:
                      for p, c in ceiling.items()])
     data = r.get("data_only", {})
     if data:
+        rows = [[m, e["ours"].get("img_per_s"), e["ultralytics"].get("img_per_s")] for m, e in data.items()]
+        rows += [[f"{m} [{name}]", v.get("img_per_s"), "-"] for m, e in data.items()
+                 for name, v in e.get("variants", {}).items()]
         print_table(f"Data only (training loader alone, batch {a.frozen_batch}, mosaic {a.mosaic_prob})",
-                    ["modality", "ours img/s", "Ultralytics img/s"],
-                    [[m, e["ours"].get("img_per_s"), e["ultralytics"].get("img_per_s")] for m, e in data.items()])
+                    ["modality", "ours img/s", "Ultralytics img/s"], rows)
     ev = r.get("eval", {})
     if ev:
         rows = []
