@@ -60,6 +60,7 @@ SPECIAL_AUG_RATIO = 0.7           # mosaic/mixup only in the first 70% of epochs
 HSV_H = 0.015                     # hue jitter, fraction of the hue circle
 HSV_S = 0.7                       # saturation jitter, fraction
 HSV_V = 0.4                       # value (brightness) jitter, fraction
+HSV_ON_GPU = False                # apply the HSV jitter to each batch on the training device (float HSV) instead of in the loader workers (8-bit OpenCV)
 FLIP_LR = 0.5                     # horizontal flip probability
 DEGREES = 0.0                     # random rotation, +/- degrees
 TRANSLATE = 0.1                   # random translation, +/- fraction of the input size

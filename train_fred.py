@@ -197,7 +197,7 @@ def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[F
                        hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
                        degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
                        min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"], frame_cache=frame_cache)
+                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=cfg["HSV_ON_GPU"])
 
 
 def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from datasets.augment import apply_affine, augment_hsv, flip_horizontal, random_affine_matrix, scale_translate_matrix
+from datasets.augment import (apply_affine, augment_hsv, flip_horizontal, hsv_draw, random_affine_matrix,
+                              scale_translate_matrix)
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
@@ -41,9 +42,11 @@ class FredDataset(Dataset):
                  mosaic_prob: float = 0.5, mixup: bool = False, mixup_prob: float = 0.0,
                  hsv: tuple = (0.015, 0.7, 0.4), flip_lr: float = 0.5, degrees: float = 0.0,
                  translate: float = 0.1, scale: float = 0.5, min_box_size: float = 2.0,
-                 bad_image_log: str | None = None, seed: int = 0, frame_cache: FrameCache | None = None):
+                 bad_image_log: str | None = None, seed: int = 0, frame_cache: FrameCache | None = None,
+                 hsv_in_batch: bool = False):
         """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised);
-        frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files."""
+        frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files;
+        hsv_in_batch: leave the HSV jitter to the consumer (hsv_jitter_rgb on the GPU): training items carry it."""
         if len(frames) == 0:
             raise ValueError("FredDataset got no frames: check the data root, modality and split")
         if frame_cache is not None and not frame_cache.matches([str(f.image) for f in frames]):
@@ -58,6 +61,7 @@ class FredDataset(Dataset):
         self.mixup = mixup
         self.mixup_prob = mixup_prob
         self.hsv = tuple(float(g) for g in hsv)
+        self.hsv_in_batch = hsv_in_batch
         self.flip_lr = flip_lr
         self.degrees = degrees
         self.translate = translate
@@ -178,6 +182,7 @@ class FredDataset(Dataset):
         Returns {"image": uint8 [3, H, W] RGB, "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
         "index": frame index used, "orig_shape": (h, w), "ratio": float, "pad": (pad_w, pad_h)}; orig_shape, ratio
         and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
+        With hsv_in_batch, training items also hold "hsv": float32 [3], the HSV jitter still to apply.
         """
         if not self.train:
             img, j, orig_shape = self._read(i)
@@ -195,10 +200,16 @@ class FredDataset(Dataset):
         if special and self.mixup and rng.random() < self.mixup_prob:
             img2, boxes2, _ = self._train_sample(int(rng.integers(0, len(self.frames))), rng, special)
             img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
-        img = augment_hsv(img, self.hsv, rng)
+        if self.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
+            jitter = hsv_draw(self.hsv, rng)
+        else:
+            img = augment_hsv(img, self.hsv, rng)
         if self.flip_lr and rng.random() < self.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
-        return _item(img, boxes, j, orig_shape, ratio, pad)
+        item = _item(img, boxes, j, orig_shape, ratio, pad)
+        if self.hsv_in_batch:
+            item["hsv"] = torch.from_numpy(jitter.astype(np.float32))
+        return item
 
 
 def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
@@ -228,13 +239,17 @@ def worker_init(_: int) -> None:
 
 def collate_fred(batch: list[dict]) -> dict:
     """Stack items: images uint8 [B, 3, H, W]; targets float32 [M, 6] batch_idx, cls, cx, cy, w, h (input pixels);
-    index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]."""
+    index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32 [B, 3] when the
+    items carry their HSV jitter."""
     targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
                for b, item in enumerate(batch)]
     # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it)
-    return {"images": default_collate([item["image"] for item in batch]),
-            "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
-            "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
-            "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),
-            "ratios": torch.tensor([item["ratio"] for item in batch], dtype=torch.float32),
-            "pads": torch.tensor([item["pad"] for item in batch], dtype=torch.float32)}
+    out = {"images": default_collate([item["image"] for item in batch]),
+           "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
+           "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
+           "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),
+           "ratios": torch.tensor([item["ratio"] for item in batch], dtype=torch.float32),
+           "pads": torch.tensor([item["pad"] for item in batch], dtype=torch.float32)}
+    if "hsv" in batch[0]:
+        out["hsv"] = torch.stack([item["hsv"] for item in batch])
+    return out

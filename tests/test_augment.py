@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.augment import (apply_affine, augment_hsv, box_candidates, flip_horizontal, random_affine_matrix,
-                              transform_boxes_xyxy, transform_clip_boxes_xyxy, warp_affine)
+from datasets.augment import (apply_affine, augment_hsv, box_candidates, flip_horizontal, hsv_draw, hsv_jitter_rgb,
+                              random_affine_matrix, transform_boxes_xyxy, transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from utils import engine
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 NO_HSV = (0.0, 0.0, 0.0)
@@ -384,6 +385,44 @@ def test_hsv_jitter():
     bright = augment_hsv(img, (0.0, 0.0, 0.4), np.random.default_rng(2))
     ratio = bright[4:].astype(float).sum() / img[4:].astype(float).sum()
     assert 0.55 < ratio < 1.45 and abs(ratio - 1) > 0.01
+
+
+def _rgb_batch(img_bgr: np.ndarray) -> torch.Tensor:
+    """uint8 BGR HWC -> float RGB [1, 3, H, W] in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1])).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.mark.parametrize("gains", [(0.015, 0.7, 0.4), (0.5, 0.7, 0.4), (0.0, 0.0, 0.4)])
+def test_hsv_jitter_on_batches_matches_opencv(gains):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    img[:6], img[6:12], img[12:18] = 114, 0, 255  # grey, black, white rows
+    for seed in range(4):
+        ref = augment_hsv(img, gains, np.random.default_rng(seed))[:, :, ::-1]  # RGB
+        jitter = torch.tensor(hsv_draw(gains, np.random.default_rng(seed)), dtype=torch.float32)[None]
+        out = hsv_jitter_rgb(_rgb_batch(img), jitter)[0].permute(1, 2, 0).numpy()
+        diff = np.abs(np.round(out * 255) - ref)
+        assert diff.mean() < 1.0 and diff.max() <= 8, (seed, diff.mean(), diff.max())  # OpenCV: 8-bit, 180 hues
+    x = _rgb_batch(img).contiguous(memory_format=torch.channels_last)
+    same = hsv_jitter_rgb(x, torch.zeros(1, 3))
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-6)
+    assert same.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
+    kwargs = dict(mosaic=True, mosaic_prob=0.5, hsv=(0.015, 0.7, 0.4), flip_lr=0.5, translate=0.2, scale=0.5)
+    cpu = FredDataset(frames, (64, 64), train=True, seed=5, **kwargs)
+    gpu = FredDataset(frames, (64, 64), train=True, seed=5, hsv_in_batch=True, **kwargs)
+    items_cpu, items_gpu = [cpu[i] for i in range(6)], [gpu[i] for i in range(6)]
+    assert all("hsv" not in it for it in items_cpu)
+    batch = collate_fred(items_gpu)
+    assert batch["hsv"].shape == (6, 3) and batch["hsv"].abs().sum() > 0
+    images, targets = engine.to_device(batch, torch.device("cpu"), channels_last=False)
+    ref_images, ref_targets = engine.to_device(collate_fred(items_cpu), torch.device("cpu"), channels_last=False)
+    assert torch.equal(targets, ref_targets)  # the same random draws: the same crops, flips and boxes
+    diff = (images - ref_images).abs() * 255
+    assert diff.mean() < 1.0 and diff.max() <= 8.5
+    assert (images - batch["images"].float() / 255).abs().mean() * 255 > 2  # the jitter was applied
 
 
 def test_transform_boxes_matches_pixels_for_pure_scale_translate():

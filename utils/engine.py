@@ -9,17 +9,22 @@ from torch import distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from datasets.augment import hsv_jitter_rgb
 from utils.ema import ModelEMA
 
 LOSS_PARTS = ("box", "cls", "dfl")
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images [B,3,H,W] -> float 0..1 on device (normalised there); targets [M,6] -> device."""
+    """uint8 images [B,3,H,W] -> float 0..1 on device (normalised there, HSV-jittered there when the batch holds
+    "hsv"); targets [M,6] -> device."""
     images = batch["images"].to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images.float().div_(255.0), batch["targets"].to(device, non_blocking=True)
+    images = images.float().div_(255.0)
+    if "hsv" in batch:
+        images = hsv_jitter_rgb(images, batch["hsv"].to(device, non_blocking=True))
+    return images, batch["targets"].to(device, non_blocking=True)
 
 
 def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool
