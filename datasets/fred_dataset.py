@@ -214,8 +214,9 @@ class FredDataset(Dataset):
 
 def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
           pad: tuple[float, float]) -> dict:
-    """Build the item dict: BGR HWC -> RGB CHW uint8 tensor (one copy), boxes cls, xyxy -> cls, cx, cy, w, h."""
-    image = torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1)))
+    """Build the item dict: BGR HWC -> RGB uint8 [3, H, W] (a view of an HWC copy: collate_fred stacks batches
+    in NHWC memory, the channels_last layout, with no transposing copy), boxes cls, xyxy -> cls, cx, cy, w, h."""
+    image = torch.from_numpy(cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
     b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 5)
     out = np.empty_like(b)
     out[:, 0] = b[:, 0]
@@ -238,13 +239,15 @@ def worker_init(_: int) -> None:
 
 
 def collate_fred(batch: list[dict]) -> dict:
-    """Stack items: images uint8 [B, 3, H, W]; targets float32 [M, 6] batch_idx, cls, cx, cy, w, h (input pixels);
+    """Stack items: images uint8 [B, 3, H, W] (NHWC in memory); targets float32 [M, 6] batch_idx, cls, cx, cy, w, h
+    (input pixels);
     index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32 [B, 3] when the
     items carry their HSV jitter."""
     targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
                for b, item in enumerate(batch)]
-    # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it)
-    out = {"images": default_collate([item["image"] for item in batch]),
+    # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it);
+    # the HWC images stack into [B, H, W, 3], seen as [B, 3, H, W]
+    out = {"images": default_collate([item["image"].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2),
            "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
            "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
            "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),

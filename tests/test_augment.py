@@ -312,6 +312,14 @@ def test_collate_shapes_and_dtypes(frames):
     items = [ds[i] for i in range(5)]
     batch = collate_fred(items)
     assert batch["images"].shape == (5, 3, 64, 96) and batch["images"].dtype == torch.uint8
+    assert batch["images"].is_contiguous(memory_format=torch.channels_last)  # NHWC: no transposing copy
+    assert torch.equal(batch["images"], torch.stack([it["image"] for it in items]))
+    lb = cv2.cvtColor(letterbox(cv2.imread(str(frames[2].image)), (64, 96))[0], cv2.COLOR_BGR2RGB)
+    assert np.array_equal(items[2]["image"].permute(1, 2, 0).numpy(), lb)  # RGB, letterboxed
+    for channels_last in (True, False):
+        x = engine.images_to_device(batch["images"], torch.device("cpu"), channels_last)
+        assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert torch.equal(x, batch["images"].float() / 255)
     counts = [len(it["boxes"]) for it in items]
     assert 0 in counts and sum(counts) > 0  # the batch mixes negatives and drones
     t = batch["targets"]

@@ -15,13 +15,18 @@ from utils.ema import ModelEMA
 LOSS_PARTS = ("box", "cls", "dfl")
 
 
+def images_to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 [B,3,H,W] (any memory layout) -> float 0..1 on device, NHWC (channels_last) or NCHW in memory; the
+    copy keeps the host layout (collate_fred's NHWC: no transposing copy when channels_last) and the rest runs there."""
+    images = images.to(device, non_blocking=True)
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return images.float().div_(255.0)
+
+
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images [B,3,H,W] -> float 0..1 on device (normalised there, HSV-jittered there when the batch holds
-    "hsv"); targets [M,6] -> device."""
-    images = batch["images"].to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    images = images.float().div_(255.0)
+    """Batch images -> images_to_device() (HSV-jittered on device when the batch holds "hsv"); targets [M,6] ->
+    device."""
+    images = images_to_device(batch["images"], device, channels_last)
     if "hsv" in batch:
         images = hsv_jitter_rgb(images, batch["hsv"].to(device, non_blocking=True))
     return images, batch["targets"].to(device, non_blocking=True)

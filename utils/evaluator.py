@@ -27,6 +27,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from utils.engine import images_to_device
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 from utils.postprocess import non_max_suppression
 
@@ -276,10 +277,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
         keep &= ~seen[index]
         _sync(device)
         start = time.perf_counter()
-        images = batch["images"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        images = images.float().div_(255)
+        images = images_to_device(batch["images"], device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             preds = model(images)
         dets = non_max_suppression(preds.float(), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
