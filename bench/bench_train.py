@@ -27,9 +27,13 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            loader, inference, NMS, pycocotools) vs Ultralytics' YOLO(best.pt).val() fp16; two passes each
            (cold, warm). Weights from this run's tta part when it ran, else from the speed part.
 
-Full size, H200 (two commands, estimated 6-8 minutes each, not yet measured there; the first also generates the
-data, about a minute on 16 cores):
-    python bench/bench_train.py --parts speed,data,ceiling,eval --out $OUT/bench_train_speed.json
+Full size, H200 (the data are generated in 13-15 s on 16 cores; Ultralytics takes about 30-35 s per phase run, so
+the speed part for two modalities is 4-5 minutes plus 1-2 minutes per --ours_variants run; keep each device call
+under its 10 minutes, e.g. speed in one call, data/ceiling/eval in another; --timeout bounds each trainer):
+    python bench/bench_train.py --parts speed --timeout 240 --out $OUT/bench_train_speed.json \
+        --ours_variants 'graph:CUDA_GRAPH=True' 'graph_gpu_hsv:CUDA_GRAPH=True;HSV_ON_GPU=True'
+    python bench/bench_train.py --parts data,ceiling,eval --out $OUT/bench_train_rest.json \
+        --data_variants 'no_hsv:HSV_H=0.0;HSV_S=0.0;HSV_V=0.0' 'workers16:NUM_WORKERS=16'
     python bench/bench_train.py --parts tta,eval --out $OUT/bench_train_tta.json
   defaults: 24 sequences x 100 frames at 1280x720 (18 train sequences, ~1,900 train frames per modality),
   YOLOv8s, 640x640, 8 workers, speed k=3 epochs per phase, tta up to 20 epochs at batch 16, target mAP50 0.9.
