@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from nets.bubbliiiing import from_bubbliiiing, is_bubbliiiing_state_dict
 from nets.yolov8 import SCALES, scaled_depth, scaled_width
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def _is_state_dict(obj: object) -> bool:
 
 def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
     """The weights in src: our checkpoint {"model": ..., "phi": ...}, a dict with "model"/"ema", a plain
-    state dict, or a path to any of these. Wrapper prefixes (DDP 'module.', compile '_orig_mod.') are removed."""
+    state dict, or a path to any of these. Wrapper prefixes (DDP 'module.', compile '_orig_mod.') are removed, and
+    bubbliiiing yolov8-pytorch names (nets/bubbliiiing.py) are renamed to ours."""
     obj = src
     if isinstance(src, (str, os.PathLike)):
         try:
@@ -52,6 +54,9 @@ def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]
         for prefix in _WRAPPER_PREFIXES:
             k = k.removeprefix(prefix)
         state[k] = v
+    if is_bubbliiiing_state_dict(state):
+        logger.info("weights in the bubbliiiing yolov8-pytorch layout: renamed to ours")
+        state = from_bubbliiiing(state)
     return state
 
 
@@ -92,7 +97,8 @@ def load_weights(model: nn.Module, src: str | os.PathLike | Mapping) -> dict:
 
     Returns {"loaded", "skipped", "missing", "total"} (counts: loaded model tensors, checkpoint tensors not loaded,
     model tensors not loaded, model tensors) plus "skipped_keys" and "missing_keys".
-    Raises ValueError, naming the size the checkpoint looks like, when less than half of the model's tensors load.
+    Raises ValueError, naming the size the checkpoint looks like, when less than half of the model's tensors load
+    (of the model's parts the checkpoint has: a backbone-only file is measured against the backbone).
     """
     state = read_state_dict(src)
     if is_ultralytics_state_dict(state):
@@ -102,7 +108,8 @@ def load_weights(model: nn.Module, src: str | os.PathLike | Mapping) -> dict:
     matched = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     skipped = [k for k in state if k not in matched]
     missing = [k for k in own if k not in matched]
-    if len(matched) < 0.5 * len(own):
+    parts = {k.split(".")[0] for k in state}
+    if len(matched) < 0.5 * sum(k.split(".")[0] in parts for k in own):
         try:
             phi, nc, in_ch = checkpoint_info(state)
             looks = f"it looks like YOLOv8{phi} (num_classes={nc}, in_channels={in_ch})"

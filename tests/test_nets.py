@@ -314,3 +314,42 @@ def test_eval_under_autocast_and_low_precision_weights():
         assert out.shape == ref.shape and torch.isfinite(out).all()
         assert (out[:, :4] - ref[:, :4]).abs().median() <= 1.0
         assert (out[:, 4:] - ref[:, 4:]).abs().median() <= 0.01
+
+
+# ours -> the bubbliiiing yolov8-pytorch names (its nets/yolo.py YoloBody and nets/backbone.py Backbone)
+_TO_BUBBLIIIING = {"neck.top_down_p4.": "conv3_for_upsample1.", "neck.top_down_p3.": "conv3_for_upsample2.",
+                   "neck.down_p3.": "down_sample1.", "neck.bottom_up_p4.": "conv3_for_downsample1.",
+                   "neck.down_p4.": "down_sample2.", "neck.bottom_up_p5.": "conv3_for_downsample2.",
+                   "head.box.": "cv2.", "head.cls.": "cv3.", "head.dfl.": "dfl.", "backbone.": "backbone."}
+
+
+def _bubbliiiing_name(key: str) -> str:
+    prefix = next(p for p in _TO_BUBBLIIIING if key.startswith(p))
+    return _TO_BUBBLIIIING[prefix] + key[len(prefix):]
+
+
+def test_load_bubbliiiing_yolobody_and_backbone_weights(tmp_path):
+    torch.manual_seed(0)
+    src = build_model("s", 1).eval()
+    theirs = {_bubbliiiing_name(k): v for k, v in src.state_dict().items()}
+    # shapes as their YoloBody(phi='s', num_classes=1) declares these layers
+    assert theirs["conv3_for_upsample1.cv1.conv.weight"].shape == (256, 768, 1, 1)
+    assert theirs["down_sample1.conv.weight"].shape == (128, 128, 3, 3)
+    assert theirs["cv2.0.2.weight"].shape == (64, 64, 1, 1)
+    assert theirs["cv3.0.2.weight"].shape == (1, 128, 1, 1)
+    assert theirs["dfl.conv.weight"].shape == (1, 16, 1, 1)
+    torch.save(theirs, tmp_path / "yolov8_s_fred.pth")
+    dst = build_model("s", 1).eval()
+    report = load_weights(dst, str(tmp_path / "yolov8_s_fred.pth"))
+    assert report["loaded"] == report["total"] and report["skipped"] == 0
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    # their backbone-only files (Backbone.load_state_dict: no "backbone." prefix)
+    backbone = {k.removeprefix("backbone."): v for k, v in src.state_dict().items() if k.startswith("backbone.")}
+    fresh = build_model("s", 1)
+    report = load_weights(fresh, backbone)
+    assert report["loaded"] == len(backbone) and report["skipped"] == 0
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in src.state_dict().items() if k.startswith("backbone."))
+    with pytest.raises(ValueError, match="looks like YOLOv8s"):  # a size mismatch is still named
+        load_weights(build_model("m", 1), theirs)
