@@ -523,9 +523,10 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
                    "val_dfl": val["dfl"], "mAP50": metrics["mAP50"] if metrics else None,
                    "mAP50_95": metrics["mAP50_95"] if metrics else None, "fitness": fitness,
                    "img_per_s": stats["img_per_s"], "epoch_s": epoch_s, "gpu_mem_GB": stats["gpu_mem_GB"],
-                   "skipped_steps": stats["skipped"]})
+                   "skipped_steps": stats["skipped"], "data_wait_pct": stats["data_wait_pct"]})
     line = (f"epoch {done}/{total}: loss {stats['loss']:.4f} (box {stats['box']:.4f} cls {stats['cls']:.4f} "
-            f"dfl {stats['dfl']:.4f}), val loss {val['loss']:.4f}, {stats['img_per_s']:.0f} img/s, {epoch_s:.0f} s")
+            f"dfl {stats['dfl']:.4f}), val loss {val['loss']:.4f}, {stats['img_per_s']:.0f} img/s "
+            f"({stats['data_wait_pct']:.0f}% waiting for data), {epoch_s:.0f} s")
     if stats["skipped"]:
         line += f", {stats['skipped']} steps skipped (non-finite loss)"
     if metrics:

@@ -52,6 +52,7 @@ import ast
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -182,6 +183,7 @@ class Bench:
                  stop_at_map50: float = 0.0) -> dict:
         """Our trainer in a subprocess, results.csv rows stamped as they appear."""
         save_dir = self.logs / f"ours_{tag}"
+        shutil.rmtree(save_dir, ignore_errors=True)  # an earlier run's results.csv would be read as this one's
         cmd = ours_command(modality, self.a.data_root, self.split, self.a.phi, self.a.device, str(save_dir), sets,
                            no_eval_map=no_eval_map)
         watcher = CsvWatcher(str(save_dir / "loss_*" / "results.csv"))
@@ -292,6 +294,7 @@ def _ours_phases(run: dict, sampler: GpuSampler) -> dict:
                       "img_per_s": median([_num(r.get("img_per_s")) for _, r in steady]),
                       "epoch_s": median([_num(r.get("epoch_s")) for _, r in steady]),
                       "peak_mem_GB": max((_num(r.get("gpu_mem_GB")) or 0.0) for _, r in items),
+                      "data_wait_pct": median([_num(r.get("data_wait_pct")) for _, r in steady]),
                       **_merge_windows(windows),
                       "per_epoch_img_per_s": [_num(r.get("img_per_s")) for _, r in items]}
     return out
@@ -624,7 +627,7 @@ def report(b: Bench) -> None:
                 ratio = (o["img_per_s"] / u["img_per_s"]) if o.get("img_per_s") and u.get("img_per_s") else None
                 rows.append([modality, phase, o.get("batch"), o.get("img_per_s"), u.get("img_per_s"), ratio,
                              o.get("epoch_s"), u.get("epoch_s"), o.get("peak_mem_GB"), u.get("peak_mem_GB"),
-                             o.get("gpu_util_pct"), u.get("gpu_util_pct")])
+                             o.get("gpu_util_pct"), u.get("gpu_util_pct"), o.get("data_wait_pct")])
                 if phase == "unfrozen" and ratio is not None:
                     targets.append((f"{modality} unfrozen img/s >= 1.8x Ultralytics", ratio >= 1.8, f"{ratio:.2f}x"))
                 c = ceiling.get(phase, {})
@@ -640,10 +643,11 @@ def report(b: Bench) -> None:
                     ratio = (o["img_per_s"] / u["img_per_s"]) if o.get("img_per_s") and u.get("img_per_s") else None
                     rows.append([f"{modality} [{name}]", phase, o.get("batch"), o.get("img_per_s"), u.get("img_per_s"),
                                  ratio, o.get("epoch_s"), u.get("epoch_s"), o.get("peak_mem_GB"), u.get("peak_mem_GB"),
-                                 o.get("gpu_util_pct"), u.get("gpu_util_pct")])
+                                 o.get("gpu_util_pct"), u.get("gpu_util_pct"), o.get("data_wait_pct")])
         print_table(f"Training speed (YOLOv8{a.phi}, {a.imgsz}, AMP fp16, {a.workers} workers, steady epochs)",
                     ["modality", "phase", "batch", "ours img/s", "Ultra img/s", "ours/Ultra", "ours epoch s",
-                     "Ultra epoch s", "ours peak GB", "Ultra peak GB", "ours GPU %", "Ultra GPU %"], rows)
+                     "Ultra epoch s", "ours peak GB", "Ultra peak GB", "ours GPU %", "Ultra GPU %",
+                     "ours data wait %"], rows)
         ev, rg = (speed.get("event", {}).get("ours", {}).get("phases", {}).get("unfrozen", {}),
                   speed.get("rgb", {}).get("ours", {}).get("phases", {}).get("unfrozen", {}))
         if ev.get("img_per_s") and rg.get("img_per_s"):

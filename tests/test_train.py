@@ -214,7 +214,7 @@ def test_two_epochs_cross_freeze_to_unfreeze(run_a):
     assert events
     acc = EventAccumulator(run_dir).Reload()
     for tag in ("train/box", "train/cls", "train/dfl", "val/loss", "lr", "metrics/mAP50", "metrics/mAP50_95",
-                "speed/img_per_s", "time/epoch_s", "gpu/mem_GB"):
+                "speed/img_per_s", "speed/data_wait_pct", "time/epoch_s", "gpu/mem_GB"):
         assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,frozen,8,") and rows[2].startswith("2,unfrozen,4,")
@@ -543,3 +543,35 @@ def test_loader_workers_start_after_the_parent_used_opencv_threads(tmp_path):
     proc = subprocess.run([sys.executable, str(script), REPO, str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "batches 2" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+class _SlowLoader:
+    """A list of batches handed out with a delay each, like a DataLoader that cannot keep up."""
+
+    def __init__(self, batches: list, delay: float):
+        self.batches, self.delay = batches, delay
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for b in self.batches:
+            time.sleep(self.delay)
+            yield b
+
+
+def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
+    torch.manual_seed(0)
+    model = build_model("n", 1)
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    optimizer = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4, fused=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = {"images": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
+             "targets": torch.tensor([[0, 0, 32.0, 32.0, 12.0, 10.0]])}
+    waits = {}
+    for delay in (0.0, 0.4):
+        stats = engine.train_one_epoch(model, None, criterion, optimizer, scaler, _SlowLoader([batch] * 4, delay),
+                                       torch.device("cpu"), lambda i: 0.01, None, True, 10.0, 2, 100,
+                                       show_progress=False)
+        waits[delay] = stats["data_wait_pct"]
+    assert 0.0 <= waits[0.0] < 30.0 < 60.0 < waits[0.4] <= 100.0, waits

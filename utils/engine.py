@@ -82,7 +82,9 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     true ends it before iteration i with stopped="signal". fixed_scale: hold the scaler's scale at 1 (no fp16).
     The loss back-propagated is sum(weight * part) times the global batch size (Ultralytics' scale).
     Returns the mean weighted loss parts of the finite steps (box, cls, dfl, loss), lr, skipped, img_per_s,
-    gpu_mem_GB, iteration (steps done in this epoch, counting from 0) and stopped (None, "nan" or "signal").
+    gpu_mem_GB, data_wait_pct (share of the loop's time spent waiting for the loader's next batch: well above 0,
+    the data pipeline is the limit), iteration (steps done in this epoch, counting from 0) and stopped (None,
+    "nan" or "signal").
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,10 +93,12 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     run, max_run = torch.zeros((), device=device), torch.zeros((), device=device)
     images_seen, i, stopped, lr = 0, start_iter - 1, None, 0.0
     t0, n_total = time.perf_counter(), start_iter + len(loader)
+    clock = {"t0": t0, "waited": 0.0, "ready": t0}  # host seconds spent waiting for batches
     forward = forward or model
     bar = tqdm(device_batches(loader, device, channels_last), desc=desc, total=len(loader),
                disable=not show_progress, dynamic_ncols=True, leave=True)
     for i, (images, targets) in enumerate(bar, start_iter):
+        clock["waited"] += time.perf_counter() - clock["ready"]
         if stop(i):
             stopped = "signal"
             break
@@ -119,15 +123,17 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         max_run = torch.maximum(max_run, run)
         images_seen += images.shape[0]
         if (i + 1) % log_interval == 0 or i + 1 == n_total:
-            out = _read_stats(sums, finite_steps, i + 1 - start_iter, images_seen, t0, lr, device)
+            out = _read_stats(sums, finite_steps, i + 1 - start_iter, images_seen, clock, lr, device)
             bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in out.items() if k in LOSS_PARTS + ("lr",))
-                                + f" img/s={out['img_per_s']:.0f} mem={out['gpu_mem_GB']:.1f}G")
+                                + f" img/s={out['img_per_s']:.0f} wait={out['data_wait_pct']:.0f}%"
+                                + f" mem={out['gpu_mem_GB']:.1f}G")
             if _any_rank(max_run >= nan_patience):
                 stopped = "nan"
                 break
+        clock["ready"] = time.perf_counter()
     bar.close()
     done = i + 1 if stopped != "signal" else i
-    out = _read_stats(sums, finite_steps, done - start_iter, images_seen, t0, lr, device)
+    out = _read_stats(sums, finite_steps, done - start_iter, images_seen, clock, lr, device)
     return {**out, "iteration": done, "stopped": stopped}
 
 
@@ -139,13 +145,14 @@ def _any_rank(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
-def _read_stats(sums: torch.Tensor, finite_steps: torch.Tensor, steps: int, images: int, t0: float, lr: float,
+def _read_stats(sums: torch.Tensor, finite_steps: torch.Tensor, steps: int, images: int, clock: dict, lr: float,
                 device: torch.device) -> dict:
-    """Host copy of the running loss means (one sync) plus speed and memory."""
+    """Host copy of the running loss means (one sync) plus speed, data wait and memory; clock: {"t0", "waited"}."""
     s, n = sums.tolist(), float(finite_steps.item())
     means = {k: (v / n if n else math.nan) for k, v in zip(LOSS_PARTS, s)}
-    return {**means, "loss": sum(means.values()), "lr": lr, "skipped": steps - int(n),
-            "img_per_s": images / max(time.perf_counter() - t0, 1e-9), "gpu_mem_GB": gpu_mem_gb(device)}
+    elapsed = max(time.perf_counter() - clock["t0"], 1e-9)
+    return {**means, "loss": sum(means.values()), "lr": lr, "skipped": steps - int(n), "img_per_s": images / elapsed,
+            "data_wait_pct": 100.0 * clock["waited"] / elapsed, "gpu_mem_GB": gpu_mem_gb(device)}
 
 
 @contextlib.contextmanager

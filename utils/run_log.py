@@ -9,12 +9,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 RESULT_COLUMNS = ["epoch", "phase", "batch_size", "lr", "train_loss", "train_box", "train_cls", "train_dfl",
                   "val_loss", "val_box", "val_cls", "val_dfl", "mAP50", "mAP50_95", "fitness", "img_per_s",
-                  "epoch_s", "gpu_mem_GB", "skipped_steps"]
+                  "epoch_s", "gpu_mem_GB", "skipped_steps", "data_wait_pct"]
 
 # TensorBoard tag for each results.csv column that is plotted there.
 TB_TAGS = {"train_box": "train/box", "train_cls": "train/cls", "train_dfl": "train/dfl", "train_loss": "train/loss",
            "val_loss": "val/loss", "lr": "lr", "mAP50": "metrics/mAP50", "mAP50_95": "metrics/mAP50_95",
-           "img_per_s": "speed/img_per_s", "epoch_s": "time/epoch_s", "gpu_mem_GB": "gpu/mem_GB"}
+           "img_per_s": "speed/img_per_s", "data_wait_pct": "speed/data_wait_pct", "epoch_s": "time/epoch_s",
+           "gpu_mem_GB": "gpu/mem_GB"}
 
 _COLOURS = [(200, 90, 30), (40, 40, 220), (40, 160, 40), (160, 40, 160)]  # BGR
 
