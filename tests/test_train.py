@@ -575,3 +575,23 @@ def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
                                        show_progress=False)
         waits[delay] = stats["data_wait_pct"]
     assert 0.0 <= waits[0.0] < 30.0 < 60.0 < waits[0.4] <= 100.0, waits
+
+
+def test_run_with_the_speed_options_on(data, tmp_path):
+    """HSV_ON_GPU (jitter applied to the batch by the training loop) and CUDA_GRAPH (ignored without CUDA) in a real
+    run: it trains, and the loader really leaves the HSV jitter to the loop."""
+    seen = []
+    to_device = engine.to_device
+
+    def spy(batch, device, channels_last):
+        seen.append("hsv" in batch)
+        return to_device(batch, device, channels_last)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "to_device", spy)
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = train_fred.main(tiny_args(data, tmp_path, "HSV_ON_GPU=True", "CUDA_GRAPH=True", epochs=1))
+    assert rc == 0
+    rows = open(os.path.join(only_run_dir(tmp_path), "results.csv")).read().splitlines()
+    assert len(rows) == 2 and rows[0].endswith("data_wait_pct")
+    assert True in seen and False in seen  # training batches carry their jitter, validation batches none
