@@ -42,6 +42,7 @@ from utils.run_log import RunLog
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
+DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
 RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration")  # kept in last.pth only
 
@@ -218,6 +219,20 @@ def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Opti
         return None
 
 
+def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
+    """Advice printed once when the training loop waited for its loader wait_pct % of an epoch's time."""
+    cpus = os.cpu_count() or 1
+    tips = []
+    if workers < cpus - 1:
+        tips.append(f"more loader processes (NUM_WORKERS={workers}, this machine has {cpus} CPUs)")
+    if cfg["FRAME_CACHE"] == "off":
+        tips.append("FRAME_CACHE='disk' (decode each frame once)")
+    if cuda and not cfg["HSV_ON_GPU"] and any((cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"])):
+        tips.append("HSV_ON_GPU=True (colour jitter on the GPU)")
+    advice = "; try " + ", ".join(tips) if tips else "; the CPUs are the limit here"
+    return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
+
+
 def graphed_forward(cfg: dict, model: torch.nn.Module, per_rank: int, device: torch.device,
                     amp_dtype: Optional[torch.dtype], channels_last: bool, world: int) -> Optional[GraphedTrainForward]:
     """The CUDA-graphed training forward of this phase's model and batch (CUDA_GRAPH), or None to run eagerly."""
@@ -386,13 +401,13 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                  max(1, math.ceil(len(index.train) / world) // (first_batch // world)))
 
     phase, net, loader, sampler, per_rank, lr_fit, min_fit = None, model, None, None, 0, 0.0, 0.0
-    forward = None
+    forward, phase_start, data_hinted = None, start_epoch, False
     epoch = start_epoch
     t_start = time.perf_counter() - train_seconds
     try:
         for epoch in range(start_epoch, total):
             if phase != ("frozen" if epoch < frozen_epochs else "unfrozen"):
-                phase = "frozen" if epoch < frozen_epochs else "unfrozen"
+                phase, phase_start = ("frozen" if epoch < frozen_epochs else "unfrozen"), epoch
                 batch = cfg["FREEZE_BATCH_SIZE"] if phase == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]
                 per_rank = batch // world
                 freeze_backbone(model, phase == "frozen")
@@ -460,6 +475,9 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                                     channels_last, best, lambda: time.perf_counter() - t_start, per_rank * world, log)
                 if code:
                     return code
+                if not data_hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], workers, cuda), flush=True)
+                    data_hinted = True
             train_seconds = time.perf_counter() - t_start
             dist.barrier()
             if stop.signum:

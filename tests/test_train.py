@@ -595,3 +595,12 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     rows = open(os.path.join(only_run_dir(tmp_path), "results.csv")).read().splitlines()
     assert len(rows) == 2 and rows[0].endswith("data_wait_pct")
     assert True in seen and False in seen  # training batches carry their jitter, validation batches none
+
+
+def test_data_wait_hint_names_the_keys_that_help():
+    cfg = {"FRAME_CACHE": "off", "HSV_ON_GPU": False, "HSV_H": 0.015, "HSV_S": 0.7, "HSV_V": 0.4}
+    text = train_fred.data_wait_hint(cfg, 62.4, 1, cuda=True)
+    assert "62%" in text and "FRAME_CACHE='disk'" in text and "HSV_ON_GPU=True" in text
+    assert ("NUM_WORKERS=1" in text) == ((os.cpu_count() or 1) > 2)
+    done = train_fred.data_wait_hint({**cfg, "FRAME_CACHE": "disk", "HSV_ON_GPU": True}, 40.0, os.cpu_count(), True)
+    assert "CPUs are the limit" in done
