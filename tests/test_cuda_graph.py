@@ -3,6 +3,8 @@
 These need a GPU: CI (CPU only) skips them; they run on the H200 through the device tool (see README, Measured).
 """
 import copy
+import csv
+import math
 
 import pytest
 import torch
@@ -118,3 +120,34 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert stats["iteration"] == 8 and stats["skipped"] <= 1 and torch.isfinite(torch.tensor(stats["loss"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_fred(tmp_path_factory):
+    """4 event+rgb sequences x 8 frames at 180x320."""
+    from datasets.synthetic import generate_fred
+    root = tmp_path_factory.mktemp("fred_cuda")
+    generate_fred(str(root), sequences=4, frames=8, seed=0, size=(180, 320))
+    return str(root)
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_trainer_on_cuda_with_workers_through_both_phases(tiny_fred, tmp_path, graph):
+    """train_fred.py on the GPU with 2 forked loader workers, frame cache, HSV on the GPU and (graph) CUDA graphs
+    recaptured at the phase switch: a hang fails here (timeout) instead of stalling a long run."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(repo, "train_fred.py"), "--modality", "event", "--data_root", tiny_fred,
+           "--phi", "n", "--device", "cuda", "--save_dir", str(tmp_path), "--set", "INPUT_SHAPE=[64, 64]",
+           "FREEZE_EPOCH=1", "UNFREEZE_EPOCH=3", "FREEZE_BATCH_SIZE=4", "UNFREEZE_BATCH_SIZE=2", "NUM_WORKERS=2",
+           "EVAL_PERIOD=3", "MIN_BOX_SIZE=1.0", "WARMUP_MIN_ITERS=2", "HSV_ON_GPU=True", f"CUDA_GRAPH={graph}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [os.path.join(str(tmp_path), d) for d in os.listdir(str(tmp_path)) if d.startswith("loss_")]
+    with open(os.path.join(run_dir, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == ["frozen", "unfrozen", "unfrozen"]
+    assert all(math.isfinite(float(r["val_loss"])) and math.isfinite(float(r["train_loss"])) for r in rows)
+    assert rows[-1]["mAP50"] != ""  # evaluated at the end (channels_last evaluation on the GPU)
