@@ -140,7 +140,7 @@ def test_trainer_on_cuda_with_workers_through_both_phases(tiny_fred, tmp_path, g
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, os.path.join(repo, "train_fred.py"), "--modality", "event", "--data_root", tiny_fred,
-           "--phi", "n", "--device", "cuda", "--save_dir", str(tmp_path), "--set", "INPUT_SHAPE=[64, 64]",
+           "--phi", "n", "--device", "cuda", "--save_dir", str(tmp_path), "--set", "INPUT_SHAPE=[160, 160]",
            "FREEZE_EPOCH=1", "UNFREEZE_EPOCH=3", "FREEZE_BATCH_SIZE=4", "UNFREEZE_BATCH_SIZE=2", "NUM_WORKERS=2",
            "EVAL_PERIOD=3", "MIN_BOX_SIZE=1.0", "WARMUP_MIN_ITERS=2", "HSV_ON_GPU=True", f"CUDA_GRAPH={graph}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
