@@ -509,14 +509,16 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
     """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code."""
     done, total = epoch + 1, cfg["UNFREEZE_EPOCH"]
     try:
-        val = engine.evaluate_loss(ema.ema, criterion, val_loader, device, amp_dtype, channels_last)
         metrics = None
-        if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):
-            metrics = evaluate(ema.ema, val_loader, val_frames, device, cfg["CONFIDENCE"], cfg["NMS_IOU"],
-                               cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=torch.float16,
-                               class_names=cfg["CLASS_NAMES"], data_root=cfg["DATA_ROOT"],
-                               coco_workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1),
-                               channels_last=channels_last).metrics
+        if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):  # mAP and val loss in one pass
+            result = evaluate(ema.ema, val_loader, val_frames, device, cfg["CONFIDENCE"], cfg["NMS_IOU"],
+                              cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=torch.float16,
+                              class_names=cfg["CLASS_NAMES"], data_root=cfg["DATA_ROOT"],
+                              coco_workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1),
+                              channels_last=channels_last, criterion=criterion)
+            metrics, val = result.metrics, result.loss
+        else:
+            val = engine.evaluate_loss(ema.ema, criterion, val_loader, device, amp_dtype, channels_last)
     except torch.cuda.OutOfMemoryError:
         print(oom_message(phase, cfg, cfg["EVAL_BATCH_SIZE"], 1, "evaluation", run_dir), file=sys.stderr,
               flush=True)

@@ -353,3 +353,27 @@ def test_evaluate_with_fred_dataset(tmp_path):
     assert result.ground_truth["images"][0]["width"] == 160 and result.ground_truth["images"][0]["height"] == 96
     assert not os.path.isabs(result.ground_truth["images"][0]["file_name"])
     assert cv2.imread(os.path.join(tmp_path / "fred", result.ground_truth["images"][0]["file_name"])) is not None
+
+
+def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
+    """One pass for mAP and val loss: the loss equals engine.evaluate_loss's, the metrics those without it."""
+    from utils.engine import evaluate_loss
+    from utils.loss import DetectionLoss
+    root = tmp_path / "fred"
+    generate_fred(str(root), sequences=3, frames=6, seed=2, size=(96, 160))
+    idx = build_fred_index(str(root), "event", split="random:0.5:0")
+    frames = idx.train + idx.val
+    loader = torch.utils.data.DataLoader(FredDataset(frames, (96, 160), train=False), batch_size=4,
+                                         collate_fn=collate_fred)
+    torch.manual_seed(0)
+    from nets import build_model
+    model = build_model("n", 1)
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    plain = evaluate(model, loader, frames, "cpu", amp=False)
+    both = evaluate(model, loader, frames, "cpu", amp=False, criterion=criterion)
+    ref = evaluate_loss(model, criterion, loader, torch.device("cpu"), None)
+    assert plain.loss is None and both.loss.keys() == ref.keys()
+    for k in ref:
+        assert both.loss[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-7), k
+    assert both.metrics["mAP50_95"] == plain.metrics["mAP50_95"] and both.detections == plain.detections
+    assert all(m.training for m in model.modules())  # the training-mode model is left as it was

@@ -181,5 +181,10 @@ def evaluate_loss(model: nn.Module, criterion: Callable, loader: torch.utils.dat
                 preds = model(images)
                 sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)
             batches += 1
+    return loss_means(sums, batches)
+
+
+def loss_means(sums: torch.Tensor, batches: int) -> dict:
+    """Summed weighted loss parts [3] over `batches` batches -> {box, cls, dfl: per-batch mean, loss: their sum}."""
     means = {k: v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums.tolist())}
     return {**means, "loss": sum(means.values())}

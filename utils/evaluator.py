@@ -20,14 +20,14 @@ import multiprocessing
 import os
 import time
 from pathlib import PurePath
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from utils.engine import images_to_device
+from utils.engine import images_to_device, loss_means, raw_outputs, weighted_parts
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 from utils.postprocess import non_max_suppression
 
@@ -39,12 +39,14 @@ SHARD_MIN_IMAGES = 200  # fewest images per process worth a process of its own i
 
 
 class EvalResult(NamedTuple):
-    """What evaluate() returns: metrics, COCO results, COCO ground truth, COCOeval precision array."""
+    """What evaluate() returns: metrics, COCO results, COCO ground truth, COCOeval precision array, and the loss
+    (engine.evaluate_loss's dict) when evaluate() was given a criterion."""
 
     metrics: dict
     detections: list[dict]
     ground_truth: dict
     precision: np.ndarray  # COCOeval eval["precision"]: [T=10 IoUs, R=101 recalls, K classes, A=4 areas, M=3 maxDets]
+    loss: dict | None = None
 
 
 def fitness(metrics: dict) -> float:
@@ -250,7 +252,8 @@ def _batch_detections(dets: list[torch.Tensor], keep: np.ndarray, image_ids: np.
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, device: torch.device | str,
              conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300, amp: bool = True,
              amp_dtype: torch.dtype = torch.float16, class_names: Sequence[str] = ("drone",),
-             data_root: str | None = None, coco_workers: int = 1, channels_last: bool = False) -> EvalResult:
+             data_root: str | None = None, coco_workers: int = 1, channels_last: bool = False,
+             criterion: Callable | None = None) -> EvalResult:
     """Run model over a collate_fred loader of `frames` and score it with pycocotools (COCO bbox metrics).
 
     loader yields {"images": uint8 [B, C, H, W] letterboxed, "index": long [B] (position in frames),
@@ -260,6 +263,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
     coco_workers: processes for pycocotools' per-image matching (coco_eval), same numbers as with one.
     channels_last: feed NHWC images (for a model in channels_last memory format, as trained on CUDA).
+    criterion: also the loss (DetectionLoss) on the loader's "targets", from the same forward pass: the model runs
+    with raw head outputs (BatchNorm on running statistics) that are then decoded, as in eval mode.
     """
     device = torch.device(device)
     was_training = model.training
@@ -270,24 +275,12 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     detections: list[dict] = []
     seconds = 0.0
     use_amp = amp and device.type == "cuda"
-    for batch in loader:
-        index = batch["index"].numpy().astype(np.int64)
-        keep = np.zeros(len(index), dtype=bool)  # first occurrence of each frame (a bad image may be replaced)
-        keep[np.unique(index, return_index=True)[1]] = True
-        keep &= ~seen[index]
-        _sync(device)
-        start = time.perf_counter()
-        images = images_to_device(batch["images"], device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            preds = model(images)
-        dets = non_max_suppression(preds.float(), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
-        batch_results = _batch_detections(dets, keep, index, batch["ratios"].numpy(), batch["pads"].numpy(),
-                                          batch["orig_shapes"].numpy())
-        _sync(device)
-        seconds += time.perf_counter() - start
-        detections.extend(batch_results)
-        seen[index[keep]] = True
-        orig_shapes[index[keep]] = batch["orig_shapes"].numpy()[keep]
+    loss_sums, batches = torch.zeros(3, device=device), 0
+    with raw_outputs(model) if criterion is not None else contextlib.nullcontext():
+        for batch in loader:
+            seconds += _evaluate_batch(model, batch, seen, orig_shapes, detections, device, use_amp, amp_dtype,
+                                       channels_last, (conf_thres, iou_thres, max_det), criterion, loss_sums)
+            batches += 1
     model.train(was_training)
     images_done = int(seen.sum())
     if images_done < n:
@@ -298,5 +291,33 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     metrics, precision = coco_eval(gt, detections, coco_workers)
     metrics["images"] = images_done
     metrics["ms_per_image"] = 1000.0 * seconds / max(images_done, 1)
-    return EvalResult(metrics, detections, gt, precision)
+    return EvalResult(metrics, detections, gt, precision, loss_means(loss_sums, batches) if criterion else None)
+
+
+def _evaluate_batch(model: torch.nn.Module, batch: dict, seen: np.ndarray, orig_shapes: np.ndarray,
+                    detections: list[dict], device: torch.device, use_amp: bool, amp_dtype: torch.dtype,
+                    channels_last: bool, nms: tuple[float, float, int], criterion: Callable | None,
+                    loss_sums: torch.Tensor) -> float:
+    """One batch of evaluate(): detections (and loss parts into loss_sums) added, frames marked seen; returns the
+    seconds of transfer + forward + NMS."""
+    index = batch["index"].numpy().astype(np.int64)
+    keep = np.zeros(len(index), dtype=bool)  # first occurrence of each frame (a bad image may be replaced)
+    keep[np.unique(index, return_index=True)[1]] = True
+    keep &= ~seen[index]
+    _sync(device)
+    start = time.perf_counter()
+    images = images_to_device(batch["images"], device, channels_last)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        preds = model(images)
+        if criterion is not None:  # raw head maps: score them, then decode as eval mode would
+            targets = batch["targets"].to(device, non_blocking=True)
+            loss_sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)
+            preds = model.head.decode(preds)
+    dets = non_max_suppression(preds.float(), conf_thres=nms[0], iou_thres=nms[1], max_det=nms[2])
+    detections.extend(_batch_detections(dets, keep, index, batch["ratios"].numpy(), batch["pads"].numpy(),
+                                        batch["orig_shapes"].numpy()))
+    _sync(device)
+    seen[index[keep]] = True
+    orig_shapes[index[keep]] = batch["orig_shapes"].numpy()[keep]
+    return time.perf_counter() - start
 
