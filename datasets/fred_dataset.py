@@ -240,9 +240,8 @@ def worker_init(_: int) -> None:
 
 def collate_fred(batch: list[dict]) -> dict:
     """Stack items: images uint8 [B, 3, H, W] (NHWC in memory); targets float32 [M, 6] batch_idx, cls, cx, cy, w, h
-    (input pixels);
-    index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32 [B, 3] when the
-    items carry their HSV jitter."""
+    (input pixels); index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32
+    [B, 3] when the items carry their HSV jitter."""
     targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
                for b, item in enumerate(batch)]
     # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it);

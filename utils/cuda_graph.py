@@ -3,8 +3,8 @@
 A YOLOv8 step at batch 16 launches about a thousand small kernels; replaying them from a graph removes the CPU
 launch cost, which at small batches is what limits the step. The loss, optimiser and EMA stay eager (the number
 of targets changes every batch). A graph is captured for one input shape, autocast dtype and set of trainable
-parameters, so the trainer builds one per phase; any other shape (the last, smaller batch of an epoch) and eval
-mode run the model eagerly.
+parameters, so the trainer builds one per phase; any other shape (a last, smaller batch where training loaders
+keep one) and eval mode run the model eagerly.
 """
 from typing import Optional
 
@@ -30,8 +30,9 @@ class _AutocastForward(nn.Module):
 class GraphedTrainForward:
     """Callable replacing model(images) in training: graph replay for the captured shape, eager model otherwise.
 
-    Capture runs a few warm-up steps on a copy of sample's shape; BatchNorm statistics and parameter gradients
-    are restored afterwards, so building it leaves the model as it was. The model's parameters must keep their
+    Capture runs a few warm-up steps on a constant batch of sample's shape; the BatchNorm statistics they moved are
+    restored afterwards (parameter gradients are never written: capture uses torch.autograd.grad), so building it
+    leaves the model as it was. The model's parameters must keep their
     storage and requires_grad flags while the graph is used (optimiser steps and EMA updates are in place).
     """
 
