@@ -49,7 +49,7 @@ SEED = 0                          # random seed (init, shuffling, augmentation);
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
 CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
-CUDA_GRAPH = False                # CUDA, one GPU: replay the model's forward+backward from a CUDA graph per phase (no launch overhead); experimental, see README
+CUDA_GRAPH = True                 # CUDA, one GPU: replay the model's forward+backward from a CUDA graph per phase (no launch overhead; about 1.8x at batch 16 on an H200); ignored on CPU and with torchrun
 
 # ----------------------------------------------------------------- augmentation
 MOSAIC = True                     # 4-image mosaic
@@ -60,7 +60,7 @@ SPECIAL_AUG_RATIO = 0.7           # mosaic/mixup only in the first 70% of epochs
 HSV_H = 0.015                     # hue jitter, fraction of the hue circle
 HSV_S = 0.7                       # saturation jitter, fraction
 HSV_V = 0.4                       # value (brightness) jitter, fraction
-HSV_ON_GPU = False                # apply the HSV jitter to each batch on the training device (float HSV) instead of in the loader workers (8-bit OpenCV)
+HSV_ON_GPU = True                 # CUDA: apply the HSV jitter to each batch on the GPU (float HSV) instead of in the loader workers (8-bit OpenCV); on CPU the workers do it
 FLIP_LR = 0.5                     # horizontal flip probability
 DEGREES = 0.0                     # random rotation, +/- degrees
 TRANSLATE = 0.1                   # random translation, +/- fraction of the input size

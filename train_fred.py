@@ -191,14 +191,15 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
                       drop_last=dataset.train and len(sampler) >= batch_size)
 
 
-def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None) -> FredDataset:
-    """Augmented training samples configured from cfg."""
+def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
+                  hsv_in_batch: bool = False) -> FredDataset:
+    """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
     return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
                        mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
                        hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
                        degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
                        min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=cfg["HSV_ON_GPU"])
+                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
 
 
 def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
@@ -388,7 +389,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     dist.barrier()
     if not main_proc:
         train_cache = open_frame_cache(cfg, index.train, "train", progress=False)
-    train_set = train_dataset(cfg, index.train, run_dir, train_cache)
+    train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
     val_loader = None
     if main_proc:
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,

@@ -16,7 +16,8 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            evaluator: ours pycocotools, Ultralytics its own); a trainer is stopped once it reaches --tta_target.
            Reported: wall seconds from process launch until the epoch that first reached it.
   data     data-only img/s: our training DataLoader alone (train_fred.py's own dataset, frame cache and loader
-           builders, batch 32, mosaic 0.5) and Ultralytics' training dataloader alone, per modality.
+           builders, batch 32, mosaic 0.5; with HSV_ON_GPU on CUDA the workers leave the HSV jitter to the
+           GPU, untimed here) and Ultralytics' training dataloader alone, per modality.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
            channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
            fused SGD, EMA), "engine_graph" = the same with the model's forward/backward from a CUDA graph
@@ -424,7 +425,8 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
 
     a = b.a
     cache = train_fred.open_frame_cache(cfg, frames, "train", progress=False)
-    dataset = train_fred.train_dataset(cfg, frames, str(b.logs), cache)
+    dataset = train_fred.train_dataset(cfg, frames, str(b.logs), cache,
+                                       hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda")
     dataset.set_epoch(0, special_aug=True)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
     workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
