@@ -49,7 +49,8 @@ SEED = 0                          # random seed (init, shuffling, augmentation);
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
 CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
-CUDA_GRAPH = True                 # CUDA, one GPU: replay the model's forward+backward from a CUDA graph per phase (no launch overhead; about 1.8x at batch 16 on an H200); ignored on CPU and with torchrun
+CUDA_GRAPH = True                 # CUDA, one GPU: replay the model's and the loss's forward+backward from a CUDA graph per phase (no launch overhead); ignored on CPU and with torchrun
+CUDA_GRAPH_TARGETS_PER_IMAGE = 16 # CUDA_GRAPH: boxes per image the graphed loss holds (targets are padded to it); a batch with more trains eagerly, 1..
 
 # ----------------------------------------------------------------- augmentation
 MOSAIC = True                     # 4-image mosaic

@@ -32,7 +32,7 @@ from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
 from utils.checkpoint import atomic_save, load_checkpoint, restore_training_state, training_state
-from utils.cuda_graph import GraphedTrainForward
+from utils.cuda_graph import GraphedTrainLoss
 from utils.config import apply_overrides, config_dict
 from utils.ema import ModelEMA
 from utils.evaluator import evaluate
@@ -126,8 +126,10 @@ def check_config(cfg: dict, world: int) -> None:
         raise ValueError(f"OPTIMIZER_TYPE must be one of {', '.join(RECOMMENDED_STEPS)}, got {cfg['OPTIMIZER_TYPE']!r}")
     if cfg["LR_DECAY_TYPE"] not in ("cos", "step") or cfg["AMP_DTYPE"] not in ("fp16", "bf16"):
         raise ValueError("LR_DECAY_TYPE must be cos or step and AMP_DTYPE fp16 or bf16")
-    if cfg["UNFREEZE_EPOCH"] < 1 or min(cfg["SAVE_PERIOD"], cfg["EVAL_PERIOD"], cfg["LOG_INTERVAL"]) < 1:
-        raise ValueError("UNFREEZE_EPOCH, SAVE_PERIOD, EVAL_PERIOD and LOG_INTERVAL must be >= 1")
+    if min(cfg["UNFREEZE_EPOCH"], cfg["SAVE_PERIOD"], cfg["EVAL_PERIOD"], cfg["LOG_INTERVAL"],
+           cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"]) < 1:
+        raise ValueError("UNFREEZE_EPOCH, SAVE_PERIOD, EVAL_PERIOD, LOG_INTERVAL and CUDA_GRAPH_TARGETS_PER_IMAGE "
+                         "must be >= 1")
     if cfg["FRAME_CACHE"] not in ("off", "disk"):
         raise ValueError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
 
@@ -234,9 +236,9 @@ def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
     return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
 
 
-def graphed_forward(cfg: dict, model: torch.nn.Module, per_rank: int, device: torch.device,
-                    amp_dtype: Optional[torch.dtype], channels_last: bool, world: int) -> Optional[GraphedTrainForward]:
-    """The CUDA-graphed training forward of this phase's model and batch (CUDA_GRAPH), or None to run eagerly."""
+def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], channels_last: bool, world: int) -> Optional[GraphedTrainLoss]:
+    """The CUDA-graphed training forward + loss of this phase's model and batch (CUDA_GRAPH), or None (eager)."""
     if not cfg["CUDA_GRAPH"] or device.type != "cuda":
         return None
     if world > 1:
@@ -247,7 +249,7 @@ def graphed_forward(cfg: dict, model: torch.nn.Module, per_rank: int, device: to
     sample = torch.empty((per_rank, 3, h, w), device=device,
                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.train()
-    return GraphedTrainForward(model, sample, amp_dtype)
+    return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"], amp_dtype)
 
 
 def run_check_data(cfg: dict, modality: str) -> int:
@@ -402,7 +404,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                  max(1, math.ceil(len(index.train) / world) // (first_batch // world)))
 
     phase, net, loader, sampler, per_rank, lr_fit, min_fit = None, model, None, None, 0, 0.0, 0.0
-    forward, phase_start, data_hinted = None, start_epoch, False
+    loss_fn, phase_start, data_hinted = None, start_epoch, False
     epoch = start_epoch
     t_start = time.perf_counter() - train_seconds
     try:
@@ -417,9 +419,9 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 loader = make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank)
                 net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
                        if world > 1 else model)
-                forward = None  # the previous phase's graph holds memory: drop it first
+                loss_fn = None  # the previous phase's graph holds memory: drop it first
                 try:
-                    forward = graphed_forward(cfg, model, per_rank, device, amp_dtype, channels_last, world)
+                    loss_fn = graphed_loss(cfg, model, criterion, per_rank, device, amp_dtype, channels_last, world)
                 except torch.cuda.OutOfMemoryError:
                     print(oom_message(phase, cfg, per_rank, world, "CUDA graph capture", run_dir), file=sys.stderr,
                           flush=True)
@@ -449,7 +451,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                     net, ema if main_proc else None, criterion, optimizer, scaler, epoch_loader, device, lr_for,
                     amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
                     stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
-                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, forward=forward)
+                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM

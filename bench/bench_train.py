@@ -20,7 +20,7 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            GPU, untimed here) and Ultralytics' training dataloader alone, per modality.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
            channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
-           fused SGD, EMA), "engine_graph" = the same with the model's forward/backward from a CUDA graph
+           fused SGD, EMA), "engine_graph" = the same with the forward/backward of model and loss from a CUDA graph
            (CUDA_GRAPH, the trainer's default; the reference of the 0.9x target), "bare" = forward +
            DetectionLoss + backward + SGD step only. Frozen at batch 32,
            unfrozen at batch 16.
@@ -471,12 +471,13 @@ def part_ceiling(b: Bench) -> dict:
 def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, device_name: str,
                     engine_step: bool, graph: bool = False, warmup: int = 10) -> dict:
     """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA);
-    graph: the engine step with the model's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
+    graph: the engine step with the model's and loss's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
     import torch
 
     from nets import build_model, freeze_backbone
     from utils import engine
-    from utils.cuda_graph import GraphedTrainForward
+    import config_fred
+    from utils.cuda_graph import GraphedTrainLoss
     from utils.ema import ModelEMA
     from utils.loss import DetectionLoss, total_loss
     from utils.optim import build_optimizer
@@ -505,14 +506,14 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
-    forward = (GraphedTrainForward(model, torch.empty(images.shape, device=device, memory_format=fmt), amp_dtype)
-               if graph else None)
+    loss_fn = (GraphedTrainLoss(model, criterion, torch.empty(images.shape, device=device, memory_format=fmt),
+                                batch * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, amp_dtype) if graph else None)
 
     def run_engine(n: int) -> float:
         stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler,
                                        [{"images": images, "targets": targets}] * n, device, lambda i: 0.01,
                                        amp_dtype, not cuda, 10.0, 50, 100, channels_last=cuda, show_progress=False,
-                                       forward=forward)
+                                       loss_fn=loss_fn)
         return stats["img_per_s"]
 
     def run_bare(n: int) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from nets import build_model, freeze_backbone
 from utils import engine
-from utils.cuda_graph import GraphedTrainForward
+from utils.cuda_graph import GraphedTrainLoss
 from utils.ema import ModelEMA
 from utils.loss import DetectionLoss
 from utils.optim import build_optimizer
@@ -30,14 +30,19 @@ def _batch(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, targets
 
 
-def _grads(model, forward, criterion, images, targets) -> tuple[dict, torch.Tensor]:
-    """Parameter gradients and total loss of one fp16-autocast step."""
+def _grads(model, loss_fn, criterion, images, targets) -> tuple[dict, torch.Tensor]:
+    """Parameter gradients and total loss of one fp16-autocast step; loss_fn(images, targets) -> parts."""
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.float16):
-        parts = criterion(forward(images), targets, tuple(images.shape[2:]))
+        parts = loss_fn(images, targets)
         loss = sum(parts[k] * w for k, w in criterion.weight_dict.items())
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, loss.detach()
+
+
+def _eager(model, criterion):
+    """The eager loss_fn: criterion(model(images), targets, shape)."""
+    return lambda images, targets: criterion(model(images), targets, tuple(images.shape[2:]))
 
 
 @pytest.mark.parametrize("frozen", [True, False])
@@ -49,12 +54,12 @@ def test_graphed_step_matches_eager_and_leaves_state(frozen):
     criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
     images, targets = _batch(4, 128, 1)
     before = copy.deepcopy(model.state_dict())
-    graphed = GraphedTrainForward(model, torch.empty_like(images), torch.float16)
+    graphed = GraphedTrainLoss(model, criterion, torch.empty_like(images), 64, torch.float16)
     for k, v in model.state_dict().items():  # capture's warm-up steps left no trace (BatchNorm statistics too)
         assert torch.equal(v, before[k]), k
     eager_model = copy.deepcopy(model)
     g_graph, loss_graph = _grads(model, graphed, criterion, images, targets)
-    g_eager, loss_eager = _grads(eager_model, eager_model, criterion, images, targets)
+    g_eager, loss_eager = _grads(eager_model, _eager(eager_model, criterion), criterion, images, targets)
     assert set(g_graph) == set(g_eager)
     assert all(not n.startswith("backbone") for n in g_graph) == frozen  # frozen: no backbone gradients
     torch.testing.assert_close(loss_graph, loss_eager, rtol=1e-3, atol=1e-4)
@@ -62,28 +67,35 @@ def test_graphed_step_matches_eager_and_leaves_state(frozen):
         torch.testing.assert_close(g_graph[n], g_eager[n], rtol=2e-2, atol=2e-3 * g_eager[n].abs().max().item())
     for k, v in eager_model.state_dict().items():  # same BatchNorm updates in the step
         torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-3, atol=1e-4)
-    # a second batch through the same graph (new data copied into the static input)
+    # a second batch, with another number of targets, through the same graph (copied into the static inputs)
     images2, targets2 = _batch(4, 128, 2)
-    g2, _ = _grads(model, graphed, criterion, images2, targets2)
-    g2e, _ = _grads(eager_model, eager_model, criterion, images2, targets2)
+    targets2 = targets2[:5]
+    g2, loss2 = _grads(model, graphed, criterion, images2, targets2)
+    g2e, loss2e = _grads(eager_model, _eager(eager_model, criterion), criterion, images2, targets2)
+    torch.testing.assert_close(loss2, loss2e, rtol=1e-3, atol=1e-4)
     for n in g2e:
         torch.testing.assert_close(g2[n], g2e[n], rtol=2e-2, atol=2e-3 * g2e[n].abs().max().item())
 
 
-def test_graphed_forward_falls_back_for_other_shapes_and_eval():
+def test_graphed_loss_falls_back_for_other_shapes_many_targets_and_no_grad():
     model = build_model("n", 1).cuda().to(memory_format=torch.channels_last).train()
-    images, _ = _batch(4, 128, 3)
-    graphed = GraphedTrainForward(model, images, torch.float16)
-    smaller, _ = _batch(3, 128, 4)
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    images, targets = _batch(4, 128, 3)
+    graphed = GraphedTrainLoss(model, criterion, images, len(targets) - 1, torch.float16)
+    replays = []
+    replay = graphed._graphed
+    graphed._graphed = lambda *args: replays.append(1) or replay(*args)
+    smaller, small_targets = _batch(3, 128, 4)
+    # a last, smaller batch; more targets than the graph holds; no autograd (the eager loss, same numbers)
+    for x, t, grad in ((smaller, small_targets, True), (images, targets, True), (images, targets[:-1], False)):
+        with torch.autocast("cuda", dtype=torch.float16), torch.set_grad_enabled(grad):
+            out, ref = graphed(x, t), criterion(model(x), t, tuple(x.shape[2:]))
+        for k in ref:
+            torch.testing.assert_close(out[k], ref[k])
+    assert not replays
     with torch.autocast("cuda", dtype=torch.float16):
-        out = graphed(smaller)  # the last, smaller batch of an epoch: eager
-        ref = model(smaller)
-    assert [o.shape[0] for o in out] == [3, 3, 3]
-    for a, b in zip(out, ref):
-        torch.testing.assert_close(a, b)
-    model.eval()
-    with torch.no_grad():
-        assert graphed(images).shape == model(images).shape  # eval mode: the decoded output, eager
+        graphed(images, targets[:-1])
+    assert len(replays) == 1
 
 
 @pytest.mark.parametrize("use_graph", [False, True])
@@ -98,7 +110,7 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
     images, targets = _batch(4, 128, 5)
     batches = [{"images": (images * 255).to(torch.uint8).cpu().pin_memory(), "targets": targets.cpu().pin_memory()}
                for _ in range(8)]
-    forward = GraphedTrainForward(model, images, torch.float16) if use_graph else None
+    loss_fn = GraphedTrainLoss(model, criterion, images, 64, torch.float16) if use_graph else None
     read = engine._read_stats
 
     def read_without_debug(*args, **kwargs):
@@ -116,7 +128,7 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
     try:
         stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler, batches, torch.device("cuda"),
                                        lambda i: 0.01, torch.float16, False, 10.0, 100, 100, stop=stop,
-                                       channels_last=True, show_progress=False, forward=forward)
+                                       channels_last=True, show_progress=False, loss_fn=loss_fn)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert stats["iteration"] == 8 and stats["skipped"] <= 1 and torch.isfinite(torch.tensor(stats["loss"]))

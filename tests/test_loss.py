@@ -9,7 +9,7 @@ from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou
 
 from utils.assigner import TaskAlignedAssigner
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, dist2bbox, make_anchors
-from utils.loss import DetectionLoss, total_loss
+from utils.loss import DetectionLoss, pad_targets, total_loss
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16
@@ -111,6 +111,49 @@ def test_loss_does_not_depend_on_target_order():
                                shape)
     for name in PARTS:
         assert rel_diff(shuffled_parts[name], sorted_parts[name]) <= 1e-5
+
+
+@pytest.mark.parametrize("case", ["nc3_mixed", "nc1_last_image_empty"])
+def test_padding_rows_change_nothing(case):
+    """Targets padded to a fixed row count (CUDA graphs) give the same parts and gradients, exactly; padding rows sit
+    on the last image, so one without targets checks that they never become its ground truth."""
+    nc, counts, shape = {"nc1_last_image_empty": (1, [2, 5, 0], (96, 128))}.get(case) or CASES[case]
+    targets = make_targets(counts, nc, shape, seed=11)
+    criterion = DetectionLoss(nc)
+    results = []
+    for rows in (len(targets), len(targets) + 1, 4 * len(targets) + 16):
+        preds = make_preds(len(counts), nc, shape, seed=11)
+        parts = criterion(preds, pad_targets(targets, rows, len(counts)), shape)
+        total_loss(parts, criterion.weight_dict, len(counts)).backward()
+        results.append(([parts[k].detach() for k in PARTS], [p.grad for p in preds]))
+    (ref_parts, ref_grads), *padded = results
+    assert ref_parts[0] > 0 and all(torch.isfinite(v) for v in ref_parts)
+    for parts, grads in padded:
+        for a, b in zip(parts + grads, ref_parts + ref_grads):
+            assert torch.equal(a, b)
+
+
+def test_assigner_ignores_padding_rows():
+    """Rows with batch index >= B are no anchor's target and leave the real assignment as it was, even when their
+    boxes are real objects' boxes (padding sits on the last image, here one without targets)."""
+    nc, counts, shape = 1, [3, 0], (96, 128)
+    targets = make_targets(counts, nc, shape, seed=2)
+    preds = make_preds(len(counts), nc, shape, seed=2)
+    padding = targets.clone()
+    padding[:, 0] = len(counts)
+    criterion = DetectionLoss(nc)
+    outs, parts = [], []
+    for t in (targets, torch.cat((targets, padding))):
+        seen = {}
+        hook = criterion.assigner.register_forward_hook(lambda m, args, out: seen.update(out=out))
+        parts.append(criterion(preds, t, shape))
+        hook.remove()
+        outs.append(seen["out"])
+    (boxes, scores, fg, gt_idx), (boxes_p, scores_p, fg_p, gt_idx_p) = outs
+    assert fg.any() and not fg[1].any()
+    assert torch.equal(boxes, boxes_p) and torch.equal(scores, scores_p) and torch.equal(fg, fg_p)
+    assert torch.equal(torch.where(fg, gt_idx, -1), torch.where(fg_p, gt_idx_p, -1)) and (gt_idx_p[~fg_p] == 6).all()
+    assert all(torch.equal(parts[0][k], parts[1][k]) for k in PARTS)
 
 
 def test_batch_of_64_images_equals_ultralytics():

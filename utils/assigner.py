@@ -48,15 +48,18 @@ class TaskAlignedAssigner(nn.Module):
 
         Args: pd_scores [B, A, C] class probabilities; pd_bboxes [B, A, 4] predicted xyxy boxes; anchor_points [A, 2]
         (x, y); gt_labels [M] long class ids; gt_bboxes [M, 4] xyxy; gt_batch [M] long image index of each ground
-        truth. Boxes and anchor points in the same units (pixels).
+        truth, >= B for padding rows (any valid class id and finite box), which take part in nothing: padding to a
+        fixed M gives the loss the static shapes a CUDA graph needs. Boxes and anchor points in the same units.
         Returns (target_bboxes [B, A, 4] xyxy (zeros on background), target_scores [B, A, C], fg_mask [B, A] bool,
-        target_gt_idx [B, A] long: index into the M ground truths, M on background).
+        target_gt_idx [B, A] long: index into the M rows, M on background).
         """
         batch_size, num_anchors, _ = pd_scores.shape
         num_gt = gt_bboxes.shape[0]
         gt_range = torch.arange(num_gt, device=gt_bboxes.device)
+        real = gt_batch < batch_size  # [M]; padding rows are then parked on the last image, never a candidate
+        gt_batch = gt_batch.clamp(max=batch_size - 1)
 
-        in_gt = self._anchors_in_boxes(anchor_points, gt_bboxes)  # [M, A]
+        in_gt = self._anchors_in_boxes(anchor_points, gt_bboxes) & real[:, None]  # [M, A]
         overlaps = bbox_ciou(gt_bboxes[:, None, :], pd_bboxes[gt_batch]).clamp(min=0)  # [M, A]
         overlaps = torch.where(in_gt, overlaps, 0.0)
         class_scores = pd_scores[gt_batch, :, gt_labels]  # [M, A]: score of each anchor for the gt's class

@@ -1,60 +1,71 @@
-"""The model's training forward and backward as CUDA graphs (torch.cuda.make_graphed_callables), for one batch shape.
+"""The training forward and backward of model + loss as CUDA graphs (torch.cuda.make_graphed_callables).
 
-A YOLOv8 step at batch 16 launches about a thousand small kernels; replaying them from a graph removes the CPU
-launch cost, which at small batches is what limits the step. The loss, optimiser and EMA stay eager (the number
-of targets changes every batch). A graph is captured for one input shape, autocast dtype and set of trainable
-parameters, so the trainer builds one per phase; any other shape (a last, smaller batch where training loaders
-keep one) and eval mode run the model eagerly.
+A YOLOv8 step at batch 16 launches over a thousand small kernels (network, assigner, loss, their gradients);
+replaying them from a graph removes the CPU launch cost, which at small batches is what limits the step. A graph
+needs static shapes: the images are one batch shape, and the targets are padded to a fixed row count (pad_targets;
+DetectionLoss ignores padding rows). A graph is captured for one input shape, autocast dtype and set of trainable
+parameters, so the trainer builds one per phase; other shapes, a batch with more targets than the graph holds and
+eval mode run eagerly. The optimiser, GradScaler and EMA stay outside (their kernels are few, fused or foreach).
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from utils.loss import LOSS_PARTS, pad_targets
 
-class _AutocastForward(nn.Module):
-    """model(images) under autocast (no weight cache, as graph capture needs): the unit that is graphed."""
 
-    def __init__(self, model: nn.Module, amp_dtype: Optional[torch.dtype]):
+class _TrainLoss(nn.Module):
+    """Unit that is graphed: criterion(model(images) under autocast, targets) -> loss parts [3] (box, cls, dfl)."""
+
+    def __init__(self, model: nn.Module, criterion: Callable, amp_dtype: Optional[torch.dtype]):
         super().__init__()
         self.model = model
+        self.criterion = criterion
         self.amp_dtype = amp_dtype
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """images: float [B, 3, H, W] -> the head's raw maps, one [B, 4*reg_max+nc, H/s, W/s] per stride s."""
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """images: float [B, 3, H, W]; targets: [M, 6] (batch_idx, cls, cx, cy, w, h) -> unweighted parts [3]."""
         with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
-                            cache_enabled=False):
-            return tuple(self.model(images))
+                            cache_enabled=False):  # no weight cache: graph capture needs it off
+            preds = self.model(images)
+        parts = self.criterion(list(preds), targets, tuple(images.shape[2:]))
+        return torch.stack([parts[k] for k in LOSS_PARTS])
 
 
-class GraphedTrainForward:
-    """Callable replacing model(images) in training: graph replay for the captured shape, eager model otherwise.
+class GraphedTrainLoss:
+    """Callable replacing criterion(model(images), targets, shape) in training: graph replay for the captured image
+    shape when the batch has at most max_targets targets, the eager model and loss otherwise.
 
-    Capture runs a few warm-up steps on a constant batch of sample's shape; the BatchNorm statistics they moved are
+    Capture runs a few warm-up steps on a constant batch without targets; the BatchNorm statistics they moved are
     restored afterwards (parameter gradients are never written: capture uses torch.autograd.grad), so building it
-    leaves the model as it was. The model's parameters must keep their
-    storage and requires_grad flags while the graph is used (optimiser steps and EMA updates are in place).
+    leaves the model as it was. The model's parameters must keep their storage and requires_grad flags while the
+    graph is used (optimiser steps and EMA updates are in place).
     """
 
-    def __init__(self, model: nn.Module, sample: torch.Tensor, amp_dtype: Optional[torch.dtype],
-                 warmup_iters: int = 3):
-        """model: on CUDA, in training mode (frozen parts as they will train); sample: float [B, 3, H, W] on the
-        same device with the memory format of the training batches (only its shape and layout are used)."""
+    def __init__(self, model: nn.Module, criterion: Callable, sample: torch.Tensor, max_targets: int,
+                 amp_dtype: Optional[torch.dtype], warmup_iters: int = 3):
+        """model: on CUDA, in training mode (frozen parts as they will train); criterion: a DetectionLoss; sample:
+        float [B, 3, H, W] on the same device with the memory format of the training batches (only its shape and
+        layout are used); max_targets: target rows the graph holds (a batch's targets are padded to it)."""
         if sample.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        self.model = model
-        self.shape = tuple(sample.shape)
+        self.model, self.criterion = model, criterion
+        self.shape, self.max_targets = tuple(sample.shape), max_targets
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        unit = _AutocastForward(model, amp_dtype).train(model.training)
-        static = torch.full_like(sample, 0.5)
-        self._graphed = torch.cuda.make_graphed_callables(unit, (static,), num_warmup_iters=warmup_iters)
+        unit = _TrainLoss(model, criterion, amp_dtype).train(model.training)
+        no_targets = pad_targets(sample.new_zeros(0, 6, dtype=torch.float32), max_targets, self.shape[0])
+        self._graphed = torch.cuda.make_graphed_callables(unit, (torch.full_like(sample, 0.5), no_targets),
+                                                          num_warmup_iters=warmup_iters)
         with torch.no_grad():  # warm-up steps updated the BatchNorm running statistics: put them back
             for k, v in model.state_dict().items():
                 v.copy_(saved[k])
         torch.cuda.synchronize(sample.device)
 
-    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Raw head maps of images (list of 3 tensors, as model(images) in training mode)."""
-        if self.model.training and tuple(images.shape) == self.shape and torch.is_grad_enabled():
-            return list(self._graphed(images))
-        return self.model(images)
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted loss parts {"box", "cls", "dfl"} of images [B, 3, H, W] and targets [M, 6]."""
+        if (self.model.training and torch.is_grad_enabled() and tuple(images.shape) == self.shape
+                and targets.shape[0] <= self.max_targets):
+            parts = self._graphed(images, pad_targets(targets.float(), self.max_targets, self.shape[0]))
+            return dict(zip(LOSS_PARTS, parts.unbind()))
+        return self.criterion(self.model(images), targets, tuple(images.shape[2:]))

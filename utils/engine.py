@@ -11,8 +11,7 @@ from tqdm import tqdm
 
 from datasets.augment import hsv_jitter_rgb
 from utils.ema import ModelEMA
-
-LOSS_PARTS = ("box", "cls", "dfl")
+from utils.loss import LOSS_PARTS
 
 
 def images_to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -73,7 +72,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
                     set_lr: Callable[[int], float], amp_dtype: Optional[torch.dtype], fixed_scale: bool,
                     grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
                     stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
-                    desc: str = "", show_progress: bool = True, forward: Optional[Callable] = None) -> dict:
+                    desc: str = "", show_progress: bool = True, loss_fn: Optional[Callable] = None) -> dict:
     """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
 
     set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
@@ -84,7 +83,8 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     Returns the mean weighted loss parts of the finite steps (box, cls, dfl, loss), lr, skipped, img_per_s,
     gpu_mem_GB, data_wait_pct (share of the loop's time spent waiting for the loader's next batch: well above 0,
     the data pipeline is the limit), iteration (steps done in this epoch, counting from 0) and stopped (None,
-    "nan" or "signal").
+    "nan" or "signal"). loss_fn(images, targets) -> unweighted loss parts replaces criterion(model(images), targets,
+    input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,7 +94,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     images_seen, i, stopped, lr = 0, start_iter - 1, None, 0.0
     t0, n_total = time.perf_counter(), start_iter + len(loader)
     clock = {"t0": t0, "waited": 0.0, "ready": t0}  # host seconds spent waiting for batches
-    forward = forward or model
+    loss_fn = loss_fn or (lambda images, targets: criterion(model(images), targets, tuple(images.shape[2:])))
     bar = tqdm(device_batches(loader, device, channels_last), desc=desc, total=len(loader),
                disable=not show_progress, dynamic_ncols=True, leave=True)
     for i, (images, targets) in enumerate(bar, start_iter):
@@ -104,8 +104,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
             break
         lr = set_lr(i)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            parts = weighted_parts(criterion(forward(images), targets, tuple(images.shape[2:])),
-                                   criterion.weight_dict)
+            parts = weighted_parts(loss_fn(images, targets), criterion.weight_dict)
         loss = parts.sum() * (images.shape[0] * world)  # DDP averages gradients: undo it, as for one big batch
         finite = torch.isfinite(loss)
         scaler.scale(loss).backward()

@@ -17,6 +17,8 @@ from torch import Tensor
 from utils.assigner import TaskAlignedAssigner
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, dist2bbox, make_anchors
 
+LOSS_PARTS = ("box", "cls", "dfl")  # names of the loss parts, in the order they are stacked
+
 
 def distribution_focal_loss(pred_dist: Tensor, target: Tensor) -> Tensor:
     """DFL (Li et al. 2020) of logits pred_dist [..., 4, reg_max] for distances target [..., 4] -> [...].
@@ -31,6 +33,15 @@ def distribution_focal_loss(pred_dist: Tensor, target: Tensor) -> Tensor:
     log_prob_left = log_prob.gather(-1, left.unsqueeze(-1)).squeeze(-1)
     log_prob_right = log_prob.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
     return -(log_prob_left * weight_left + log_prob_right * (1 - weight_left)).mean(-1)
+
+
+def pad_targets(targets: Tensor, rows: int, batch_size: int) -> Tensor:
+    """targets [M, 6] -> [rows, 6] (rows >= M): padding rows (batch_idx = batch_size, class 0, a unit box) that
+    DetectionLoss ignores; a fixed row count gives the loss static shapes (CUDA graphs)."""
+    pad = targets.new_ones(rows - targets.shape[0], 6)  # filled on the device: no host-to-device copy
+    pad[:, 0] = batch_size
+    pad[:, 1] = 0
+    return torch.cat((targets, pad))
 
 
 def total_loss(parts: dict[str, Tensor], weight_dict: dict[str, float], batch_size: int) -> Tensor:
@@ -56,7 +67,8 @@ class DetectionLoss:
         """Unweighted loss parts {"box", "cls", "dfl"} (0-d float32 tensors), each normalised by the target-score sum.
 
         preds: per level [B, 4 * reg_max + num_classes, H_i, W_i] raw head outputs (any float dtype; computed in
-        float32 with autocast off). targets: [M, 6] (batch_idx, cls, cx, cy, w, h) in input pixels, M may be 0.
+        float32 with autocast off). targets: [M, 6] (batch_idx, cls, cx, cy, w, h) in input pixels, M may be 0; rows
+        with batch_idx >= B are padding (pad_targets) and change nothing.
         input_shape: (h, w) of the network input, checked against the feature-map sizes.
         """
         self._check_shapes(preds, input_shape)
