@@ -504,6 +504,13 @@ def save(run_dir: str, name: str, state: dict) -> None:
     atomic_save(state, os.path.join(run_dir, name))
 
 
+def val_loss_fitness(val: dict) -> float:
+    """Fitness of an epoch by val loss (no mAP): -loss, or -inf when its box part is 0. Then no prediction overlapped
+    any object (no anchor got a target score): an untrained or collapsed model, whose loss is small for that
+    reason, must not become best.pth ahead of epochs that detect something."""
+    return -val["loss"] if val["box"] > 0 else -math.inf
+
+
 def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str, stats: dict, epoch_start: float,
                  model: torch.nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, criterion: DetectionLoss, val_loader: DataLoader, val_frames: list,
@@ -526,7 +533,7 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
         print(oom_message(phase, cfg, cfg["EVAL_BATCH_SIZE"], 1, "evaluation", run_dir), file=sys.stderr,
               flush=True)
         return EXIT_OOM
-    fitness = metrics["fitness"] if metrics else (None if cfg["EVAL_MAP"] else -val["loss"])
+    fitness = metrics["fitness"] if metrics else (None if cfg["EVAL_MAP"] else val_loss_fitness(val))
     improved = fitness is not None and (best.get("fitness") is None or fitness > best["fitness"])
     if improved:
         best.update(fitness=fitness, epoch=done, val_loss=val["loss"],

@@ -3,6 +3,7 @@
 Most runs call train_fred.main(argv) in-process; torchrun and a real SIGTERM use subprocesses.
 """
 import contextlib
+import csv
 import glob
 import hashlib
 import io
@@ -288,11 +289,20 @@ def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(
     assert os.path.isfile(os.path.join(run_dir, "best.pth"))
     assert not os.path.exists(os.path.join(run_dir, "epoch_map.txt"))
     ckpt = load_checkpoint(os.path.join(run_dir, "best.pth"))
-    assert ckpt["best_fitness"] == pytest.approx(-ckpt["best"]["val_loss"])
+    row = next(csv.DictReader(open(os.path.join(run_dir, "results.csv"))))
+    val = {"loss": ckpt["best"]["val_loss"], "box": float(row["val_box"])}
+    assert ckpt["best_fitness"] == train_fred.val_loss_fitness(val)
 
     assert train_fred.main(tiny_args(data, tmp_path / "s", epochs=1) + ["--phi", "s", "--weights", best]) == 2
     err = capsys.readouterr().err
     assert "YOLOv8n" in err and "Traceback" not in err
+
+
+def test_val_loss_fitness_puts_epochs_without_box_loss_last():
+    degenerate = train_fred.val_loss_fitness({"loss": 0.008, "box": 0.0})  # nothing overlapped any object
+    trained = train_fred.val_loss_fitness({"loss": 4.0, "box": 1.2})
+    assert trained == -4.0 and degenerate < trained and degenerate == train_fred.val_loss_fitness({"loss": 9.0,
+                                                                                                    "box": 0.0})
 
 
 def test_set_errors_are_reported_without_traceback(data, tmp_path, capsys):
