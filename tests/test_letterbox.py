@@ -116,3 +116,18 @@ def test_letterbox_to_original_per_box_parameters_equal_per_image_calls():
         origs += [orig] * 4
     out = boxes_xyxy_letterbox_to_original(np.concatenate(boxes), np.array(ratios), np.array(pads), np.array(origs))
     np.testing.assert_array_equal(out, np.concatenate(expected))
+
+
+def test_letterbox_to_original_per_box_tensors_equal_numpy():
+    """Per-box parameters as float64 tensors (the evaluator maps on the GPU) give numpy's numbers bit for bit."""
+    rng = np.random.default_rng(1)
+    boxes = rng.uniform(-30, 670, (50, 4)).astype(np.float32).astype(np.float64)
+    ratios = rng.choice([0.5, 1 / 3, 0.8888889], 50).astype(np.float32)
+    pads = rng.choice([0.0, 140.0, 7.0], (50, 2)).astype(np.float32)
+    origs = rng.choice([720, 1280, 75], (50, 2))
+    expected = boxes_xyxy_letterbox_to_original(boxes, ratios, pads, origs)
+    out = boxes_xyxy_letterbox_to_original(torch.from_numpy(boxes), torch.from_numpy(ratios).double(),
+                                           torch.from_numpy(pads).double(), torch.from_numpy(origs).double())
+    assert out.dtype == torch.float64
+    np.testing.assert_array_equal(out.numpy(), expected)
+    assert (expected == 0).any() and (expected == origs[:, [1, 0, 1, 0]]).any()  # clipping happened on both sides

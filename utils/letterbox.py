@@ -60,14 +60,21 @@ def boxes_xyxy_original_to_letterbox(boxes: BoxArray, ratio: float, pad: tuple[f
     return out
 
 
-def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | np.ndarray, pad: tuple[float, float] | np.ndarray,
-                                     orig_shape: tuple[int, int] | np.ndarray) -> BoxArray:
+def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | BoxArray, pad: tuple[float, float] | BoxArray,
+                                     orig_shape: tuple[int, int] | BoxArray) -> BoxArray:
     """Map [..., 4] xyxy boxes from letterboxed-input pixels to original-image pixels, clipped to orig_shape (h, w).
 
-    ratio, pad (pad_w, pad_h) and orig_shape are one image's; for numpy [N, 4] boxes they may also be per box:
-    ratio [N], pad [N, 2], orig_shape [N, 2] (boxes of several images at once).
+    ratio, pad (pad_w, pad_h) and orig_shape are one image's; for [N, 4] boxes they may also be per box: ratio [N],
+    pad [N, 2], orig_shape [N, 2] (boxes of several images at once; for torch boxes, tensors on their device).
     """
     out = _float_copy(boxes)
+    if isinstance(out, torch.Tensor) and isinstance(ratio, torch.Tensor):  # per box, tensors on the boxes' device
+        out[..., 0::2] -= pad[..., 0:1]
+        out[..., 1::2] -= pad[..., 1:2]
+        out /= ratio[..., None]
+        out[..., 0::2] = torch.minimum(out[..., 0::2].clamp_(min=0.0), orig_shape[..., 1:2])
+        out[..., 1::2] = torch.minimum(out[..., 1::2].clamp_(min=0.0), orig_shape[..., 0:1])
+        return out
     if isinstance(out, torch.Tensor):
         out[..., 0::2] -= pad[0]
         out[..., 1::2] -= pad[1]
