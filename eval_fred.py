@@ -203,11 +203,11 @@ def run(args: argparse.Namespace) -> dict:
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
                           max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
                           amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
-                          class_names=class_names, data_root=data_root, coco_workers=workers,
+                          class_names=class_names, data_root=data_root,
                           channels_last=channels_last)
         rows.append((path, result.metrics))
         if args.per_sequence:
-            per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.detections, frames)))
+            per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.results, frames)))
         if folder:
             write_outputs(folder, result, frames, args)
             LOGGER.info("%s: outputs in %s", path, folder)

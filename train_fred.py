@@ -524,7 +524,6 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
             result = evaluate(ema.ema, val_loader, val_frames, device, cfg["CONFIDENCE"], cfg["NMS_IOU"],
                               cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=torch.float16,
                               class_names=cfg["CLASS_NAMES"], data_root=cfg["DATA_ROOT"],
-                              coco_workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1),
                               channels_last=channels_last, criterion=criterion)
             metrics, val = result.metrics, result.loss
         else:

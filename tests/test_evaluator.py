@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
-from utils import evaluator
+from utils import coco_arrays, evaluator
 from utils.evaluator import coco_ground_truth, coco_metrics, evaluate, fitness, per_sequence_metrics
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
@@ -96,30 +96,76 @@ def test_metrics_equal_pycocotools(seed):
     assert gt == gt_before and dets == dets_before  # pycocotools wrote into copies, not into our dicts
 
 
-def test_sharded_and_truncated_coco_eval_equal_pycocotools(monkeypatch):
-    """coco_eval drops what COCOeval ignores (beyond 100 per image and class) and can split the matching over
-    processes: the precision array must still equal plain pycocotools' exactly."""
-    gt, dets = random_case(3)
-    rng = np.random.default_rng(3)
-    for i in range(0, 30, 2):  # crowded images: 150 more false positives of class 0 with tied scores, which
-        # push true positives past the 100th place
+def crowded_case(seed: int, num_classes: int = 2) -> tuple[dict, list[dict]]:
+    """random_case plus what stresses COCOeval's matching: 150 false positives with tied scores on every other
+    image (true positives pushed past the 100th place), near-duplicate detections, crowd boxes, overlapping boxes."""
+    gt, dets = random_case(seed, num_classes)
+    rng = np.random.default_rng(seed)
+    for i in range(0, 30, 2):
         dets += [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in rng.uniform(0, 600, 4)],
                   "score": round(float(rng.uniform(0.3, 1.0)), 1)} for _ in range(150)]
+    for a in gt["annotations"][:25]:
+        x, y, w, h = a["bbox"]
+        for _ in range(3):
+            j = rng.normal(0, 0.15, 4)
+            dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                         "bbox": [x + j[0] * w, y + j[1] * h, w * (1 + j[2]), h * (1 + j[3])],
+                         "score": round(float(rng.uniform(0, 1)), 2)})
+    for a in gt["annotations"][::4]:
+        a["iscrowd"] = 1
+    for a in list(gt["annotations"][1:12]):  # a second box shifted by a fifth of the first: both match some dets
+        x, y, w, h = a["bbox"]
+        gt["annotations"].append({**a, "id": 1000 + a["id"], "bbox": [x + 0.2 * w, y, w, h], "iscrowd": 0})
     rng.shuffle(dets)
+    return gt, dets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coco_eval_equals_pycocotools_exactly(seed):
+    """coco_eval's vectorized matching and accumulation give plain pycocotools' precision, recall and stats bit for
+    bit, from results dicts and from the equivalent [N, 7] rows, on crowded, tied, crowd and overlapping cases."""
+    gt, dets = crowded_case(seed, num_classes=1 + seed % 3)
     ref = reference_eval(gt, dets)
-    monkeypatch.setattr(evaluator, "SHARD_MIN_IMAGES", 4)  # 30 images: up to 7 processes
-    for workers in (1, 3, 7):
-        metrics, precision = evaluator.coco_eval(gt, dets, workers)
-        assert np.array_equal(precision, ref.eval["precision"]), workers
+    assert 0.005 < ref.stats[0] < 0.95  # neither trivial nor empty
+    rows = coco_arrays.results_dicts_to_array(dets)
+    for detections in (dets, rows):
+        metrics, precision = evaluator.coco_eval(gt, detections)
+        assert np.array_equal(precision, ref.eval["precision"])
         for key, i in STATS.items():
-            assert metrics[key] == ref.stats[i], (workers, key)
-    assert len(evaluator._top_detections(dets, 100)) < len(dets)  # the truncation did drop detections
-    merged = evaluator._run_cocoeval_sharded(gt, dets, 3).evalImgs  # per-image results in pycocotools' order
-    assert len(merged) == len(ref.evalImgs)
-    for m, r in zip(merged, ref.evalImgs):
-        assert (m is None) == (r is None)
-        if r is not None:
-            assert np.array_equal(m["dtScores"], r["dtScores"]) and np.array_equal(m["gtIgnore"], r["gtIgnore"])
+            assert metrics[key] == ref.stats[i], key
+    matches = coco_arrays.match_results(gt, rows)
+    cats = [c["id"] for c in gt["categories"]]
+    precision, recall = coco_arrays.accumulate(matches, [im["id"] for im in gt["images"]], cats)
+    assert np.array_equal(recall, ref.eval["recall"])
+    assert np.array_equal(coco_arrays.summarize(precision, recall), ref.stats)
+    assert len(matches.score) < len(dets)  # beyond 100 per image and category: dropped, as COCOeval ignores them
+    # a subset of the images (per-sequence metrics) equals pycocotools with params.imgIds set to it
+    ids = [im["id"] for im in gt["images"]][::3]
+    with contextlib.redirect_stdout(io.StringIO()):
+        sub = COCOeval(ref.cocoGt, ref.cocoDt, "bbox")
+        sub.params.imgIds = ids
+        sub.evaluate()
+        sub.accumulate()
+    assert np.array_equal(coco_arrays.accumulate(matches, ids, cats)[0], sub.eval["precision"])
+
+
+def test_coco_eval_matching_can_fail():
+    """The equality above is not vacuous: moving the detections by 10% of their width changes the precision."""
+    gt, dets = crowded_case(0)
+    ref = reference_eval(gt, dets)
+    moved = [dict(d, bbox=[d["bbox"][0] + 0.1 * d["bbox"][2], *d["bbox"][1:]]) for d in dets]
+    assert not np.array_equal(evaluator.coco_eval(gt, moved)[1], ref.eval["precision"])
+    assert np.array_equal(evaluator.coco_eval(gt, moved)[1], reference_eval(gt, moved).eval["precision"])
+
+
+def test_results_rows_and_dicts_round_trip():
+    _, dets = random_case(4)
+    rows = coco_arrays.results_dicts_to_array(dets)
+    assert rows.shape == (len(dets), 7) and rows.dtype == np.float64
+    assert coco_arrays.results_array_to_dicts(rows) == dets
+    gt = make_gt([[(0, 10.0, 10.0, 40.0, 40.0)]])
+    with pytest.raises(ValueError, match="image ids"):
+        coco_arrays.match_results(gt, np.array([[5, 10.0, 10.0, 40.0, 40.0, 0.9, 1]]))
 
 
 def test_perfect_detections_score_one():
