@@ -23,11 +23,11 @@ def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: floa
     scores, order = scores.topk(min(max_nms, scores.shape[1]), dim=1)  # [B, K], best first
     boxes = box_cxcywh_to_xyxy(pred[..., :4].gather(1, order.unsqueeze(-1).expand(-1, -1, 4)))  # [B, K, 4]
     labels = labels.gather(1, order)
-    candidates = scores > conf_thres
+    counts = (scores > conf_thres).sum(1).tolist()  # scores fall along K: the candidates are a prefix (one host sync)
 
     detections = []
-    for image_boxes, image_scores, image_labels, keep in zip(boxes, scores, labels, candidates):
-        image_boxes, image_scores, image_labels = image_boxes[keep], image_scores[keep], image_labels[keep]
+    for image_boxes, image_scores, image_labels, n in zip(boxes, scores, labels, counts):
+        image_boxes, image_scores, image_labels = image_boxes[:n], image_scores[:n], image_labels[:n]
         kept = batched_nms(image_boxes, image_scores, image_labels, iou_thres)[:max_det]
         detections.append(torch.cat((image_boxes[kept], image_scores[kept, None],
                                      image_labels[kept, None].to(image_boxes.dtype)), 1))
