@@ -30,6 +30,7 @@ from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, load_weights
 from nets.weights import checkpoint_info, read_state_dict
 from utils.checkpoint import load_checkpoint
+from utils.coco_arrays import results_array_to_dicts
 from utils.config import apply_overrides, config_dict
 from utils.evaluator import evaluate, per_sequence_metrics
 from utils.plots import plot_pr_curve, plot_samples
@@ -138,8 +139,8 @@ def write_outputs(folder: str, result, frames: list, args: argparse.Namespace) -
                 json.dump(obj, f)
     if args.plots:
         plot_pr_curve(result.precision, os.path.join(folder, "pr_curve.png"), title=f"{args.modality} precision-recall")
-        plot_samples(frames, result.ground_truth, result.detections, os.path.join(folder, "samples.png"),
-                     score_thres=PLOT_SCORE)
+        drawn = results_array_to_dicts(result.results[result.results[:, 5] >= PLOT_SCORE])  # only those are drawn
+        plot_samples(frames, result.ground_truth, drawn, os.path.join(folder, "samples.png"), score_thres=PLOT_SCORE)
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:
@@ -197,14 +198,14 @@ def run(args: argparse.Namespace) -> dict:
             LOGGER.warning("%s was trained at INPUT_SHAPE %s; evaluating at %s", path, list(trained_shape),
                            list(input_shape))
         channels_last = device.type == "cuda" and cfg["CHANNELS_LAST"]
+        batches = iter(loader)  # the workers start now and load while the model is built
         model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, channels_last)
-        result = evaluate(model, tqdm(loader, desc=os.path.basename(path), leave=False), frames, device,
-                          conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
+        result = evaluate(model, tqdm(batches, total=len(loader), desc=os.path.basename(path), leave=False), frames,
+                          device, conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
                           max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
                           amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
-                          class_names=class_names, data_root=data_root,
-                          channels_last=channels_last)
+                          class_names=class_names, data_root=data_root, channels_last=channels_last)
         rows.append((path, result.metrics))
         if args.per_sequence:
             per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.results, frames)))
