@@ -39,7 +39,7 @@ _STATS_KEYS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium"
 @dataclass(frozen=True)
 class EvalResult:
     """What evaluate() returns: metrics, COCO results (as rows; as dicts on first use of .detections), COCO ground
-    truth, COCOeval precision array, and the loss (engine.evaluate_loss's dict) when evaluate() was given a criterion."""
+    truth, COCOeval precision array, and the loss (engine.evaluate_loss's dict) when evaluate() had a criterion."""
 
     metrics: dict
     results: np.ndarray  # float64 [N, 7] image_id, x, y, w, h, score, category_id: loadRes' array form
