@@ -98,6 +98,23 @@ def test_graphed_loss_falls_back_for_other_shapes_many_targets_and_no_grad():
     assert len(replays) == 1
 
 
+def test_device_batches_hands_out_each_batch_whole_while_the_main_stream_is_busy():
+    """The side-stream copy of batch i+1 runs while batch i's work is queued on the main stream; every batch reaches
+    the main stream complete and in order (main waits for that batch's copy event)."""
+    batches = [{"images": torch.full((2, 3, 64, 64), 10 * i, dtype=torch.uint8).pin_memory(),
+                "targets": torch.full((1, 6), float(i)).pin_memory()} for i in range(6)]
+    busy = torch.randn(2048, 2048, device="cuda")
+    seen = []
+    for i, (images, targets) in enumerate(engine.device_batches(batches, torch.device("cuda"), True)):
+        for _ in range(20):  # a long queue on the main stream before the batch is read there
+            busy = busy @ busy
+            busy = busy / busy.norm()
+        seen.append((images.amin() * 255, images.amax() * 255, targets.sum() / 6))
+        assert images.is_contiguous(memory_format=torch.channels_last)
+    for i, (lo, hi, t) in enumerate(seen):
+        assert round(lo.item()) == round(hi.item()) == 10 * i and t.item() == i
+
+
 @pytest.mark.parametrize("use_graph", [False, True])
 def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_graph):
     """Steps 2.. of an epoch run with sync_debug_mode='error' (any host sync raises), pinned host batches."""

@@ -36,7 +36,8 @@ def device_batches(loader: Iterable[dict], device: torch.device, channels_last: 
     """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream.
 
     The copy and normalisation of batch i+1 are queued on their own stream before batch i is handed out, so they
-    overlap batch i's step on the GPU; the consuming stream waits for them only when it reaches batch i+1.
+    overlap batch i's step on the GPU: the consuming stream waits for a batch's copy (an event) only when that batch
+    is handed out, never for the copy of the next one.
     """
     if device.type != "cuda":
         for batch in loader:
@@ -47,14 +48,22 @@ def device_batches(loader: Iterable[dict], device: torch.device, channels_last: 
     for batch in loader:
         with torch.cuda.stream(side):
             ready = to_device(batch, device, channels_last)
+        copied = side.record_event()
         if pending is not None:
-            yield pending
-        main.wait_stream(side)
-        for t in ready:
-            t.record_stream(main)  # used on main: the allocator must not hand the memory back to side earlier
-        pending = ready
+            yield _hand_out(*pending, main)
+        pending = (ready, copied)
     if pending is not None:
-        yield pending
+        yield _hand_out(*pending, main)
+
+
+def _hand_out(ready: tuple[torch.Tensor, ...], copied: torch.cuda.Event, main: torch.cuda.Stream
+              ) -> tuple[torch.Tensor, ...]:
+    """Tensors made on the side stream, for use on main: main waits for their copy (event), and the allocator may
+    not hand their memory back to the side stream before main is done with them."""
+    main.wait_event(copied)
+    for t in ready:
+        t.record_stream(main)
+    return ready
 
 
 def weighted_parts(parts: dict, weights: dict) -> torch.Tensor:
