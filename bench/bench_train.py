@@ -17,7 +17,9 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            Reported: wall seconds from process launch until the epoch that first reached it.
   data     data-only img/s: our training DataLoader alone (train_fred.py's own dataset, frame cache and loader
            builders, batch 32, mosaic 0.5; with HSV_ON_GPU on CUDA the workers leave the HSV jitter to the
-           GPU, untimed here) and Ultralytics' training dataloader alone, per modality.
+           GPU, untimed here) and Ultralytics' training dataloader alone, per modality. Beside ours: the same
+           loader without pinned memory, one sample's time in one process, and the workers' bound (workers x
+           that rate): a loader far below its bound is limited by the transfer to the main process.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
            channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
            fused SGD, EMA), "engine_graph" = the same with the forward/backward of model and loss from a CUDA graph
@@ -431,8 +433,20 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
     workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
     loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed)
-    return {**_time_loader(loader, a.data_batches), "batch": a.frozen_batch, "workers": workers,
-            "frame_cache": cache is not None}
+    timed = _time_loader(loader, a.data_batches)
+    del loader
+    unpinned = _time_loader(train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, torch.device("cpu"),
+                                                   a.seed), a.data_batches)
+    n = 2 * a.frozen_batch
+    for i in range(a.frozen_batch):  # warm: page cache, frame cache mapping
+        dataset[i % len(dataset)]
+    t0 = time.perf_counter()
+    for i in range(n):
+        dataset[i % len(dataset)]
+    sample_ms = 1000 * (time.perf_counter() - t0) / n
+    return {**timed, "batch": a.frozen_batch, "workers": workers, "frame_cache": cache is not None,
+            "img_per_s_unpinned": unpinned["img_per_s"], "sample_ms_one_process": round(sample_ms, 3),
+            "workers_bound_img_per_s": round(max(workers, 1) * 1000 / sample_ms, 1)}
 
 
 def _time_loader(loader, batches: int, warmup: int = 5) -> dict:
@@ -665,11 +679,14 @@ def report(b: Bench) -> None:
                      for p, c in ceiling.items()])
     data = r.get("data_only", {})
     if data:
-        rows = [[m, e["ours"].get("img_per_s"), e["ultralytics"].get("img_per_s")] for m, e in data.items()]
-        rows += [[f"{m} [{name}]", v.get("img_per_s"), "-"] for m, e in data.items()
+        cols = ("img_per_s", "img_per_s_unpinned", "sample_ms_one_process", "workers_bound_img_per_s")
+        rows = [[m, *(e["ours"].get(c) for c in cols), e["ultralytics"].get("img_per_s")] for m, e in data.items()]
+        rows += [[f"{m} [{name}]", *(v.get(c) for c in cols), "-"] for m, e in data.items()
                  for name, v in e.get("variants", {}).items()]
-        print_table(f"Data only (training loader alone, batch {a.frozen_batch}, mosaic {a.mosaic_prob})",
-                    ["modality", "ours img/s", "Ultralytics img/s"], rows)
+        print_table(f"Data only (training loader alone, batch {a.frozen_batch}, mosaic {a.mosaic_prob}; workers "
+                    "bound = workers x one process's sample rate: far above img/s, the transfer to the main "
+                    "process is the limit)", ["modality", "ours img/s", "ours unpinned img/s", "ours sample ms",
+                                              "ours workers bound img/s", "Ultralytics img/s"], rows)
     ev = r.get("eval", {})
     if ev:
         rows = []
