@@ -590,7 +590,7 @@ def part_eval(b: Bench) -> dict:
             runs.append({"wall_s": round(seconds, 3), "img_per_s": round(metrics["images"] / seconds, 1),
                          "ms_per_image": round(metrics["ms_per_image"], 3), "mAP50": metrics["mAP50"],
                          "mAP50_95": metrics["mAP50_95"], "images": metrics["images"]})
-        out["ours"] = {"weights": path, "from": origin, "runs": runs}
+        out["ours"] = {"weights": path, "from": origin, "runs": runs, "profile": _profile_eval(args, b)}
     else:
         out["ours"] = {"ok": False, "why": "no weights: run the speed or tta part first"}
     b.result["eval"] = out
@@ -606,6 +606,27 @@ def part_eval(b: Bench) -> dict:
         out["ultralytics"] = {"ok": False, "why": "no weights: run the speed or tta part first"}
     b.save()
     return out
+
+
+def _profile_eval(args, b: Bench, top: int = 25) -> list[list]:
+    """A third, profiled pass of eval_fred.run(args): [function, calls, own s, cumulative s] of the main process's
+    top entries by cumulative time (where the warm pass's time goes beside the model)."""
+    import contextlib
+    import cProfile
+    import io
+    import pstats
+
+    import eval_fred
+
+    profiler = cProfile.Profile()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        profiler.runcall(eval_fred.run, args)
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(((f"{Path(f).name}:{line}({name})", calls, tt, ct) for (f, line, name), (_, calls, tt, ct, _)
+                   in stats.items()), key=lambda r: -r[3])[:top]
+    with open(b.logs / "ours_eval_profile.txt", "w") as f:
+        f.writelines(f"{ct:8.3f} {tt:8.3f} {calls:8d} {fn}\n" for fn, calls, tt, ct in rows)
+    return [[fn, calls, round(tt, 4), round(ct, 4)] for fn, calls, tt, ct in rows]
 
 
 def _weights_from_logs(b: Bench) -> dict:
