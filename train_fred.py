@@ -318,18 +318,21 @@ class StopFlag:
 
 # ----------------------------------------------------------------------------------------------- training
 def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
-    """The seed note's advice for CUDA out of memory: which batch size to lower, and how to go on."""
-    if during == "train":
-        key = "FREEZE_BATCH_SIZE" if phase == "frozen" else "UNFREEZE_BATCH_SIZE"
-    else:
+    """The seed note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off when a
+    training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
+    if during == "evaluation":
         key = "EVAL_BATCH_SIZE"
+    else:
+        key = "FREEZE_BATCH_SIZE" if phase == "frozen" else "UNFREEZE_BATCH_SIZE"
     batch = cfg[key]
     lower = max(world, (batch * 3 // 4) // world * world)
-    fp16 = "" if cfg["FP16"] else "; FP16 = True also saves memory"
+    graph = cfg["CUDA_GRAPH"] and world == 1 and during != "evaluation"
+    other = (" or --set CUDA_GRAPH=False (the graph holds memory of its own)" if graph else "") + (
+        "" if cfg["FP16"] else "; FP16 = True also saves memory")
     last = os.path.join(run_dir, "last.pth")
     how = f"continue with --resume {last} --set {key}={lower}" if os.path.isfile(last) else "start again"
     return (f"CUDA out of memory during {during} in the {phase} phase at batch size {batch} ({per_rank} per GPU): "
-            f"lower {key}, e.g. --set {key}={lower}{fp16}. Nothing was saved for this epoch; {how}")
+            f"lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
 def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_state: Optional[dict],

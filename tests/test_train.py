@@ -298,6 +298,16 @@ def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(
     assert "YOLOv8n" in err and "Traceback" not in err
 
 
+def test_oom_advice_names_the_phase_batch_and_the_graph():
+    cfg = {"FREEZE_BATCH_SIZE": 32, "UNFREEZE_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 32, "FP16": True,
+           "CUDA_GRAPH": True}
+    capture = train_fred.oom_message("unfrozen", cfg, 16, 1, "CUDA graph capture", "/nonexistent")
+    assert "--set UNFREEZE_BATCH_SIZE=12" in capture and "CUDA_GRAPH=False" in capture
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 32, 1, "evaluation", "/nonexistent")
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", {**cfg, "CUDA_GRAPH": False}, 32, 1, "train", "/x")
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 16, 2, "train", "/x")  # ignored on 2 GPUs
+
+
 def test_val_loss_fitness_puts_epochs_without_box_loss_last():
     degenerate = train_fred.val_loss_fitness({"loss": 0.008, "box": 0.0})  # nothing overlapped any object
     trained = train_fred.val_loss_fitness({"loss": 4.0, "box": 1.2})
