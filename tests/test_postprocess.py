@@ -61,3 +61,11 @@ def test_nms_returns_empty_tensors_when_nothing_passes():
 def test_nms_rejects_thresholds_outside_unit_interval():
     with pytest.raises(ValueError, match="conf_thres"):
         non_max_suppression(make_prediction(1, 1, 10, seed=0), conf_thres=1.5)
+
+
+def test_nan_scores_are_never_detections():
+    pred = torch.zeros(1, 5, 4)
+    pred[0, :4] = torch.tensor([[10.0, 40.0, 70.0, 100.0], [10.0, 40.0, 70.0, 100.0], [8.0] * 4, [8.0] * 4])
+    pred[0, 4] = torch.tensor([float("nan"), 0.9, 0.5, float("nan")])
+    out = non_max_suppression(pred, conf_thres=0.25)[0]
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.5])

@@ -20,6 +20,7 @@ def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: floa
         raise ValueError(f"conf_thres and iou_thres must lie in [0, 1], got {conf_thres} and {iou_thres}")
     pred = pred.transpose(1, 2)  # [B, A, 4 + nc]
     scores, labels = pred[..., 4:].max(-1)  # [B, A]
+    scores = scores.nan_to_num(nan=-1.0)  # a diverged model's NaN scores sort last (topk ranks NaN first)
     scores, order = scores.topk(min(max_nms, scores.shape[1]), dim=1)  # [B, K], best first
     boxes = box_cxcywh_to_xyxy(pred[..., :4].gather(1, order.unsqueeze(-1).expand(-1, -1, 4)))  # [B, K, 4]
     labels = labels.gather(1, order)
