@@ -172,7 +172,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
              amp_dtype: torch.dtype = torch.float16, class_names: Sequence[str] = ("drone",),
              data_root: str | None = None, channels_last: bool = False,
              criterion: Callable | None = None) -> EvalResult:
-    """Run model over a collate_fred loader of `frames` and score it with pycocotools (COCO bbox metrics).
+    """Run model over a collate_fred loader of `frames` and score it with COCOeval's bbox metrics (coco_eval).
 
     loader yields {"images": uint8 [B, C, H, W] letterboxed, "index": long [B] (position in frames),
     "orig_shapes": long [B, 2] (h, w), "ratios": float [B], "pads": float [B, 2] (pad_w, pad_h)}.
