@@ -51,6 +51,41 @@ def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
                           borderValue=(border,) * 3)
 
 
+def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tuple[int, int, int, int]:
+    """One axis of an axis-aligned affine x' = scale * x + shift: (src0, src1, dst0, dst1) integer spans, the source
+    pixels [src0, src1) that reach the output (widened to whole pixels) and where they land, [dst0, dst1) (rounded,
+    may reach past the output by a pixel); src1 == src0 when nothing reaches it."""
+    lo = max(0.0, -shift / scale)
+    hi = min(float(src_size), (out_size - shift) / scale)
+    if hi <= lo:
+        return 0, 0, 0, 0
+    src0, src1 = max(0, math.floor(lo)), min(src_size, math.ceil(hi))
+    dst0, dst1 = round(scale * src0 + shift), round(scale * src1 + shift)
+    return (src0, src1, dst0, dst1) if dst1 > dst0 else (0, 0, 0, 0)
+
+
+def resize_axis_aligned(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """warp_affine() for a matrix without rotation or shear (positive scales), by cv2.resize of the source pixels
+    that reach the output: several times faster than cv2.warpAffine.
+
+    The span of source pixels and where it lands are rounded to whole pixels, so the transform applied differs from
+    matrix by under a pixel; it is returned (3x3), for the boxes to follow the pixels exactly. Returns (image of
+    out_shape (h, w), matrix applied).
+    """
+    h, w = out_shape
+    out = np.full((h, w) + img.shape[2:], border, dtype=img.dtype)
+    x0, x1, u0, u1 = _resize_span(matrix[0, 0], matrix[0, 2], img.shape[1], w)
+    y0, y1, v0, v1 = _resize_span(matrix[1, 1], matrix[1, 2], img.shape[0], h)
+    if x1 == x0 or y1 == y0:  # nothing of the image lands on the output
+        return out, matrix
+    sx, sy = (u1 - u0) / (x1 - x0), (v1 - v0) / (y1 - y0)
+    part = cv2.resize(img[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+    a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
+    out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
+    return out, np.array([[sx, 0.0, u0 - sx * x0], [0.0, sy, v0 - sy * y0], [0.0, 0.0, 1.0]])
+
+
 def _corners(boxes: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x and y [N, 4] of the corners of [N, 4] xyxy boxes through a 3x3 affine, in order around the box."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
@@ -133,9 +168,14 @@ def apply_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]
 
     boxes: [N, 5] cls, xyxy of the visible part of each object in img; boxes_uncropped: [N, 4] xyxy of the whole
     object (may extend past what img shows), the reference for the kept-area ratio. A box is kept when its sides,
-    transformed, and its final envelope are at least min_box_size (see box_candidates). Returns (image, [K, 5]).
+    transformed, and its final envelope are at least min_box_size (see box_candidates). Without rotation or shear
+    the pixels come from resize_axis_aligned() (boxes follow the matrix it applied), else from warp_affine().
+    Returns (image, [K, 5]).
     """
-    out = warp_affine(img, matrix, out_shape)
+    if matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[0, 0] > 0 and matrix[1, 1] > 0:
+        out, matrix = resize_axis_aligned(img, matrix, out_shape)
+    else:
+        out = warp_affine(img, matrix, out_shape)
     if len(boxes) == 0:
         return out, np.zeros((0, 5), dtype=np.float32)
     after = transform_clip_boxes_xyxy(boxes[:, 1:5], matrix, out_shape)
