@@ -239,15 +239,20 @@ def worker_init(_: int) -> None:
 
 
 def collate_fred(batch: list[dict]) -> dict:
-    """Stack items: images uint8 [B, 3, H, W] (NHWC in memory); targets float32 [M, 6] batch_idx, cls, cx, cy, w, h
-    (input pixels); index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32
-    [B, 3] when the items carry their HSV jitter."""
-    targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
-               for b, item in enumerate(batch)]
+    """Stack items: images uint8 [B, 3, H, W] (NHWC in memory) and collate_labels()' entries."""
     # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it);
     # the HWC images stack into [B, H, W, 3], seen as [B, 3, H, W]
-    out = {"images": default_collate([item["image"].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2),
-           "targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
+    images = default_collate([item["image"].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2)
+    return {"images": images, **collate_labels(batch)}
+
+
+def collate_labels(batch: list[dict]) -> dict:
+    """Everything of a batch but the images: targets float32 [M, 6] batch_idx, cls, cx, cy, w, h (input pixels);
+    index long [B]; orig_shapes long [B, 2]; ratios float32 [B]; pads float32 [B, 2]; hsv float32 [B, 3] when the
+    items carry their HSV jitter."""
+    targets = [torch.cat([torch.full((len(item["boxes"]), 1), float(b)), item["boxes"]], dim=1)
+               for b, item in enumerate(batch)]
+    out = {"targets": torch.cat(targets) if targets else torch.zeros((0, 6)),
            "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
            "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),
            "ratios": torch.tensor([item["ratio"] for item in batch], dtype=torch.float32),
