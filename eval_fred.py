@@ -20,12 +20,13 @@ import time
 
 import cv2
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
 import config_fred
 from datasets.frame_cache import build_frame_cache, default_frame_cache_dir
-from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.batch_ring import build_loader
+from datasets.fred_dataset import FredDataset
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, load_weights
 from nets.weights import checkpoint_info, read_state_dict
@@ -186,9 +187,9 @@ def run(args: argparse.Namespace) -> dict:
                                       workers=os.cpu_count() or 1, desc="frame cache (val)")
         except OSError as e:
             LOGGER.warning("frame cache not used (%s): decoding the image files instead", e)
-    loader = DataLoader(FredDataset(frames, input_shape, train=False, frame_cache=cache),
-                        batch_size=args.batch or cfg["EVAL_BATCH_SIZE"],
-                        shuffle=False, num_workers=workers, collate_fn=collate_fred, pin_memory=device.type == "cuda")
+    dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
+    loader = build_loader(dataset, args.batch or cfg["EVAL_BATCH_SIZE"], SequentialSampler(dataset), workers,
+                          device.type == "cuda", (*input_shape, 3))
     class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
     class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
     rows, per_sequence = [], []

@@ -25,9 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import config_fred
+from datasets.batch_ring import build_loader
 from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
 from datasets.frame_cache import FrameCache, build_frame_cache, default_frame_cache_dir
-from datasets.fred_dataset import FredDataset, collate_fred, worker_init
+from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
@@ -181,16 +182,16 @@ class SkipSampler(Sampler):
 
 def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
                 seed: int, persistent: bool = True) -> DataLoader:
-    """DataLoader of collated uint8 batches: pinned memory on CUDA, persistent workers, seeded worker RNG.
+    """DataLoader of collated uint8 batches: pinned memory on CUDA (through a shared-memory ring of batches when
+    there are workers: datasets/batch_ring.py), persistent workers, seeded worker RNG.
 
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
     cuDNN re-tuning, CUDA graphs apply).
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_fred, pin_memory=device.type == "cuda",
-                      persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
-                      generator=torch.Generator().manual_seed(seed),
-                      drop_last=dataset.train and len(sampler) >= batch_size)
+    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
+                        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
+                        generator=torch.Generator().manual_seed(seed),
+                        drop_last=dataset.train and len(sampler) >= batch_size)
 
 
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,

@@ -1,0 +1,102 @@
+"""Reused shared-memory image batches for DataLoader workers: a ring of slots that each worker collates into.
+
+A DataLoader worker normally stacks every batch into a fresh shared-memory segment, which the main process then
+maps and copies into pinned memory: for 640x640 batches the page faults of those new mappings cost as much as the
+copies themselves (one 39 MB segment per batch of 32, faulted in by the worker and again by the main process).
+Here the main process allocates once, before the workers start, a shared buffer [workers, slots, batch, H, W, C]
+uint8; each worker stacks its batches into its own slots in turn and sends only the slot's address. The
+DataLoader's pin-memory thread (main process) copies the slot into pinned memory (RingBatch.pin_memory) and the
+batch goes on as a plain collate_fred dict.
+
+Why a slot is never overwritten while in use: a DataLoader hands out the indices of a map-style dataset to its
+workers round-robin and keeps at most prefetch_factor batches per worker in flight (dispatched and not yet returned
+by its iterator), and returns a batch only after its pin-memory copy. So when a worker starts its batch j, its batch
+j - prefetch_factor - 1 has been copied out of the ring: prefetch_factor + 1 slots per worker suffice.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from datasets.fred_dataset import collate_fred, collate_labels
+
+PREFETCH_FACTOR = 2  # batches in flight per worker: the DataLoader's prefetch_factor; the ring has one slot more
+
+_RINGS: "weakref.WeakValueDictionary[int, BatchRing]" = weakref.WeakValueDictionary()  # main process: id -> ring
+_IDS = itertools.count()
+
+
+class BatchRing:
+    """Shared uint8 buffer [workers, slots, batch, H, W, C], made in the main process before the DataLoader's
+    workers start (they inherit it, or receive it with the pickled collate function)."""
+
+    def __init__(self, workers: int, slots: int, batch_size: int, image_shape: tuple[int, int, int]):
+        """slots per worker; image_shape (H, W, C) of one item's image in HWC memory order."""
+        self.id = next(_IDS)
+        self.buffer = torch.empty((workers, slots, batch_size, *image_shape), dtype=torch.uint8).share_memory_()
+        self._used = 0  # batches this process's copy has collated (each worker counts its own)
+        _RINGS[self.id] = self
+
+    def claim(self, worker: int, n: int) -> tuple[int, torch.Tensor]:
+        """In a worker: its next slot, as (slot number, uint8 [n, H, W, C] view), for a batch of n images."""
+        slot = self._used % self.buffer.shape[1]
+        self._used += 1
+        return slot, self.buffer[worker, slot, :n]
+
+
+class RingBatch:
+    """What a worker sends for a batch: where its images are in the ring, and collate_labels()' entries."""
+
+    def __init__(self, ring_id: int, worker: int, slot: int, n: int, labels: dict):
+        self.ring_id, self.worker, self.slot, self.n, self.labels = ring_id, worker, slot, n, labels
+
+    def resolve(self, pin: bool) -> dict:
+        """In the process that made the ring: the collate_fred dict, its images uint8 [n, C, H, W] (NHWC memory)
+        copied out of the slot (into pinned memory when pin, with the labels), which frees the slot."""
+        ring = _RINGS.get(self.ring_id)
+        if ring is None:
+            raise RuntimeError("a RingBatch must be resolved in the process that made its BatchRing (the "
+                               "DataLoader's pin-memory thread does it): use ring loaders with pin_memory=True")
+        view = ring.buffer[self.worker, self.slot, :self.n]
+        images = view.pin_memory() if pin else view.clone()
+        labels = {k: v.pin_memory() for k, v in self.labels.items()} if pin else self.labels
+        return {"images": images.permute(0, 3, 1, 2), **labels}
+
+    def pin_memory(self) -> dict:
+        """The DataLoader's pin-memory thread calls this: resolve(pin=True)."""
+        return self.resolve(pin=True)
+
+
+class RingCollate:
+    """collate_fred that, in a DataLoader worker, stacks the images into the worker's next slot of a BatchRing and
+    returns a RingBatch; in the main process (no workers) plain collate_fred. Picklable (spawned workers)."""
+
+    def __init__(self, ring: BatchRing):
+        self.ring = ring
+
+    def __call__(self, batch: list[dict]) -> dict | RingBatch:
+        """Collate a list of FredDataset items."""
+        info = get_worker_info()
+        if info is None:
+            return collate_fred(batch)
+        slot, out = self.ring.claim(info.id, len(batch))
+        torch.stack([item["image"].permute(1, 2, 0) for item in batch], out=out)
+        return RingBatch(self.ring.id, info.id, slot, len(batch), collate_labels(batch))
+
+
+def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, pin_memory: bool,
+                 image_shape: tuple[int, int, int], **kwargs) -> DataLoader:
+    """DataLoader of collate_fred batches; with workers and pin_memory on CUDA they come through a BatchRing of
+    image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots per worker (fewer when the sampler gives fewer batches).
+    kwargs go to DataLoader (persistent_workers, worker_init_fn, generator, drop_last)."""
+    if workers == 0 or not (pin_memory and torch.cuda.is_available()):  # no pin-memory thread to resolve a ring
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate_fred, pin_memory=pin_memory, **kwargs)
+    slots = min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / workers))
+    ring = BatchRing(workers, max(slots, 1), batch_size, image_shape)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=RingCollate(ring), pin_memory=True, prefetch_factor=PREFETCH_FACTOR, **kwargs)

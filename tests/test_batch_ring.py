@@ -1,0 +1,97 @@
+"""Batches through the shared-memory ring (datasets/batch_ring.py): the same batches as collate_fred, whole and in
+order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from datasets.batch_ring import PREFETCH_FACTOR, BatchRing, RingBatch, RingCollate, build_loader
+from datasets.fred_dataset import collate_fred
+
+
+class Items(Dataset):
+    """Items shaped like FredDataset's: image i is filled with i % 251 (and its row number), i % 3 boxes."""
+
+    def __init__(self, n: int, shape=(24, 32), slow: float = 0.0):
+        self.n, self.shape, self.slow = n, shape, slow
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if self.slow and i % 5 == 0:
+            time.sleep(self.slow)  # uneven workers: the others race ahead
+        h, w = self.shape
+        img = torch.full((h, w, 3), i % 251, dtype=torch.uint8)
+        img[:, :, 1] = torch.arange(h, dtype=torch.uint8)[:, None]
+        boxes = torch.tensor([[0.0, i, 2.0, 3.0, 4.0]] * (i % 3)).reshape(-1, 5)
+        return {"image": img.permute(2, 0, 1), "boxes": boxes, "index": i, "orig_shape": (h * 2, w * 2),
+                "ratio": 0.5, "pad": (0.0, float(i)), "hsv": torch.tensor([0.1, 0.2, float(i)])}
+
+
+def _equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert a["images"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ring_batches_equal_collate_fred_with_workers_racing_ahead(workers):
+    """Every batch resolved from the ring equals collate_fred of the same items, over many laps of each worker's
+    slots, shuffled, with the last batch short and two epochs of persistent workers."""
+    ds = Items(203, slow=0.002)
+    sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+    ring = BatchRing(workers, PREFETCH_FACTOR + 1, 8, (24, 32, 3))
+    loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=RingCollate(ring),
+                        prefetch_factor=PREFETCH_FACTOR, persistent_workers=True)
+    slots = set()
+    for _ in range(2):
+        sampler.generator.manual_seed(len(slots))  # the order this epoch will see: drawn, then drawn again
+        order = list(iter(sampler))
+        sampler.generator.manual_seed(len(slots))
+        for k, batch in enumerate(loader):
+            assert isinstance(batch, RingBatch)
+            slots.add((batch.worker, batch.slot))
+            got = batch.resolve(pin=False)
+            _equal(got, collate_fred([ds[i] for i in order[8 * k:8 * k + 8]]))
+        assert k == 25 and len(got["index"]) == 203 - 25 * 8
+    assert len(slots) == workers * (PREFETCH_FACTOR + 1)  # every slot was used
+
+
+def test_ring_collate_in_the_main_process_is_collate_fred():
+    ds = Items(10)
+    batch = RingCollate(BatchRing(2, 3, 4, (24, 32, 3)))([ds[i] for i in range(4)])
+    _equal(batch, collate_fred([ds[i] for i in range(4)]))
+
+
+def test_build_loader_without_pinning_or_workers_is_plain():
+    ds = Items(10)
+    for workers, pin in ((0, True), (2, False)):
+        loader = build_loader(ds, 4, SequentialSampler(ds), workers, pin, (24, 32, 3))
+        assert not isinstance(loader.collate_fn, RingCollate)
+        _equal(next(iter(loader)), collate_fred([ds[i] for i in range(4)]))
+
+
+def test_ring_batch_outside_its_process_is_an_error():
+    batch = RingBatch(ring_id=10 ** 9, worker=0, slot=0, n=1, labels={})
+    with pytest.raises(RuntimeError, match="pin_memory=True"):
+        batch.resolve(pin=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ring_loader_on_cuda_gives_pinned_collate_fred_batches():
+    """The pin-memory thread resolves the ring: pinned dicts equal collate_fred's, in order, over two epochs."""
+    ds = Items(150, shape=(64, 96), slow=0.002)
+    loader = build_loader(ds, 16, SequentialSampler(ds), 4, True, (64, 96, 3), persistent_workers=True)
+    assert isinstance(loader.collate_fn, RingCollate)
+    for _ in range(2):
+        seen = []
+        for k, batch in enumerate(loader):
+            assert batch["images"].is_pinned() and batch["targets"].is_pinned()
+            _equal(batch, collate_fred([ds[i] for i in range(16 * k, min(16 * k + 16, 150))]))
+            seen.extend(batch["index"].tolist())
+        assert seen == list(range(150))
+    assert np.prod(loader.collate_fn.ring.buffer.shape[:2]) == 4 * (PREFETCH_FACTOR + 1)
