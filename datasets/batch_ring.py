@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
+import os
+import sys
+import tempfile
 import weakref
 
 import torch
@@ -25,19 +29,37 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from datasets.fred_dataset import collate_fred, collate_labels
 
 PREFETCH_FACTOR = 2  # batches in flight per worker: the DataLoader's prefetch_factor; the ring has one slot more
+SHM_DIR = "/dev/shm"  # tmpfs (RAM) where the ring's buffer lives
 
 _RINGS: "weakref.WeakValueDictionary[int, BatchRing]" = weakref.WeakValueDictionary()  # main process: id -> ring
 _IDS = itertools.count()
 
 
+def ring_supported() -> bool:
+    """Whether DataLoader workers will share a BatchRing: forked workers (they inherit its mapping) on Linux."""
+    return sys.platform.startswith("linux") and os.path.isdir(SHM_DIR) and multiprocessing.get_start_method() == "fork"
+
+
+def shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """uint8 tensor of shape on a MAP_SHARED mapping of an unlinked file in /dev/shm: forked processes share it, and
+    its pages are only allocated when first written (share_memory_() would copy the whole buffer once)."""
+    fd, path = tempfile.mkstemp(prefix="fred_yolo_batch_ring_", dir=SHM_DIR)
+    os.close(fd)
+    try:
+        storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=math.prod(shape))
+    finally:
+        os.unlink(path)  # the mapping keeps the memory until the last process unmaps it
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 class BatchRing:
     """Shared uint8 buffer [workers, slots, batch, H, W, C], made in the main process before the DataLoader's
-    workers start (they inherit it, or receive it with the pickled collate function)."""
+    workers fork (they inherit its mapping)."""
 
     def __init__(self, workers: int, slots: int, batch_size: int, image_shape: tuple[int, int, int]):
         """slots per worker; image_shape (H, W, C) of one item's image in HWC memory order."""
         self.id = next(_IDS)
-        self.buffer = torch.empty((workers, slots, batch_size, *image_shape), dtype=torch.uint8).share_memory_()
+        self.buffer = shared_uint8((workers, slots, batch_size, *image_shape))
         self._used = 0  # batches this process's copy has collated (each worker counts its own)
         _RINGS[self.id] = self
 
@@ -73,7 +95,7 @@ class RingBatch:
 
 class RingCollate:
     """collate_fred that, in a DataLoader worker, stacks the images into the worker's next slot of a BatchRing and
-    returns a RingBatch; in the main process (no workers) plain collate_fred. Picklable (spawned workers)."""
+    returns a RingBatch; in the main process (no workers) plain collate_fred."""
 
     def __init__(self, ring: BatchRing):
         self.ring = ring
@@ -90,10 +112,11 @@ class RingCollate:
 
 def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, pin_memory: bool,
                  image_shape: tuple[int, int, int], **kwargs) -> DataLoader:
-    """DataLoader of collate_fred batches; with workers and pin_memory on CUDA they come through a BatchRing of
-    image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots per worker (fewer when the sampler gives fewer batches).
-    kwargs go to DataLoader (persistent_workers, worker_init_fn, generator, drop_last)."""
-    if workers == 0 or not (pin_memory and torch.cuda.is_available()):  # no pin-memory thread to resolve a ring
+    """DataLoader of collate_fred batches. With forked workers and pin_memory on CUDA (the pin-memory thread resolves
+    ring batches) they come through a BatchRing of image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots per
+    worker (fewer when the sampler gives fewer batches). kwargs go to DataLoader (persistent_workers, worker_init_fn,
+    generator, drop_last)."""
+    if workers == 0 or not (pin_memory and torch.cuda.is_available() and ring_supported()):
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=collate_fred, pin_memory=pin_memory, **kwargs)
     slots = min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / workers))

@@ -95,3 +95,17 @@ def test_ring_loader_on_cuda_gives_pinned_collate_fred_batches():
             seen.extend(batch["index"].tolist())
         assert seen == list(range(150))
     assert np.prod(loader.collate_fn.ring.buffer.shape[:2]) == 4 * (PREFETCH_FACTOR + 1)
+
+
+def test_shared_uint8_is_shared_with_forked_processes_and_leaves_no_file():
+    import multiprocessing
+    import os
+
+    from datasets.batch_ring import SHM_DIR, shared_uint8
+    before = set(os.listdir(SHM_DIR))
+    buf = shared_uint8((3, 5))
+    assert set(os.listdir(SHM_DIR)) - before == set()  # unlinked at once: nothing left behind after a crash
+    child = multiprocessing.get_context("fork").Process(target=buf.fill_, args=(7,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and (buf == 7).all()
