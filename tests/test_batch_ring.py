@@ -1,5 +1,7 @@
 """Batches through the shared-memory ring (datasets/batch_ring.py): the same batches as collate_fred, whole and in
 order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
+import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from datasets.batch_ring import PREFETCH_FACTOR, BatchRing, RingBatch, RingCollate, build_loader
+from datasets.batch_ring import (PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, build_loader,
+                                 shared_uint8)
 from datasets.fred_dataset import collate_fred
 
 
@@ -98,10 +101,6 @@ def test_ring_loader_on_cuda_gives_pinned_collate_fred_batches():
 
 
 def test_shared_uint8_is_shared_with_forked_processes_and_leaves_no_file():
-    import multiprocessing
-    import os
-
-    from datasets.batch_ring import SHM_DIR, shared_uint8
     before = set(os.listdir(SHM_DIR))
     buf = shared_uint8((3, 5))
     assert set(os.listdir(SHM_DIR)) - before == set()  # unlinked at once: nothing left behind after a crash
