@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
             LOGGER.warning("frame cache not used (%s): decoding the image files instead", e)
     dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
     loader = build_loader(dataset, args.batch or cfg["EVAL_BATCH_SIZE"], SequentialSampler(dataset), workers,
-                          device.type == "cuda", (*input_shape, 3))
+                          device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])
     class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
     class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
     rows, per_sequence = [], []

@@ -181,15 +181,15 @@ class SkipSampler(Sampler):
 
 
 def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
-                seed: int, persistent: bool = True) -> DataLoader:
-    """DataLoader of collated uint8 batches: pinned memory on CUDA (through a shared-memory ring of batches when
-    there are workers: datasets/batch_ring.py), persistent workers, seeded worker RNG.
+                seed: int, persistent: bool = True, ring: bool = True) -> DataLoader:
+    """DataLoader of collated uint8 batches: pinned memory on CUDA (with ring and workers, through a shared-memory
+    ring of batches: datasets/batch_ring.py), persistent workers, seeded worker RNG.
 
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
     cuDNN re-tuning, CUDA graphs apply).
     """
     return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
-                        persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
+                        ring=ring, persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(seed),
                         drop_last=dataset.train and len(sampler) >= batch_size)
 
@@ -401,7 +401,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
                               bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
         val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
-                                 workers, device, cfg["SEED"])
+                                 workers, device, cfg["SEED"], ring=cfg["BATCH_RING"])
     log = RunLog(run_dir, start_epoch) if main_proc else None
     first_batch = cfg["FREEZE_BATCH_SIZE"] if frozen_epochs > 0 else cfg["UNFREEZE_BATCH_SIZE"]
     warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] /
@@ -420,7 +420,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 freeze_backbone(model, phase == "frozen")
                 lr_fit, min_fit = scale_lr_for_batch(cfg["INIT_LR"], cfg["MIN_LR"], batch, cfg["OPTIMIZER_TYPE"])
                 sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
-                loader = make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank)
+                loader = make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank,
+                                     ring=cfg["BATCH_RING"])
                 net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
                        if world > 1 else model)
                 loss_fn = None  # the previous phase's graph holds memory: drop it first
@@ -439,7 +440,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
             n_iter = len(loader)
             epoch_loader = loader if start_iter == 0 else make_loader(
                 train_set, per_rank, SkipSampler(sampler, start_iter * per_rank), workers, device,
-                cfg["SEED"] + 1000 * rank, persistent=False)
+                cfg["SEED"] + 1000 * rank, persistent=False, ring=cfg["BATCH_RING"])
 
             def lr_for(i: int, e: int = epoch, n: int = n_iter) -> float:
                 t = e + i / n

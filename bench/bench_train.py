@@ -432,7 +432,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     dataset.set_epoch(0, special_aug=True)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
     workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
-    loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed)
+    loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed, ring=cfg["BATCH_RING"])
     timed = _time_loader(loader, a.data_batches)
     del loader
     unpinned = _time_loader(train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, torch.device("cpu"),

@@ -16,6 +16,7 @@ j - prefetch_factor - 1 has been copied out of the ring: prefetch_factor + 1 slo
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from datasets.fred_dataset import collate_fred, collate_labels
 
+LOGGER = logging.getLogger(__name__)
 PREFETCH_FACTOR = 2  # batches in flight per worker: the DataLoader's prefetch_factor; the ring has one slot more
 SHM_DIR = "/dev/shm"  # tmpfs (RAM) where the ring's buffer lives
 
@@ -37,7 +39,14 @@ _IDS = itertools.count()
 
 def ring_supported() -> bool:
     """Whether DataLoader workers will share a BatchRing: forked workers (they inherit its mapping) on Linux."""
-    return sys.platform.startswith("linux") and os.path.isdir(SHM_DIR) and multiprocessing.get_start_method() == "fork"
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return sys.platform.startswith("linux") and os.path.isdir(SHM_DIR) and method == "fork"
+
+
+def shm_free_bytes() -> int:
+    """Free bytes in SHM_DIR (a tmpfs: RAM the ring's pages would take)."""
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
 
 
 def shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
@@ -111,15 +120,22 @@ class RingCollate:
 
 
 def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, pin_memory: bool,
-                 image_shape: tuple[int, int, int], **kwargs) -> DataLoader:
-    """DataLoader of collate_fred batches. With forked workers and pin_memory on CUDA (the pin-memory thread resolves
-    ring batches) they come through a BatchRing of image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots per
-    worker (fewer when the sampler gives fewer batches). kwargs go to DataLoader (persistent_workers, worker_init_fn,
-    generator, drop_last)."""
-    if workers == 0 or not (pin_memory and torch.cuda.is_available() and ring_supported()):
+                 image_shape: tuple[int, int, int], ring: bool = True, **kwargs) -> DataLoader:
+    """DataLoader of collate_fred batches. With ring, forked workers and pin_memory on CUDA (the pin-memory thread
+    resolves ring batches) they come through a BatchRing of image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots
+    per worker (fewer when the sampler gives fewer batches), when /dev/shm has twice its size free (else a warning
+    and no ring). kwargs go to DataLoader (persistent_workers, worker_init_fn, generator, drop_last)."""
+    use_ring = ring and workers > 0 and pin_memory and torch.cuda.is_available() and ring_supported()
+    slots = max(1, min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / max(workers, 1))))
+    nbytes = workers * slots * batch_size * math.prod(image_shape)
+    if use_ring and shm_free_bytes() < 2 * nbytes:  # room for it and other loaders' batches: a full tmpfs is SIGBUS
+        LOGGER.warning("%s has %.1f GB free, too little for a %.1f GB batch ring: batches go through DataLoader's own "
+                       "shared memory (grow /dev/shm, e.g. docker run --shm-size=8g, or lower NUM_WORKERS)",
+                       SHM_DIR, shm_free_bytes() / 1e9, nbytes / 1e9)
+        use_ring = False
+    if not use_ring:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=collate_fred, pin_memory=pin_memory, **kwargs)
-    slots = min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / workers))
-    ring = BatchRing(workers, max(slots, 1), batch_size, image_shape)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=RingCollate(ring), pin_memory=True, prefetch_factor=PREFETCH_FACTOR, **kwargs)
+                      collate_fn=RingCollate(BatchRing(workers, slots, batch_size, image_shape)), pin_memory=True,
+                      prefetch_factor=PREFETCH_FACTOR, **kwargs)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from datasets import batch_ring
 from datasets.batch_ring import (PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, build_loader,
                                  shared_uint8)
 from datasets.fred_dataset import collate_fred
@@ -76,6 +77,28 @@ def test_build_loader_without_pinning_or_workers_is_plain():
         loader = build_loader(ds, 4, SequentialSampler(ds), workers, pin, (24, 32, 3))
         assert not isinstance(loader.collate_fn, RingCollate)
         _equal(next(iter(loader)), collate_fred([ds[i] for i in range(4)]))
+
+
+def test_build_loader_takes_the_ring_only_when_asked_and_pinning_on_cuda(monkeypatch):
+    """The choice alone (no iteration: without CUDA nothing would resolve the ring batches)."""
+    ds = Items(10)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert isinstance(build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn, RingCollate)
+    for workers, pin, ring in ((2, True, False), (2, False, True), (0, True, True)):
+        loader = build_loader(ds, 4, SequentialSampler(ds), workers, pin, (24, 32, 3), ring=ring)
+        assert loader.collate_fn is collate_fred
+
+
+def test_build_loader_without_room_in_dev_shm_warns_and_takes_no_ring(monkeypatch, caplog):
+    ds = Items(40)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ring_bytes = 2 * 3 * 4 * 24 * 32 * 3  # 2 workers x 3 slots x batch 4 x image
+    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: 2 * ring_bytes)
+    assert isinstance(build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn, RingCollate)
+    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: 2 * ring_bytes - 1)
+    with caplog.at_level("WARNING"):
+        assert build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn is collate_fred
+    assert "too little for a" in caplog.text and "--shm-size" in caplog.text
 
 
 def test_ring_batch_outside_its_process_is_an_error():
