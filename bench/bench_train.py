@@ -34,9 +34,9 @@ Full size, H200 (the data are generated in 13-15 s on 16 cores; Ultralytics take
 the speed part for two modalities is 4-5 minutes plus 1-2 minutes per --ours_variants run; keep each device call
 under its 10 minutes, e.g. speed in one call, data/ceiling/eval in another; --timeout bounds each trainer):
     python bench/bench_train.py --parts speed --timeout 240 --out $OUT/bench_train_speed.json \
-        --ours_variants 'graph:CUDA_GRAPH=True' 'graph_gpu_hsv:CUDA_GRAPH=True;HSV_ON_GPU=True'
+        --ours_variants 'no_ring:BATCH_RING=False' 'no_graph:CUDA_GRAPH=False'
     python bench/bench_train.py --parts data,ceiling,eval --out $OUT/bench_train_rest.json \
-        --data_variants 'no_hsv:HSV_H=0.0;HSV_S=0.0;HSV_V=0.0' 'workers16:NUM_WORKERS=16'
+        --data_variants 'no_ring:BATCH_RING=False' 'workers15:NUM_WORKERS=15'
     python bench/bench_train.py --parts tta,eval --out $OUT/bench_train_tta.json
   defaults: 24 sequences x 100 frames at 1280x720 (18 train sequences, ~1,900 train frames per modality),
   YOLOv8s, 640x640, 8 workers, speed k=3 epochs per phase, tta up to 20 epochs at batch 16, target mAP50 0.9.
