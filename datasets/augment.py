@@ -53,13 +53,14 @@ def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int],
 
 def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tuple[int, int, int, int]:
     """One axis of an axis-aligned affine x' = scale * x + shift: (src0, src1, dst0, dst1) integer spans, the source
-    pixels [src0, src1) that reach the output (widened to whole pixels) and where they land, [dst0, dst1) (rounded,
-    may reach past the output by a pixel); src1 == src0 when nothing reaches it."""
+    pixels [src0, src1) that reach the output, widened to whole pixels and by one more pixel each side (so that the
+    output's edge pixels interpolate with their real neighbours), and where they land, [dst0, dst1) (rounded; it
+    may reach past the output by scale + 1 pixels); src1 == src0 when nothing reaches it."""
     lo = max(0.0, -shift / scale)
     hi = min(float(src_size), (out_size - shift) / scale)
     if hi <= lo:
         return 0, 0, 0, 0
-    src0, src1 = max(0, math.floor(lo)), min(src_size, math.ceil(hi))
+    src0, src1 = max(0, math.floor(lo) - 1), min(src_size, math.ceil(hi) + 1)
     dst0, dst1 = round(scale * src0 + shift), round(scale * src1 + shift)
     return (src0, src1, dst0, dst1) if dst1 > dst0 else (0, 0, 0, 0)
 
@@ -81,6 +82,7 @@ def resize_axis_aligned(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[in
         return out, matrix
     sx, sy = (u1 - u0) / (x1 - x0), (v1 - v0) / (y1 - y0)
     part = cv2.resize(img[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+    part = part.reshape(part.shape[:2] + img.shape[2:])  # cv2.resize drops a single channel axis
     a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
     out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
     return out, np.array([[sx, 0.0, u0 - sx * x0], [0.0, sy, v0 - sy * y0], [0.0, 0.0, 1.0]])
