@@ -70,7 +70,7 @@ MIN_BOX_SIZE = 2.0                # boxes smaller than this after augmentation a
 
 # ----------------------------------------------------------------- data loading
 NUM_WORKERS = 8                   # dataloader worker processes (capped at the CPU count)
-BATCH_RING = True                 # CUDA: workers collate into reused shared-memory slots (~1 GB in /dev/shm at batch 32) instead of a new segment per batch; False if /dev/shm is small
+BATCH_RING = True                 # CUDA: workers collate into reused shared-memory slots (~1 GB per loader in /dev/shm at batch 32) instead of a new segment per batch; False if /dev/shm is small
 FRAME_CACHE = "disk"              # off | disk: decode each image once, resized to max(INPUT_SHAPE), into a file all workers map
 FRAME_CACHE_MAX_GB = 100.0        # largest frame cache to build, GB (1280x720 frames at 640: 0.69 MB each); larger: decode files
 FRAME_CACHE_DIR = ""              # frame cache folder ("" = <DATA_ROOT>/.fred_frame_cache, else ~/.cache/fred_yolo/frames; /dev/shm/... = RAM)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import mmap
 import multiprocessing
 import os
 import sys
@@ -49,28 +50,49 @@ def shm_free_bytes() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
-    """uint8 tensor of shape on a MAP_SHARED mapping of an unlinked file in /dev/shm: forked processes share it, and
-    its pages are only allocated when first written (share_memory_() would copy the whole buffer once)."""
+def shared_uint8(shape: tuple[int, ...]) -> tuple[torch.Tensor, mmap.mmap]:
+    """uint8 tensor of shape on a MAP_SHARED mapping of an unlinked file in /dev/shm, and that mapping: forked
+    processes share it, and its pages are only allocated when first written (share_memory_() would copy the whole
+    buffer once)."""
     fd, path = tempfile.mkstemp(prefix="fred_yolo_batch_ring_", dir=SHM_DIR)
-    os.close(fd)
     try:
-        storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=math.prod(shape))
-    finally:
         os.unlink(path)  # the mapping keeps the memory until the last process unmaps it
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        os.ftruncate(fd, math.prod(shape))
+        mapping = mmap.mmap(fd, math.prod(shape))
+    finally:
+        os.close(fd)
+    return torch.frombuffer(mapping, dtype=torch.uint8).view(shape), mapping
+
+
+def reserved_bytes() -> int:
+    """Bytes of the BatchRings alive in this process (their pages may not be written, hence allocated, yet)."""
+    return sum(ring.buffer.numel() for ring in list(_RINGS.values()))
 
 
 class BatchRing:
     """Shared uint8 buffer [workers, slots, batch, H, W, C], made in the main process before the DataLoader's
-    workers fork (they inherit its mapping)."""
+    workers fork (they inherit its mapping).
 
-    def __init__(self, workers: int, slots: int, batch_size: int, image_shape: tuple[int, int, int]):
+    persistent: the DataLoader's workers start once; the ring is then sealed (MADV_DONTFORK) when its first batch is
+    resolved, so that processes forked later (other loaders' workers) do not inherit it and hold its memory after
+    this loader is gone. A loader that starts new workers at each iteration must not be persistent here.
+    """
+
+    def __init__(self, workers: int, slots: int, batch_size: int, image_shape: tuple[int, int, int],
+                 persistent: bool = False):
         """slots per worker; image_shape (H, W, C) of one item's image in HWC memory order."""
         self.id = next(_IDS)
-        self.buffer = shared_uint8((workers, slots, batch_size, *image_shape))
+        self.buffer, self._mapping = shared_uint8((workers, slots, batch_size, *image_shape))
+        self.persistent = persistent
+        self._sealed = False
         self._used = 0  # batches this process's copy has collated (each worker counts its own)
         _RINGS[self.id] = self
+
+    def seal(self) -> None:
+        """Processes forked from now on do not inherit the buffer (persistent rings, main process, once)."""
+        if self.persistent and not self._sealed:
+            self._mapping.madvise(mmap.MADV_DONTFORK)
+            self._sealed = True
 
     def claim(self, worker: int, n: int) -> tuple[int, torch.Tensor]:
         """In a worker: its next slot, as (slot number, uint8 [n, H, W, C] view), for a batch of n images."""
@@ -92,6 +114,7 @@ class RingBatch:
         if ring is None:
             raise RuntimeError("a RingBatch must be resolved in the process that made its BatchRing (the "
                                "DataLoader's pin-memory thread does it): use ring loaders with pin_memory=True")
+        ring.seal()  # all of the loader's workers have started
         view = ring.buffer[self.worker, self.slot, :self.n]
         images = view.pin_memory() if pin else view.clone()
         labels = {k: v.pin_memory() for k, v in self.labels.items()} if pin else self.labels
@@ -115,7 +138,11 @@ class RingCollate:
         if info is None:
             return collate_fred(batch)
         slot, out = self.ring.claim(info.id, len(batch))
-        torch.stack([item["image"].permute(1, 2, 0) for item in batch], out=out)
+        images = [item["image"].permute(1, 2, 0) for item in batch]
+        if any(image.shape != out.shape[1:] for image in images):  # stack(out=) would resize the slot's view
+            raise ValueError(f"an image of shape {tuple(images[0].shape)} (HWC) does not fit the batch ring's "
+                             f"{tuple(out.shape[1:])}: build the loader with the dataset's image shape")
+        torch.stack(images, out=out)
         return RingBatch(self.ring.id, info.id, slot, len(batch), collate_labels(batch))
 
 
@@ -123,19 +150,22 @@ def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: i
                  image_shape: tuple[int, int, int], ring: bool = True, **kwargs) -> DataLoader:
     """DataLoader of collate_fred batches. With ring, forked workers and pin_memory on CUDA (the pin-memory thread
     resolves ring batches) they come through a BatchRing of image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots
-    per worker (fewer when the sampler gives fewer batches), when /dev/shm has twice its size free (else a warning
-    and no ring). kwargs go to DataLoader (persistent_workers, worker_init_fn, generator, drop_last)."""
+    per worker (fewer when the sampler gives fewer batches), when /dev/shm has twice its size free beside the rings
+    already made (else a warning and no ring). One iterator at a time per loader: two live iterators of one
+    non-persistent loader would share its slots. kwargs go to DataLoader (persistent_workers, worker_init_fn,
+    generator, drop_last)."""
     use_ring = ring and workers > 0 and pin_memory and torch.cuda.is_available() and ring_supported()
     slots = max(1, min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / max(workers, 1))))
     nbytes = workers * slots * batch_size * math.prod(image_shape)
-    if use_ring and shm_free_bytes() < 2 * nbytes:  # room for it and other loaders' batches: a full tmpfs is SIGBUS
-        LOGGER.warning("%s has %.1f GB free, too little for a %.1f GB batch ring: batches go through DataLoader's own "
-                       "shared memory (grow /dev/shm, e.g. docker run --shm-size=8g, or lower NUM_WORKERS)",
-                       SHM_DIR, shm_free_bytes() / 1e9, nbytes / 1e9)
+    free = shm_free_bytes() - reserved_bytes() if use_ring else 0  # other rings' pages may not be written yet
+    if use_ring and free < 2 * nbytes:  # room for it and other loaders' batches: a worker writing to a full tmpfs dies
+        LOGGER.warning("%s has %.1f GB free beside the batch rings already made, too little for a %.1f GB batch "
+                       "ring: batches go through DataLoader's own shared memory (grow /dev/shm, e.g. docker run "
+                       "--shm-size=8g, or lower NUM_WORKERS)", SHM_DIR, free / 1e9, nbytes / 1e9)
         use_ring = False
     if not use_ring:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=collate_fred, pin_memory=pin_memory, **kwargs)
+    ring = BatchRing(workers, slots, batch_size, image_shape, persistent=bool(kwargs.get("persistent_workers")))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=RingCollate(BatchRing(workers, slots, batch_size, image_shape)), pin_memory=True,
-                      prefetch_factor=PREFETCH_FACTOR, **kwargs)
+                      collate_fn=RingCollate(ring), pin_memory=True, prefetch_factor=PREFETCH_FACTOR, **kwargs)

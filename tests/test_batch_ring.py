@@ -2,6 +2,7 @@
 order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
 import multiprocessing
 import os
+import signal
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_ring_batches_equal_collate_fred_with_workers_racing_ahead(workers):
     slots, shuffled, with the last batch short and two epochs of persistent workers."""
     ds = Items(203, slow=0.002)
     sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(0))
-    ring = BatchRing(workers, PREFETCH_FACTOR + 1, 8, (24, 32, 3))
+    ring = BatchRing(workers, PREFETCH_FACTOR + 1, 8, (24, 32, 3), persistent=True)  # sealed at the first batch
     loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=RingCollate(ring),
                         prefetch_factor=PREFETCH_FACTOR, persistent_workers=True)
     slots = set()
@@ -93,12 +94,37 @@ def test_build_loader_without_room_in_dev_shm_warns_and_takes_no_ring(monkeypatc
     ds = Items(40)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ring_bytes = 2 * 3 * 4 * 24 * 32 * 3  # 2 workers x 3 slots x batch 4 x image
-    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: 2 * ring_bytes)
-    assert isinstance(build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn, RingCollate)
-    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: 2 * ring_bytes - 1)
+    before = batch_ring.reserved_bytes()
+    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: before + 2 * ring_bytes)
+    first = build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3))
+    assert isinstance(first.collate_fn, RingCollate)
+    assert batch_ring.reserved_bytes() == before + ring_bytes  # counted, though none of its pages is written yet
+    monkeypatch.setattr(batch_ring, "shm_free_bytes", lambda: before + 3 * ring_bytes - 1)  # 2x beside first's: no
     with caplog.at_level("WARNING"):
         assert build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn is collate_fred
     assert "too little for a" in caplog.text and "--shm-size" in caplog.text
+
+
+def test_ring_collate_refuses_images_of_another_shape():
+    """stack(out=) would resize the slot's view and leave stale pixels: the worker raises instead."""
+    ring = BatchRing(1, 2, 4, (20, 32, 3))
+    loader = DataLoader(Items(8), batch_size=4, num_workers=1, collate_fn=RingCollate(ring))
+    with pytest.raises(ValueError, match="does not fit the batch ring"):
+        next(iter(loader))
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_persistent_ring_is_sealed_from_later_forks_at_its_first_batch(persistent):
+    """A process forked after a persistent ring's first batch does not inherit its memory (it faults on touching
+    it); a non-persistent ring stays inheritable, for the workers of its loader's next iteration."""
+    ring = BatchRing(1, 2, 4, (24, 32, 3), persistent=persistent)
+    batch = RingCollate(ring)
+    loader = DataLoader(Items(8), batch_size=4, num_workers=1, collate_fn=batch)
+    _equal(next(iter(loader)).resolve(pin=False), collate_fred([Items(8)[i] for i in range(4)]))
+    child = multiprocessing.get_context("fork").Process(target=ring.buffer.fill_, args=(7,))
+    child.start()
+    child.join()
+    assert child.exitcode == (-signal.SIGSEGV if persistent else 0)
 
 
 def test_ring_batch_outside_its_process_is_an_error():
@@ -125,7 +151,7 @@ def test_ring_loader_on_cuda_gives_pinned_collate_fred_batches():
 
 def test_shared_uint8_is_shared_with_forked_processes_and_leaves_no_file():
     before = set(os.listdir(SHM_DIR))
-    buf = shared_uint8((3, 5))
+    buf, _ = shared_uint8((3, 5))
     assert set(os.listdir(SHM_DIR)) - before == set()  # unlinked at once: nothing left behind after a crash
     child = multiprocessing.get_context("fork").Process(target=buf.fill_, args=(7,))
     child.start()
