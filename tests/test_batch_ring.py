@@ -127,6 +127,13 @@ def test_persistent_ring_is_sealed_from_later_forks_at_its_first_batch(persisten
     assert child.exitcode == (-signal.SIGSEGV if persistent else 0)
 
 
+@pytest.mark.parametrize("method, expected", [("fork", True), ("spawn", False), ("forkserver", False)])
+def test_ring_only_with_forked_workers(monkeypatch, method, expected):
+    """Spawned workers would get a pickled copy of the buffer, not its mapping: no ring then."""
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: method)
+    assert batch_ring.ring_supported() is expected
+
+
 def test_ring_batch_outside_its_process_is_an_error():
     batch = RingBatch(ring_id=10 ** 9, worker=0, slot=0, n=1, labels={})
     with pytest.raises(RuntimeError, match="pin_memory=True"):
