@@ -24,8 +24,8 @@ from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
 import config_fred
-from datasets.frame_cache import build_frame_cache, default_frame_cache_dir
 from datasets.batch_ring import build_loader
+from datasets.frame_cache import open_frame_cache
 from datasets.fred_dataset import FredDataset
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, load_weights
@@ -181,12 +181,8 @@ def run(args: argparse.Namespace) -> dict:
     workers = min(args.workers if args.workers is not None else cfg["NUM_WORKERS"], os.cpu_count() or 1)
     cache = None
     if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
-        try:
-            cache = build_frame_cache([f.image for f in frames], max(input_shape),
-                                      cfg["FRAME_CACHE_DIR"] or default_frame_cache_dir(data_root),
-                                      workers=os.cpu_count() or 1, desc="frame cache (val)")
-        except OSError as e:
-            LOGGER.warning("frame cache not used (%s): decoding the image files instead", e)
+        cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,
+                                 cfg["FRAME_CACHE_MAX_GB"] * 1e9, desc="frame cache (val)")
     dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
     loader = build_loader(dataset, args.batch or cfg["EVAL_BATCH_SIZE"], SequentialSampler(dataset), workers,
                           device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 import config_fred
 from datasets.batch_ring import build_loader
 from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
-from datasets.frame_cache import FrameCache, build_frame_cache, default_frame_cache_dir
+from datasets.frame_cache import FrameCache, open_frame_cache
 from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
@@ -205,22 +205,15 @@ def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[F
                        seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
 
 
-def open_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
+def configured_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
     """The decoded-frame cache of frames for FRAME_CACHE="disk" (built when absent or stale), else None.
 
     A cache that cannot be written (disk full, no permission) is reported and training decodes the files instead.
     """
     if cfg["FRAME_CACHE"] == "off":
         return None
-    cache_dir = cfg["FRAME_CACHE_DIR"] or default_frame_cache_dir(cfg["DATA_ROOT"])
-    try:
-        return build_frame_cache([f.image for f in frames], max(cfg["INPUT_SHAPE"]), cache_dir,
-                                 workers=os.cpu_count() or 1, progress=progress, desc=f"frame cache ({what})",
-                                 max_bytes=cfg["FRAME_CACHE_MAX_GB"] * 1e9)
-    except OSError as e:
-        print(f"frame cache for the {what} frames not used ({e}): decoding the image files instead",
-              file=sys.stderr, flush=True)
-        return None
+    return open_frame_cache([f.image for f in frames], max(cfg["INPUT_SHAPE"]), cfg["FRAME_CACHE_DIR"],
+                            cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"frame cache ({what})")
 
 
 def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
@@ -390,11 +383,11 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
     train_cache = val_cache = None
     if main_proc:  # rank 0 builds the caches, the other processes then open the train one
-        train_cache = open_frame_cache(cfg, index.train, "train", progress=True)
-        val_cache = open_frame_cache(cfg, index.val, "val", progress=True)
+        train_cache = configured_frame_cache(cfg, index.train, "train", progress=True)
+        val_cache = configured_frame_cache(cfg, index.val, "val", progress=True)
     dist.barrier()
     if not main_proc:
-        train_cache = open_frame_cache(cfg, index.train, "train", progress=False)
+        train_cache = configured_frame_cache(cfg, index.train, "train", progress=False)
     train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
     val_loader = None
     if main_proc:

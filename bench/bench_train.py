@@ -426,7 +426,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import train_fred
 
     a = b.a
-    cache = train_fred.open_frame_cache(cfg, frames, "train", progress=False)
+    cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
     dataset = train_fred.train_dataset(cfg, frames, str(b.logs), cache,
                                        hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda")
     dataset.set_epoch(0, special_aug=True)

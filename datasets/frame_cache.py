@@ -104,6 +104,19 @@ def default_frame_cache_dir(data_root: str) -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "fred_yolo", "frames"))
 
 
+def open_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, data_root: str, max_bytes: float,
+                     progress: bool = True, desc: str = "frame cache") -> FrameCache | None:
+    """build_frame_cache() in cache_dir ("" = default_frame_cache_dir(data_root)) with as many decoding threads as
+    CPUs, or None, with a warning, when the cache cannot be written (disk full, no permission) or would exceed
+    max_bytes: the dataset then decodes the image files."""
+    try:
+        return build_frame_cache(paths, long_side, cache_dir or default_frame_cache_dir(data_root),
+                                 workers=os.cpu_count() or 1, progress=progress, desc=desc, max_bytes=max_bytes)
+    except OSError as e:
+        logger.warning("%s not used (%s): decoding the image files instead", desc, e)
+        return None
+
+
 def _paths_digest(paths: Sequence[str]) -> str:
     """sha1 of the paths in order."""
     h = hashlib.sha1()
