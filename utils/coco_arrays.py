@@ -19,6 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval, Params
 
+
 def results_dicts_to_array(detections: Sequence[dict]) -> np.ndarray:
     """COCO results dicts -> float64 [N, 7] image_id, x, y, w, h, score, category_id."""
     rows = np.empty((len(detections), 7), dtype=np.float64)

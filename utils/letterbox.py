@@ -68,19 +68,13 @@ def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | BoxArray, p
     pad [N, 2], orig_shape [N, 2] (boxes of several images at once; for torch boxes, tensors on their device).
     """
     out = _float_copy(boxes)
-    if isinstance(out, torch.Tensor) and isinstance(ratio, torch.Tensor):  # per box, tensors on the boxes' device
+    if isinstance(out, torch.Tensor):  # one image's numbers or per-box tensors, on the boxes' device and dtype
+        ratio, pad, shape = (torch.as_tensor(v, dtype=out.dtype, device=out.device) for v in (ratio, pad, orig_shape))
         out[..., 0::2] -= pad[..., 0:1]
         out[..., 1::2] -= pad[..., 1:2]
         out /= ratio[..., None]
-        out[..., 0::2] = torch.minimum(out[..., 0::2].clamp_(min=0.0), orig_shape[..., 1:2])
-        out[..., 1::2] = torch.minimum(out[..., 1::2].clamp_(min=0.0), orig_shape[..., 0:1])
-        return out
-    if isinstance(out, torch.Tensor):
-        out[..., 0::2] -= pad[0]
-        out[..., 1::2] -= pad[1]
-        out /= ratio
-        out[..., 0::2] = out[..., 0::2].clamp(0.0, float(orig_shape[1]))
-        out[..., 1::2] = out[..., 1::2].clamp(0.0, float(orig_shape[0]))
+        out[..., 0::2] = torch.minimum(out[..., 0::2].clamp_(min=0.0), shape[..., 1:2])
+        out[..., 1::2] = torch.minimum(out[..., 1::2].clamp_(min=0.0), shape[..., 0:1])
         return out
     pad, shape = np.asarray(pad, dtype=np.float64), np.asarray(orig_shape, dtype=np.float64)
     out[..., 0::2] -= pad[..., 0:1]
