@@ -69,3 +69,24 @@ def test_nan_scores_are_never_detections():
     pred[0, 4] = torch.tensor([float("nan"), 0.9, 0.5, float("nan")])
     out = non_max_suppression(pred, conf_thres=0.25)[0]
     assert out[:, 4].tolist() == pytest.approx([0.9, 0.5])
+
+
+@pytest.mark.parametrize("chunk", [1, 300, 2500])
+def test_images_sharing_an_nms_call_give_each_image_alone(chunk):
+    """However the images are grouped into torchvision nms calls (chunk = most candidates per call), each image's
+    detections equal those of the image on its own."""
+    pred = make_prediction(5, 3, 600, seed=7)
+    grouped = non_max_suppression(pred, conf_thres=0.001, iou_thres=0.6, max_det=50, chunk=chunk)
+    for image in range(5):
+        alone = non_max_suppression(pred[image:image + 1], conf_thres=0.001, iou_thres=0.6, max_det=50)[0]
+        assert torch.equal(grouped[image], alone)
+    assert len(grouped) == 5 and all(len(g) == 50 for g in grouped[:-1])
+
+
+def test_non_finite_boxes_of_one_image_leave_the_others_alone():
+    pred = make_prediction(3, 1, 200, seed=3)
+    expected = non_max_suppression(pred[1:], conf_thres=0.001)
+    pred[0, :4, :5] = float("nan")
+    pred[0, 0, 5] = float("inf")
+    out = non_max_suppression(pred, conf_thres=0.001)
+    assert all(torch.equal(a, b) for a, b in zip(out[1:], expected))
