@@ -69,7 +69,8 @@ SCALE = 0.5                       # random scale gain range, 1 +/- SCALE
 MIN_BOX_SIZE = 2.0                # boxes smaller than this after augmentation are dropped, pixels
 
 # ----------------------------------------------------------------- data loading
-NUM_WORKERS = 8                   # dataloader worker processes (capped at the CPU count)
+NUM_WORKERS = 8                   # training dataloader worker processes (capped at the CPU count)
+EVAL_WORKERS = 4                  # evaluation dataloader processes (val loss, mAP, eval_fred.py; capped at the CPU count); from the frame cache 4 keep up with an H200, fewer start faster
 BATCH_RING = True                 # CUDA: workers collate into reused shared-memory slots (~1 GB per loader in /dev/shm at batch 32) instead of a new segment per batch; False if /dev/shm is small
 FRAME_CACHE = "disk"              # off | disk: decode each image once, resized to max(INPUT_SHAPE), into a file all workers map
 FRAME_CACHE_MAX_GB = 100.0        # largest frame cache to build, GB (1280x720 frames at 640: 0.69 MB each); larger: decode files

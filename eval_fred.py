@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default NMS_IOU)")
     p.add_argument("--max_det", type=int, help="detections kept per image (default MAX_DET)")
     p.add_argument("--batch", type=int, help="images per batch (default EVAL_BATCH_SIZE)")
-    p.add_argument("--workers", type=int, help="data loader processes (default NUM_WORKERS, capped at the CPUs)")
+    p.add_argument("--workers", type=int, help="data loader processes (default EVAL_WORKERS, capped at the CPUs)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"),
                    help="model size for a bare state dict (checkpoints from train_fred.py carry their own)")
@@ -106,7 +106,8 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
     if nc != num_classes:
         raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
                         f"--set NUM_CLASSES={nc} (and CLASS_NAMES) or pick a checkpoint trained on these labels")
-    model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)))
+    with device:  # parameters made on the device: no CPU initialisation to overwrite, no copy of the model
+        model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)))
     try:
         report = load_weights(model, ckpt["state"])
     except ValueError as e:
@@ -117,7 +118,7 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
                         f"channels): {report['missing']} model tensors not loaded, {report['skipped']} checkpoint "
                         f"tensors unused (e.g. {example}); check --phi / the checkpoint")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.fuse().to(device, memory_format=fmt)
+    return model.fuse().to(memory_format=fmt)
 
 
 def output_dirs(args: argparse.Namespace) -> list[str | None]:
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     frames = index.val
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), data_root)
-    workers = min(args.workers if args.workers is not None else cfg["NUM_WORKERS"], os.cpu_count() or 1)
+    workers = max(0, min(args.workers if args.workers is not None else cfg["EVAL_WORKERS"], os.cpu_count() or 1))
     cache = None
     if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
         cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,

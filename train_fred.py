@@ -394,7 +394,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
                               bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
         val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
-                                 workers, device, cfg["SEED"], ring=cfg["BATCH_RING"])
+                                 max(0, min(cfg["EVAL_WORKERS"], os.cpu_count() or 1)), device, cfg["SEED"],
+                                 ring=cfg["BATCH_RING"])
     log = RunLog(run_dir, start_epoch) if main_proc else None
     first_batch = cfg["FREEZE_BATCH_SIZE"] if frozen_epochs > 0 else cfg["UNFREEZE_BATCH_SIZE"]
     warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] /

@@ -156,7 +156,7 @@ def test_training_time_map_equals_eval_fred(tmp_path, capsys):
         with open(label, "w") as f:
             f.write(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" if rng.random() < 0.8 else "")
     sets = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MAX_DET=50", "EVAL_BATCH_SIZE=8",
-            "NUM_WORKERS=0"]
+            "NUM_WORKERS=0", "EVAL_WORKERS=0"]
     status = train_fred.main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
                               "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *sets,
                               "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4", "EVAL_PERIOD=1"])

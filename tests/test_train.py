@@ -50,8 +50,8 @@ def tiny_args(data, save_dir, *sets, epochs=2):
     """A two-phase run: 1 frozen epoch at batch 8, then batch 4; 64x64 input, phi n, no workers."""
     return ["--modality", "event", "--data_root", data, "--phi", "n", "--device", "cpu", "--save_dir", str(save_dir),
             "--set", "INPUT_SHAPE=[64, 64]", "FREEZE_EPOCH=1", f"UNFREEZE_EPOCH={epochs}", "FREEZE_BATCH_SIZE=8",
-            "UNFREEZE_BATCH_SIZE=4", "NUM_WORKERS=0", "EVAL_PERIOD=1", "SAVE_PERIOD=1", "EVAL_BATCH_SIZE=16",
-            "LOG_INTERVAL=2", "MIN_BOX_SIZE=1.0", "WARMUP_MIN_ITERS=4", *sets]
+            "UNFREEZE_BATCH_SIZE=4", "NUM_WORKERS=0", "EVAL_WORKERS=0", "EVAL_PERIOD=1", "SAVE_PERIOD=1",
+            "EVAL_BATCH_SIZE=16", "LOG_INTERVAL=2", "MIN_BOX_SIZE=1.0", "WARMUP_MIN_ITERS=4", *sets]
 
 
 def only_run_dir(save_dir):
@@ -526,7 +526,7 @@ def test_overfits_a_handful_of_frames(tmp_path, capsys):
             "--save_dir", str(tmp_path / "runs"), "--set", "INPUT_SHAPE=[96, 96]", "FREEZE_TRAIN=False",
             "UNFREEZE_EPOCH=40", "UNFREEZE_BATCH_SIZE=8", "OPTIMIZER_TYPE='adamw'", "INIT_LR=8e-3", "MIN_LR=8e-4",
             "WEIGHT_DECAY=0.0", "WARMUP_EPOCHS=1", "WARMUP_MIN_ITERS=10", "MOSAIC=False", "HSV_H=0.0",
-            "HSV_S=0.0", "HSV_V=0.0", "FLIP_LR=0.0", "TRANSLATE=0.0", "SCALE=0.0", "NUM_WORKERS=0",
+            "HSV_S=0.0", "HSV_V=0.0", "FLIP_LR=0.0", "TRANSLATE=0.0", "SCALE=0.0", "NUM_WORKERS=0", "EVAL_WORKERS=0",
             "EVAL_PERIOD=10", "SAVE_PERIOD=1000", "LOG_INTERVAL=6", "MIN_BOX_SIZE=1.0"]
     assert train_fred.main(args) == 0
     out = capsys.readouterr().out
