@@ -62,6 +62,7 @@ HSV_H = 0.015                     # hue jitter, fraction of the hue circle
 HSV_S = 0.7                       # saturation jitter, fraction
 HSV_V = 0.4                       # value (brightness) jitter, fraction
 HSV_ON_GPU = True                 # CUDA: apply the HSV jitter to each batch on the GPU (float HSV) instead of in the loader workers (8-bit OpenCV); on CPU the workers do it
+HSV_COMPILE = True                # with HSV_ON_GPU: torch.compile the batch's uint8 -> float and HSV jitter into one kernel (Triton; a few seconds per batch shape, once); falls back to eager with a warning
 FLIP_LR = 0.5                     # horizontal flip probability
 DEGREES = 0.0                     # random rotation, +/- degrees
 TRANSLATE = 0.1                   # random translation, +/- fraction of the input size

@@ -389,6 +389,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     if not main_proc:
         train_cache = configured_frame_cache(cfg, index.train, "train", progress=False)
     train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
+    batch_hsv = engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and cuda)
     val_loader = None
     if main_proc:
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
@@ -450,7 +451,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                     net, ema if main_proc else None, criterion, optimizer, scaler, epoch_loader, device, lr_for,
                     amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
                     stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
-                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn)
+                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn,
+                    batch_hsv=batch_hsv)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM

@@ -434,6 +434,57 @@ def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
     assert (images - batch["images"].float() / 255).abs().mean() * 255 > 2  # the jitter was applied
 
 
+def _uint8_batch_and_jitter(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [4, 3, 48, 64] NHWC in memory (collate_fred's layout) and HSV jitter [4, 3], on device."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 48, 64, 3), dtype=torch.uint8, generator=gen).permute(0, 3, 1, 2)
+    jitter = (torch.rand(4, 3, generator=gen) - 0.5) * torch.tensor([0.03, 1.4, 0.8])
+    return images.to(device), jitter.to(device)
+
+
+def test_compiled_batch_hsv_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append(kwargs)
+            raise RuntimeError("Cannot find a working triton installation")
+        return compiled
+
+    monkeypatch.setattr(engine.torch, "compile", broken_compile)
+    batch_hsv = engine.build_batch_hsv(compiled=True)
+    images, jitter = _uint8_batch_and_jitter("cpu")
+    expected = engine.jittered_float(images, jitter, True)
+    for _ in range(2):
+        out = batch_hsv(images, jitter, True)
+        assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
+    assert calls == [{"dynamic": False}]  # tried once, then eager for good
+    assert "torch.compile of jittered_float failed, running it eagerly: RuntimeError: Cannot find" in caplog.text
+    assert engine.build_batch_hsv(compiled=False) is engine.jittered_float
+
+
+def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch):
+    def compile_oom(fn, **kwargs):
+        def compiled(*args):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return compiled
+
+    monkeypatch.setattr(engine.torch, "compile", compile_oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.build_batch_hsv(compiled=True)(*_uint8_batch_and_jitter("cpu"), True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile's Triton kernels need CUDA")
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_compiled_batch_hsv_equals_eager_on_cuda(channels_last, caplog):
+    images, jitter = _uint8_batch_and_jitter("cuda")
+    out = engine.build_batch_hsv(compiled=True)(images, jitter, channels_last)
+    expected = engine.jittered_float(images, jitter, channels_last)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    assert out.stride() == expected.stride()
+    assert "failed" not in caplog.text  # really compiled, no fallback
+
+
 def test_transform_boxes_matches_pixels_for_pure_scale_translate():
     m = np.array([[1.5, 0, 3.0], [0, 1.5, -2.0], [0, 0, 1]])
     np.testing.assert_allclose(transform_boxes_xyxy(np.array([[2.0, 4.0, 6.0, 8.0]]), m), [[6.0, 4.0, 12.0, 10.0]])

@@ -601,14 +601,15 @@ def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
 
 
 def test_run_with_the_speed_options_on(data, tmp_path):
-    """HSV_ON_GPU and CUDA_GRAPH (the defaults) in a real run on the CPU: it trains, both are ignored, and the
-    workers keep the HSV jitter (the GPU path is tests/test_cuda_graph.py's)."""
+    """HSV_ON_GPU, HSV_COMPILE and CUDA_GRAPH (the defaults) in a real run on the CPU: it trains, all are ignored,
+    and the workers keep the HSV jitter (the GPU path is tests/test_cuda_graph.py's)."""
     seen = []
     to_device = engine.to_device
 
-    def spy(batch, device, channels_last):
+    def spy(batch, device, channels_last, batch_hsv):
         seen.append("hsv" in batch)
-        return to_device(batch, device, channels_last)
+        assert batch_hsv is engine.jittered_float  # HSV_COMPILE is for CUDA only
+        return to_device(batch, device, channels_last, batch_hsv)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine, "to_device", spy)
