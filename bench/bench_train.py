@@ -27,7 +27,8 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            DetectionLoss + backward + SGD step only. Frozen at batch 32,
            unfrozen at batch 16.
   eval     evaluation time on the same full val set (event): eval_fred.py's run() in-process (index, model,
-           loader, inference, NMS, pycocotools) vs Ultralytics' YOLO(best.pt).val() fp16; two passes each
+           loader, inference, NMS, pycocotools; EVAL_WORKERS loader processes) vs Ultralytics' YOLO(best.pt).val()
+           fp16 with --workers and with EVAL_WORKERS processes, the faster of the two compared; two passes each
            (cold, warm). Weights from this run's tta part when it ran, else from the speed part.
 
 Full size, H200 (the data are generated in 13-15 s on 16 cores; Ultralytics takes about 30-35 s per phase run, so
@@ -560,6 +561,7 @@ def part_eval(b: Bench) -> dict:
     import contextlib
     import io
 
+    import config_fred
     import eval_fred
 
     a = b.a
@@ -576,8 +578,8 @@ def part_eval(b: Bench) -> dict:
         runs = []
         for _ in range(2):
             args = eval_fred.parse_args(["--modality", "event", "--weights", path, "--data_root", a.data_root,
-                                         "--split", b.split, "--device", a.device, "--batch", "32", "--workers",
-                                         str(a.workers), "--set", f"INPUT_SHAPE={[a.imgsz, a.imgsz]}"])
+                                         "--split", b.split, "--device", a.device, "--batch", "32",
+                                         "--set", f"INPUT_SHAPE={[a.imgsz, a.imgsz]}"])
             captured = io.StringIO()
             t0 = time.perf_counter()
             try:
@@ -590,7 +592,8 @@ def part_eval(b: Bench) -> dict:
             runs.append({"wall_s": round(seconds, 3), "img_per_s": round(metrics["images"] / seconds, 1),
                          "ms_per_image": round(metrics["ms_per_image"], 3), "mAP50": metrics["mAP50"],
                          "mAP50_95": metrics["mAP50_95"], "images": metrics["images"]})
-        out["ours"] = {"weights": path, "from": origin, "runs": runs, "profile": _profile_eval(args, b)}
+        out["ours"] = {"weights": path, "from": origin, "workers": config_fred.EVAL_WORKERS, "runs": runs,
+                       "profile": _profile_eval(args, b)}
     else:
         out["ours"] = {"ok": False, "why": "no weights: run the speed or tta part first"}
     b.result["eval"] = out
@@ -598,10 +601,16 @@ def part_eval(b: Bench) -> dict:
     if "ultralytics" in b.weights:
         path, origin = b.weights["ultralytics"]
         print(f"[eval] Ultralytics: {path} ({origin})", flush=True)
-        u = b.run_ultra("val_event", "val", b.ultra_data("event"),
-                        ["--weights", path, "--val_repeats", "2", "--val_batch", "32"])
-        out["ultralytics"] = ({"weights": path, "from": origin, **u["result"]} if u.get("ok")
-                              else {"ok": False, "log": u.get("log")})
+        by_workers = {}
+        for workers in sorted({a.workers, config_fred.EVAL_WORKERS}):  # ours runs with EVAL_WORKERS
+            u = b.run_ultra(f"val_event_w{workers}", "val", b.ultra_data("event"),
+                            ["--weights", path, "--val_repeats", "2", "--val_batch", "32", "--workers", str(workers)])
+            by_workers[workers] = ({"weights": path, "from": origin, "workers": workers, **u["result"]}
+                                   if u.get("ok") else {"ok": False, "log": u.get("log")})
+        done = [v for v in by_workers.values() if v.get("runs")]
+        out["ultralytics"] = (min(done, key=lambda v: v["runs"][-1]["wall_s"]) if done  # its faster setting
+                              else next(iter(by_workers.values())))
+        out["ultralytics_by_workers"] = by_workers
     else:
         out["ultralytics"] = {"ok": False, "why": "no weights: run the speed or tta part first"}
     b.save()
@@ -711,9 +720,12 @@ def report(b: Bench) -> None:
     ev = r.get("eval", {})
     if ev:
         rows = []
-        for name, key in (("ours (eval_fred.py run)", "ours"), ("Ultralytics val fp16", "ultralytics")):
-            e = ev.get(key, {})
+        entries = [("ours (eval_fred.py run)", ev.get("ours", {}))]
+        entries += [("Ultralytics val fp16", e) for e in (ev.get("ultralytics_by_workers") or
+                                                          {0: ev.get("ultralytics", {})}).values()]
+        for name, e in entries:
             runs = e.get("runs") or []
+            name = f"{name}, {e['workers']} workers" if e.get("workers") is not None else name
             if runs:
                 ms = runs[-1].get("ms_per_image")
                 if ms is None and runs[-1].get("speed_ms_per_image"):
