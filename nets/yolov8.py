@@ -57,8 +57,9 @@ class Conv(nn.Module):
         if isinstance(self.bn, nn.Identity):
             return
         bn = self.bn
-        fused = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
-                          self.conv.stride, self.conv.padding, bias=True).to(self.conv.weight)
+        fused = nn.utils.skip_init(nn.Conv2d, self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
+                                   self.conv.stride, self.conv.padding, bias=True, device=self.conv.weight.device,
+                                   dtype=self.conv.weight.dtype)  # no initialisation: both tensors are set below
         weight, bias = fuse_conv_bn_weights(self.conv.weight, None, bn.running_mean, bn.running_var,
                                             bn.eps, bn.weight, bn.bias)
         fused.weight.copy_(weight)

@@ -12,6 +12,7 @@ from torch import nn
 from nets import build_model, freeze_backbone, infer_phi, load_weights
 from nets.convert import from_ultralytics
 from nets.convert import main as convert_main
+from nets.weights import tensors_to_device
 
 # Published YOLOv8 parameter counts (ultralytics/cfg/models/v8/yolov8.yaml, nc=80).
 PUBLISHED_PARAMS = {"n": 3_157_200, "s": 11_166_560, "m": 25_902_640, "l": 43_691_520, "x": 68_229_648}
@@ -240,6 +241,32 @@ def test_load_weights_accepts_checkpoint_forms(tmp_path):
             report = load_weights(dst, src_arg if isinstance(src_arg, dict) else str(src_arg))
             assert report["loaded"] == report["total"] and report["skipped"] == 0, name
             assert all(torch.equal(v, sd[k]) for k, v in dst.state_dict().items()), name
+
+
+def test_tensors_to_device_keeps_every_dtype_shape_and_value():
+    tensors = {"w": torch.randn(3, 4), "n": torch.tensor(5), "h": torch.randn(7).half(), "t": torch.randn(2, 3).t(),
+               "empty": torch.zeros(0), "flags": torch.tensor([True, False]), "odd": torch.arange(3, dtype=torch.int8)}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    moved = tensors_to_device(tensors, device)
+    assert list(moved) == list(tensors)
+    for k, v in tensors.items():
+        assert moved[k].device.type == device.type and moved[k].dtype == v.dtype, k
+        assert torch.equal(moved[k].cpu(), v), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_load_weights_into_a_cuda_model():
+    src = build_model("n", 1)
+    perturb_bn(src, 4)
+    with torch.device("cuda"):
+        dst = build_model("n", 1)
+    report = load_weights(dst, src.state_dict())
+    assert report["loaded"] == report["total"]
+    assert all(torch.equal(v.cpu(), src.state_dict()[k]) for k, v in dst.state_dict().items())
+    dst.fuse()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), torch.no_grad():  # fp32 convolutions
+        torch.testing.assert_close(dst(x.cuda()).cpu(), src.eval()(x), rtol=1e-3, atol=1e-3)
 
 
 def test_freeze_backbone_keeps_grads_and_bn_statistics_fixed():
