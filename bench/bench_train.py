@@ -179,8 +179,11 @@ class Bench:
 
     def ours_sets(self, **extra) -> dict:
         """Config overrides common to our runs."""
+        import config_fred
+
         a = self.a
-        return {"INPUT_SHAPE": [a.imgsz, a.imgsz], "NUM_WORKERS": a.workers, "MOSAIC": a.mosaic_prob > 0,
+        return {"INPUT_SHAPE": [a.imgsz, a.imgsz], "NUM_WORKERS": a.workers,
+                "EVAL_WORKERS": min(a.workers, config_fred.EVAL_WORKERS), "MOSAIC": a.mosaic_prob > 0,
                 "MOSAIC_PROB": a.mosaic_prob, "MIXUP": False, "FP16": True, "SEED": a.seed, **extra}
 
     def run_ours(self, tag: str, modality: str, sets: dict, no_eval_map: bool = False,
@@ -572,14 +575,15 @@ def part_eval(b: Bench) -> dict:
             b.weights.setdefault(k, v)
     idx = b.index("event")
     out["val_frames"] = len(idx.val)
+    eval_workers = min(a.workers, config_fred.EVAL_WORKERS, os.cpu_count() or 1)  # ours: its default, as capped
     if "ours" in b.weights:
         path, origin = b.weights["ours"]
         print(f"[eval] ours: {path} ({origin})", flush=True)
         runs = []
         for _ in range(2):
             args = eval_fred.parse_args(["--modality", "event", "--weights", path, "--data_root", a.data_root,
-                                         "--split", b.split, "--device", a.device, "--batch", "32",
-                                         "--set", f"INPUT_SHAPE={[a.imgsz, a.imgsz]}"])
+                                         "--split", b.split, "--device", a.device, "--batch", "32", "--workers",
+                                         str(eval_workers), "--set", f"INPUT_SHAPE={[a.imgsz, a.imgsz]}"])
             captured = io.StringIO()
             t0 = time.perf_counter()
             try:
@@ -592,7 +596,7 @@ def part_eval(b: Bench) -> dict:
             runs.append({"wall_s": round(seconds, 3), "img_per_s": round(metrics["images"] / seconds, 1),
                          "ms_per_image": round(metrics["ms_per_image"], 3), "mAP50": metrics["mAP50"],
                          "mAP50_95": metrics["mAP50_95"], "images": metrics["images"]})
-        out["ours"] = {"weights": path, "from": origin, "workers": config_fred.EVAL_WORKERS, "runs": runs,
+        out["ours"] = {"weights": path, "from": origin, "workers": eval_workers, "runs": runs,
                        "profile": _profile_eval(args, b)}
     else:
         out["ours"] = {"ok": False, "why": "no weights: run the speed or tta part first"}
@@ -602,7 +606,7 @@ def part_eval(b: Bench) -> dict:
         path, origin = b.weights["ultralytics"]
         print(f"[eval] Ultralytics: {path} ({origin})", flush=True)
         by_workers = {}
-        for workers in sorted({a.workers, config_fred.EVAL_WORKERS}):  # ours runs with EVAL_WORKERS
+        for workers in sorted({a.workers, eval_workers}):  # ours runs with EVAL_WORKERS
             u = b.run_ultra(f"val_event_w{workers}", "val", b.ultra_data("event"),
                             ["--weights", path, "--val_repeats", "2", "--val_batch", "32", "--workers", str(workers)])
             by_workers[workers] = ({"weights": path, "from": origin, "workers": workers, **u["result"]}

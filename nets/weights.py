@@ -82,16 +82,16 @@ def checkpoint_info(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int, i
 
 
 def tensors_to_device(tensors: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors on device through one pinned byte buffer and one copy (not one transfer per tensor)."""
+    """The tensors on device through one byte buffer and one copy (not one transfer per tensor)."""
     flat = {k: v.detach().contiguous().reshape(-1).view(torch.uint8) for k, v in tensors.items()}
     starts, total = {}, 0
     for k, b in flat.items():
         starts[k] = total
         total += -(-len(b) // 16) * 16  # 16-byte aligned: each part can be viewed as its dtype again
-    host = torch.empty(total, dtype=torch.uint8, pin_memory=torch.device(device).type == "cuda")
+    host = torch.empty(total, dtype=torch.uint8)  # pageable: pinned blocks would stay cached by torch for good
     for k, b in flat.items():
         host[starts[k]:starts[k] + len(b)].copy_(b)
-    moved = host.to(device, non_blocking=True)
+    moved = host.to(device)
     return {k: moved[starts[k]:starts[k] + len(flat[k])].view(v.dtype).view(v.shape) for k, v in tensors.items()}
 
 
@@ -134,8 +134,8 @@ def load_weights(model: nn.Module, src: str | os.PathLike | Mapping) -> dict:
         raise ValueError(f"checkpoint matches only {len(matched)}/{len(own)} tensors of the model, a {what}: {looks}; "
                          "build the model with the checkpoint's phi")
     device = next(iter(own.values())).device
-    if device.type == "cuda" and any(v.device != device for v in matched.values()):
-        matched = tensors_to_device(matched, device)
+    if device.type == "cuda":
+        matched.update(tensors_to_device({k: v for k, v in matched.items() if v.device != device}, device))
     model.load_state_dict(matched, strict=False)
     reasons = Counter(_skip_reason(k, own) for k in skipped)
     detail = f" ({', '.join(f'{r}: {n}' for r, n in reasons.items())})" if reasons else ""

@@ -463,15 +463,34 @@ def test_compiled_batch_hsv_falls_back_to_eager_when_compiling_fails(monkeypatch
     assert engine.build_batch_hsv(compiled=False) is engine.jittered_float
 
 
-def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch):
+def test_compiled_batch_hsv_falls_back_when_torch_compile_itself_refuses(monkeypatch, caplog):
+    def refuse(fn, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(engine.torch, "compile", refuse)
+    batch_hsv = engine.build_batch_hsv(compiled=True)  # building never raises: compiling waits for the first call
+    images, jitter = _uint8_batch_and_jitter("cpu")
+    assert torch.equal(batch_hsv(images, jitter, False), engine.jittered_float(images, jitter, False))
+    assert "running it eagerly: RuntimeError: torch.compile is not supported" in caplog.text
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch, wrapped):
+    """An OOM, raised directly or wrapped by the compiler (as its cause), propagates; compiling is not given up."""
     def compile_oom(fn, **kwargs):
         def compiled(*args):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+            if wrapped:
+                raise RuntimeError("backend compiler failed") from oom
+            raise oom
         return compiled
 
     monkeypatch.setattr(engine.torch, "compile", compile_oom)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine.build_batch_hsv(compiled=True)(*_uint8_batch_and_jitter("cpu"), True)
+    batch_hsv = engine.build_batch_hsv(compiled=True)
+    for _ in range(2):
+        with pytest.raises((torch.cuda.OutOfMemoryError, RuntimeError)) as info:
+            batch_hsv(*_uint8_batch_and_jitter("cpu"), True)
+        assert isinstance(info.value if not wrapped else info.value.__cause__, torch.cuda.OutOfMemoryError)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile's Triton kernels need CUDA")

@@ -83,10 +83,12 @@ def test_images_sharing_an_nms_call_give_each_image_alone(chunk):
     assert len(grouped) == 5 and all(len(g) == 50 for g in grouped[:-1])
 
 
-def test_non_finite_boxes_of_one_image_leave_the_others_alone():
+@pytest.mark.parametrize("wild", [float("nan"), float("inf"), 1e20])
+def test_wild_boxes_of_one_image_leave_the_others_alone(wild):
+    """Non-finite or huge coordinates in image 0 do not change the NMS of the images sharing its call."""
     pred = make_prediction(3, 1, 200, seed=3)
-    expected = non_max_suppression(pred[1:], conf_thres=0.001)
-    pred[0, :4, :5] = float("nan")
-    pred[0, 0, 5] = float("inf")
-    out = non_max_suppression(pred, conf_thres=0.001)
+    expected = non_max_suppression(pred[1:], conf_thres=0.001, chunk=10_000)
+    pred[0, :4, :5] = wild
+    pred[0, 0, 5] = -wild
+    out = non_max_suppression(pred, conf_thres=0.001, chunk=10_000)
     assert all(torch.equal(a, b) for a, b in zip(out[1:], expected))

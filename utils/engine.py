@@ -40,19 +40,21 @@ class CompiledOrEager:
     fails (no Triton, no C compiler), a warning says why and fn runs eagerly from then on."""
 
     def __init__(self, fn: Callable):
-        self.fn, self._compiled = fn, torch.compile(fn, dynamic=False)
+        self.fn, self._compiled, self._failed = fn, None, False
 
     def __call__(self, *args):
         """fn(*args), compiled while that works."""
-        if self._compiled is not None:
+        if not self._failed:
             try:
+                if self._compiled is None:  # some builds refuse torch.compile itself (e.g. newer Pythons)
+                    self._compiled = torch.compile(self.fn, dynamic=False)
                 return self._compiled(*args)
-            except torch.cuda.OutOfMemoryError:
-                raise
             except Exception as e:  # torch.compile's backends raise many types (missing Triton, compiler errors)
+                if isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e.__cause__, torch.cuda.OutOfMemoryError):
+                    raise
                 LOGGER.warning("torch.compile of %s failed, running it eagerly: %s: %s", self.fn.__name__,
                                type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                self._compiled = None
+                self._failed = True
         return self.fn(*args)
 
 

@@ -7,16 +7,19 @@ from torchvision.ops import nms
 
 from utils.boxes import box_cxcywh_to_xyxy
 
-NMS_CHUNK = 16384  # most candidate boxes in one torchvision nms call (its overlap mask takes N^2 / 8 bytes: 32 MB)
+NMS_CHUNK = 16384  # CUDA: most candidate boxes in one torchvision nms call (its overlap mask takes N^2 / 8 bytes)
+NMS_COORD_LIMIT = 1e5  # coordinates are clamped to +/- this for the per-image/class shift (a wild box stays local)
 
 
 def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300,
-                        max_nms: int = 30000, chunk: int = NMS_CHUNK) -> list[Tensor]:
+                        max_nms: int = 30000, chunk: int | None = None) -> list[Tensor]:
     """Detections per image from pred [B, 4 + nc, A] ((cx, cy, w, h) pixels, class scores after sigmoid).
 
     Each box keeps its best class; boxes scoring above conf_thres, at most max_nms best per image, go through
     class-aware NMS at iou_thres; the max_det best survivors are kept. Whole images share one torchvision nms call
-    (boxes shifted apart per image and class) while their candidates number at most `chunk`.
+    (boxes shifted apart per image and class) while their candidates number at most `chunk` (default: NMS_CHUNK on
+    CUDA, where one call per image costs a host sync each; one image per call on the CPU, where larger calls cost
+    more). Rows of equal score may come in another order than with one call per image.
     Returns B tensors [n, 6]: x1, y1, x2, y2, score, class, by decreasing score.
     """
     if not (0 <= conf_thres <= 1 and 0 <= iou_thres <= 1):
@@ -31,6 +34,8 @@ def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: floa
     counts = (scores > conf_thres).sum(1).tolist()  # scores fall along K: the candidates are a prefix (one host sync)
 
     detections = []
+    if chunk is None:
+        chunk = NMS_CHUNK if pred.is_cuda else 0
     for first, last in _image_chunks(counts, chunk):
         n = counts[first:last]
         keep = torch.arange(scores.shape[1], device=scores.device) < torch.tensor(n, device=scores.device)[:, None]
@@ -63,7 +68,7 @@ def _nms_per_image(boxes_xyxy: Tensor, scores: Tensor, group: Tensor, iou_thres:
     indices by decreasing score. Groups are shifted apart in float64, so IoUs keep float32 boxes' precision."""
     if len(boxes_xyxy) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes_xyxy.device)
-    boxes = boxes_xyxy.double()
-    finite = boxes.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # a diverged model's boxes do not spoil the shift
+    boxes = boxes_xyxy.double().clamp(-NMS_COORD_LIMIT, NMS_COORD_LIMIT)  # NaN stays NaN: only its own IoUs fail
+    finite = boxes.nan_to_num(nan=0.0)  # a diverged model's boxes do not spoil the shift
     span = finite.max() - finite.min() + 1.0  # no box of one group reaches into the next group's range
     return nms(boxes + (group.double() * span)[:, None], scores.double(), iou_thres)
