@@ -189,13 +189,13 @@ def run(args: argparse.Namespace) -> dict:
                           device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])
     class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
     class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
+    channels_last = device.type == "cuda" and cfg["CHANNELS_LAST"]
     rows, per_sequence = [], []
     for path, ckpt, folder in zip(args.weights, checkpoints, output_dirs(args)):
         trained_shape = ckpt["config"].get("INPUT_SHAPE")
         if trained_shape is not None and tuple(trained_shape) != input_shape:
             LOGGER.warning("%s was trained at INPUT_SHAPE %s; evaluating at %s", path, list(trained_shape),
                            list(input_shape))
-        channels_last = device.type == "cuda" and cfg["CHANNELS_LAST"]
         batches = iter(loader)  # the workers start now and load while the model is built
         model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, channels_last)
         result = evaluate(model, tqdm(batches, total=len(loader), desc=os.path.basename(path), leave=False), frames,

@@ -41,7 +41,7 @@ def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: floa
         keep = torch.arange(scores.shape[1], device=scores.device) < torch.tensor(n, device=scores.device)[:, None]
         image = torch.arange(first, last, device=scores.device)[:, None].expand_as(keep)[keep]  # [N]
         b, s, c = boxes[first:last][keep], scores[first:last][keep], labels[first:last][keep]
-        kept = _nms_per_image(b, s, image * nc + c, iou_thres)  # by decreasing score
+        kept = _nms_by_group(b, s, image * nc + c, iou_thres)  # by decreasing score
         kept = kept[torch.sort(image[kept], stable=True).indices]  # grouped by image, each by decreasing score
         per_image = torch.bincount(image[kept] - first, minlength=last - first)
         rank = torch.arange(len(kept), device=kept.device) - (per_image.cumsum(0) - per_image)[image[kept] - first]
@@ -63,7 +63,7 @@ def _image_chunks(counts: list[int], chunk: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _nms_per_image(boxes_xyxy: Tensor, scores: Tensor, group: Tensor, iou_thres: float) -> Tensor:
+def _nms_by_group(boxes_xyxy: Tensor, scores: Tensor, group: Tensor, iou_thres: float) -> Tensor:
     """torchvision nms within each group id (image * nc + class): boxes [N, 4], scores [N], group [N] -> kept
     indices by decreasing score. Groups are shifted apart in float64, so IoUs keep float32 boxes' precision."""
     if len(boxes_xyxy) == 0:
