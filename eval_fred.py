@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         index = build_fred_index(data_root, args.modality, args.split or cfg["SPLIT"], cfg["FRAME_STRIDE"],
                                  cfg["VAL_FRAME_STRIDE"], cfg["NUM_CLASSES"], cfg["STRICT_LABELS"],
-                                 cfg["RGB_IMAGE_DIR"], cfg["INDEX_CACHE_DIR"] or None)
+                                 cfg["RGB_IMAGE_DIR"], cfg["INDEX_CACHE_DIR"] or None, val_only=True)
     except FredDataError as e:
         raise EvalError(str(e)) from None
     frames = index.val

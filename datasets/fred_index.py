@@ -381,8 +381,12 @@ def id_ranges(ids: list[str]) -> str:
 
 def build_fred_index(root: str, modality: str, split: str = "canonical", frame_stride: int = 1,
                      val_frame_stride: int = 1, num_classes: int = 1, strict_labels: bool = False,
-                     rgb_image_dir: str = "PADDED_RGB", cache_dir: str | None = None) -> FredIndex:
-    """Index the annotated frames of a FRED root for one modality and split (cached per sequence; see module doc)."""
+                     rgb_image_dir: str = "PADDED_RGB", cache_dir: str | None = None,
+                     val_only: bool = False) -> FredIndex:
+    """Index the annotated frames of a FRED root for one modality and split (cached per sequence; see module doc).
+
+    val_only: scan and select the val sequences only (what evaluation needs); train stays empty, the split is
+    checked as usual."""
     start = time.perf_counter()
     _check_settings(modality, frame_stride, val_frame_stride, num_classes, rgb_image_dir)
     root = os.path.abspath(os.path.expanduser(root))
@@ -421,17 +425,17 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     root_hash = hashlib.sha1(root.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     cache_path = os.path.join(os.path.abspath(os.path.expanduser(cache_root)), f"index-{tag}-{root_hash}.pkl")
     header = {"version": CACHE_VERSION, "root": root, "image_dir": image_dir, "label_dir": label_dir}
-    seq_dirs = {sid: found[sid] for sid in train_seqs + val_seqs}
+    seq_dirs = {sid: found[sid] for sid in ([] if val_only else train_seqs) + val_seqs}
     entries, parsed = _index_sequences(seq_dirs, image_dir, label_dir, modality == "rgb", cache_path, header)
 
     sides = {name: {"unlabeled_frames": 0, "removed_frames": 0, "dropped_boxes": 0, "bad_files": [],
                     "no_label_folder": []} for name in ("train", "val")}
-    train = _select(train_seqs, seq_dirs, entries, image_dir, label_dir, frame_stride, num_classes,
-                    strict_labels, sides["train"])
+    train = [] if val_only else _select(train_seqs, seq_dirs, entries, image_dir, label_dir, frame_stride,
+                                        num_classes, strict_labels, sides["train"])
     val = _select(val_seqs, seq_dirs, entries, image_dir, label_dir, val_frame_stride, num_classes,
                   strict_labels, sides["val"])
     for side_name, frames, ids in (("train", train, train_seqs), ("val", val, val_seqs)):
-        if not frames:
+        if not frames and not (val_only and side_name == "train"):
             raise FredDataError(_empty_side_message(side_name, ids, root, image_dir, label_dir, sides[side_name]))
     stats = {key: sides["train"][key] + sides["val"][key] for key in sides["train"]}
     if stats["no_label_folder"]:

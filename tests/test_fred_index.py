@@ -114,6 +114,27 @@ def test_canonical_and_challenging_sides(tmp_path):
     assert (len(train), len(val)) == (172, 59) and "230" in train  # last line, no final newline
 
 
+def test_val_only_scans_only_the_val_sequences_and_gives_the_same_val_frames(tmp_path, monkeypatch):
+    root = make_tree(tmp_path)
+    full = build_fred_index(root, "event", cache_dir=str(tmp_path / "c1"))
+    scanned = []
+    real_scan = fred_index._scan_sequence
+    monkeypatch.setattr(fred_index, "_scan_sequence",
+                        lambda seq_dir, *a: scanned.append(seq_dir) or real_scan(seq_dir, *a))
+    val = build_fred_index(root, "event", cache_dir=str(tmp_path / "c2"), val_only=True)
+    assert sorted(os.path.basename(d) for d in scanned) == ["8", "9"]
+    assert val.train == [] and val.val_sequences == full.val_sequences == ["8", "9"]
+    assert stems(val.val) == stems(full.val)
+    np.testing.assert_array_equal(np.concatenate([f.boxes for f in val.val]),
+                                  np.concatenate([f.boxes for f in full.val]))
+    scanned.clear()
+    again = build_fred_index(root, "event", cache_dir=str(tmp_path / "c2"))  # the val-only cache serves a full index
+    assert again.stats["cached_sequences"] == 2 and again.stats["parsed_sequences"] == 2 and len(scanned) == 4
+    train_only = make_tree(tmp_path / "train_only", ids=["0", "10"])
+    with pytest.raises(FredDataError, match="no val sequences under"):  # the split is still checked
+        build_fred_index(train_only, "event", val_only=True)
+
+
 def test_random_split_is_by_sequence_and_deterministic(tmp_path):
     ids = [str(i) for i in range(100, 110)]
     root = make_tree(tmp_path, ids=ids, frames=2)
