@@ -401,6 +401,51 @@ def test_evaluate_with_fred_dataset(tmp_path):
     assert cv2.imread(os.path.join(tmp_path / "fred", result.ground_truth["images"][0]["file_name"])) is not None
 
 
+class ContentEcho(TargetEcho):
+    """Model stub: for each image, the boxes registered for its content (uint8 pixel sum), so that it answers to the
+    images it is actually given, whichever batch's labels were seen last."""
+
+    def __init__(self):
+        super().__init__(anchors=16)
+        self.by_content: dict[int, list] = {}
+
+    def register(self, batch: dict) -> None:
+        """Remember each image's target rows (cls, cx, cy, w, h) under its pixel sum."""
+        for b, image in enumerate(batch["images"]):
+            rows = batch["targets"][batch["targets"][:, 0] == b, 1:].tolist()
+            assert self.by_content.setdefault(int(image.sum()), rows) == rows, "two images with one pixel sum"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 4 + self.num_classes, self.anchors)
+        out[:, 2:4] = 1.0
+        for b, total in enumerate((x.double() * 255).round().sum((1, 2, 3)).long().tolist()):
+            for k, (c, cx, cy, w, h) in enumerate(self.by_content[total]):
+                out[b, :4, k] = torch.tensor([cx, cy, w, h])
+                out[b, 4 + int(c), k] = 0.9
+        return out.to(x.device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channels_last):
+    """On CUDA the images go to the device one batch ahead (engine.prefetched): GT boxes in, GT boxes out still."""
+    generate_fred(str(tmp_path / "fred"), sequences=4, frames=6, seed=1, size=(96, 160))
+    frames = build_fred_index(str(tmp_path / "fred"), "event", cache_dir=str(tmp_path / "cache")).val
+    model = ContentEcho()
+    batches = list(torch.utils.data.DataLoader(FredDataset(frames, (64, 64), train=False), batch_size=3,
+                                               collate_fn=collate_fred))
+    for batch in batches:
+        model.register(batch)
+
+    def loader():
+        for batch in batches:
+            yield {**batch, "images": batch["images"].pin_memory()}
+
+    result = evaluate(model, loader(), frames, "cuda", channels_last=channels_last)
+    assert result.metrics["images"] == len(frames) and len(batches) > 2
+    assert result.metrics["mAP50_95"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
     """One pass for mAP and val loss: the loss equals engine.evaluate_loss's, the metrics those without it."""
     from utils.engine import evaluate_loss

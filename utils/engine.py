@@ -80,27 +80,34 @@ def to_device(batch: dict, device: torch.device, channels_last: bool,
 def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool,
                    batch_hsv: BatchHSV = jittered_float
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream.
+    """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream (prefetched())."""
+    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, batch_hsv)):
+        yield tensors
 
-    The copy and normalisation of batch i+1 are queued on their own stream before batch i is handed out, so they
-    overlap batch i's step on the GPU: the consuming stream waits for a batch's copy (an event) only when that batch
-    is handed out, never for the copy of the next one.
+
+def prefetched(loader: Iterable[dict], device: torch.device, fn: Callable[[dict], tuple[torch.Tensor, ...]]
+               ) -> Iterator[tuple[dict, tuple[torch.Tensor, ...]]]:
+    """(batch, fn(batch)) for each batch of loader, fn making the batch's device tensors; on CUDA one batch ahead.
+
+    On CUDA fn(batch i+1) (copy and normalisation) is queued on its own stream before batch i is handed out, so it
+    overlaps batch i's work on the GPU: the consuming stream waits for a batch's copy (an event) only when that
+    batch is handed out, never for the copy of the next one.
     """
     if device.type != "cuda":
         for batch in loader:
-            yield to_device(batch, device, channels_last, batch_hsv)
+            yield batch, fn(batch)
         return
     side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
     pending = None
     for batch in loader:
         with torch.cuda.stream(side):
-            ready = to_device(batch, device, channels_last, batch_hsv)
+            ready = fn(batch)
         copied = side.record_event()
         if pending is not None:
-            yield _hand_out(*pending, main)
-        pending = (ready, copied)
+            yield pending[0], _hand_out(*pending[1:], main)
+        pending = (batch, ready, copied)
     if pending is not None:
-        yield _hand_out(*pending, main)
+        yield pending[0], _hand_out(*pending[1:], main)
 
 
 def _hand_out(ready: tuple[torch.Tensor, ...], copied: torch.cuda.Event, main: torch.cuda.Stream

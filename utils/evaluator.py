@@ -26,7 +26,7 @@ import torch
 
 from utils.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
                                summarize)
-from utils.engine import images_to_device, loss_means, raw_outputs, weighted_parts
+from utils.engine import images_to_device, loss_means, prefetched, raw_outputs, weighted_parts
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 from utils.postprocess import non_max_suppression
 
@@ -177,8 +177,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     loader yields {"images": uint8 [B, C, H, W] letterboxed, "index": long [B] (position in frames),
     "orig_shapes": long [B, 2] (h, w), "ratios": float [B], "pads": float [B, 2] (pad_w, pad_h)}.
     The model in eval mode returns [B, 4 + nc, A] (cx, cy, w, h input pixels, class scores).
-    Metrics gain `images` (frames scored) and `ms_per_image` (transfer + forward + NMS + results to the host, data
-    loading excluded). AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
+    Metrics gain `images` (frames scored) and `ms_per_image` (forward + NMS + results to the host; data loading
+    excluded, and on CUDA the copy to the device too: it runs one batch ahead, beside the previous batch's work). AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
     channels_last: feed NHWC images (for a model in channels_last memory format, as trained on CUDA).
     criterion: also the loss (DetectionLoss) on the loader's "targets", from the same forward pass: the model runs
     with raw head outputs (BatchNorm on running statistics) that are then decoded, as in eval mode.
@@ -193,10 +193,14 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     seconds = 0.0
     use_amp = amp and device.type == "cuda"
     loss_sums, batches = torch.zeros(3, device=device), 0
+    def upload(batch: dict) -> tuple[torch.Tensor, ...]:
+        images = images_to_device(batch["images"], device, channels_last)
+        return (images, batch["targets"].to(device, non_blocking=True)) if criterion is not None else (images,)
+
     with raw_outputs(model) if criterion is not None else contextlib.nullcontext():
-        for batch in loader:
-            seconds += _evaluate_batch(model, batch, seen, orig_shapes, results, device, use_amp, amp_dtype,
-                                       channels_last, (conf_thres, iou_thres, max_det), criterion, loss_sums)
+        for batch, tensors in prefetched(loader, device, upload):
+            seconds += _evaluate_batch(model, batch, tensors, seen, orig_shapes, results, use_amp, amp_dtype,
+                                       (conf_thres, iou_thres, max_det), criterion, loss_sums)
             batches += 1
     model.train(was_training)
     images_done = int(seen.sum())
@@ -212,30 +216,28 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     return EvalResult(metrics, rows, gt, precision, loss_means(loss_sums, batches) if criterion else None)
 
 
-def _evaluate_batch(model: torch.nn.Module, batch: dict, seen: np.ndarray, orig_shapes: np.ndarray,
-                    results: list[np.ndarray], device: torch.device, use_amp: bool, amp_dtype: torch.dtype,
-                    channels_last: bool, nms: tuple[float, float, int], criterion: Callable | None,
-                    loss_sums: torch.Tensor) -> float:
+def _evaluate_batch(model: torch.nn.Module, batch: dict, tensors: tuple[torch.Tensor, ...], seen: np.ndarray,
+                    orig_shapes: np.ndarray, results: list[np.ndarray], use_amp: bool, amp_dtype: torch.dtype,
+                    nms: tuple[float, float, int], criterion: Callable | None, loss_sums: torch.Tensor) -> float:
     """One batch of evaluate(): its results rows appended (and loss parts added into loss_sums), frames marked seen;
-    returns the seconds of transfer + forward + NMS + results to the host."""
+    returns the seconds of forward + NMS + results to the host. tensors: the batch's float images on the device
+    (and its targets with a criterion), copied there ahead of time (engine.prefetched)."""
     index = batch["index"].numpy().astype(np.int64)
     keep = np.zeros(len(index), dtype=bool)  # first occurrence of each frame (a bad image may be replaced)
     keep[np.unique(index, return_index=True)[1]] = True
     keep &= ~seen[index]
-    _sync(device)
-    start = time.perf_counter()
-    images = images_to_device(batch["images"], device, channels_last)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+    images = tensors[0]
+    start = time.perf_counter()  # the previous batch's work is done (its results reached the host)
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=use_amp):
         preds = model(images)
         if criterion is not None:  # raw head maps: score them, then decode as eval mode would
-            targets = batch["targets"].to(device, non_blocking=True)
-            loss_sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)
+            loss_sums += weighted_parts(criterion(preds, tensors[1], tuple(images.shape[2:])), criterion.weight_dict)
             preds = model.head.decode(preds)
     dets = non_max_suppression(preds.float(), conf_thres=nms[0], iou_thres=nms[1], max_det=nms[2])
     kept = np.flatnonzero(keep)
     results.append(_batch_results([dets[i] for i in kept], index[kept], batch["ratios"][kept], batch["pads"][kept],
                                   batch["orig_shapes"][kept]))
-    _sync(device)
+    _sync(images.device)
     seen[index[keep]] = True
     orig_shapes[index[keep]] = batch["orig_shapes"].numpy()[keep]
     return time.perf_counter() - start
