@@ -78,7 +78,7 @@ def read_checkpoint(path: str, phi: str | None) -> dict:
         raise EvalError(f"weights file {path} does not exist: pass a checkpoint written by train_fred.py "
                         "(e.g. logs/fred_event/loss_<time>/best.pth)")
     try:
-        ckpt = load_checkpoint(path, mmap=True)  # its tensors go to the device in one copy: no host copy first
+        ckpt = load_checkpoint(path)
         state = read_state_dict(ckpt)
     except (ValueError, OSError) as e:
         raise EvalError(f"cannot read weights from {path}: {e}. Ultralytics .pt files must be converted first: "

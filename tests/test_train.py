@@ -187,21 +187,6 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["last.pth"], "the temporary file must be removed"
 
 
-@pytest.mark.parametrize("zip_format", [True, False])
-def test_load_checkpoint_mmap_gives_the_same_tensors_for_zip_and_legacy_files(tmp_path, zip_format):
-    """mmap=True maps torch.save's zip files; legacy files are read whole; both give what was saved."""
-    path = str(tmp_path / "best.pth")
-    saved = {"model": {"w": torch.randn(3, 4), "n": torch.tensor(7)}, "phi": "n"}
-    torch.save(saved, path, _use_new_zipfile_serialization=zip_format)
-    plain, mapped = load_checkpoint(path), load_checkpoint(path, mmap=True)
-    for ckpt in (plain, mapped):
-        assert ckpt["phi"] == "n" and set(ckpt["model"]) == {"w", "n"}
-        assert all(torch.equal(ckpt["model"][k], v) for k, v in saved["model"].items())
-    (tmp_path / "bad.pth").write_bytes(b"PK\x03\x04 not a checkpoint")
-    with pytest.raises(ValueError, match="bad.pth"):
-        load_checkpoint(str(tmp_path / "bad.pth"), mmap=True)
-
-
 def test_step_advice_names_the_epochs_that_reach_the_seed_note_figure():
     cfg = {"UNFREEZE_EPOCH": 150, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": True, "FREEZE_BATCH_SIZE": 32,
            "UNFREEZE_BATCH_SIZE": 16, "OPTIMIZER_TYPE": "sgd"}

@@ -2,7 +2,6 @@
 import os
 import random
 import tempfile
-import zipfile
 
 import numpy as np
 import torch
@@ -46,14 +45,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def load_checkpoint(path: str, mmap: bool = False) -> dict:
+def load_checkpoint(path: str) -> dict:
     """Load a checkpoint onto the CPU (tensors and plain types only); a missing or unreadable file raises
-    FileNotFoundError / ValueError naming it. mmap: tensors are read from a private mapping of the file when first
-    used, not copied out of it at load (files of torch.save's zip format; others are read whole)."""
+    FileNotFoundError / ValueError naming it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a truncated or foreign file
         raise ValueError(f"cannot read checkpoint {path}: {e}") from e
 
