@@ -385,8 +385,8 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
                      val_only: bool = False) -> FredIndex:
     """Index the annotated frames of a FRED root for one modality and split (cached per sequence; see module doc).
 
-    val_only: scan and select the val sequences only (what evaluation needs); train stays empty, the split is
-    checked as usual."""
+    val_only: scan and select the val sequences only (what evaluation needs; a copy of FRED without the train
+    sequences will do); train stays empty, the val side is checked as usual."""
     start = time.perf_counter()
     _check_settings(modality, frame_stride, val_frame_stride, num_classes, rgb_image_dir)
     root = os.path.abspath(os.path.expanduser(root))
@@ -413,7 +413,7 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     train_seqs = [i for i in train_ids if i in found]
     val_seqs = [i for i in val_ids if i in found]
     for side_name, ids, wanted in (("train", train_seqs, train_ids), ("val", val_seqs, val_ids)):
-        if not ids:
+        if not ids and not (val_only and side_name == "train"):
             raise FredDataError(
                 f"split {split!r} leaves no {side_name} sequences under {root}: it wants {len(wanted)} ids "
                 f"({' '.join(wanted[:20])}{' ...' if len(wanted) > 20 else ''}); found on disk: "

@@ -131,8 +131,12 @@ def test_val_only_scans_only_the_val_sequences_and_gives_the_same_val_frames(tmp
     again = build_fred_index(root, "event", cache_dir=str(tmp_path / "c2"))  # the val-only cache serves a full index
     assert again.stats["cached_sequences"] == 2 and again.stats["parsed_sequences"] == 2 and len(scanned) == 4
     train_only = make_tree(tmp_path / "train_only", ids=["0", "10"])
-    with pytest.raises(FredDataError, match="no val sequences under"):  # the split is still checked
+    with pytest.raises(FredDataError, match="no val sequences under"):  # the val side is still checked
         build_fred_index(train_only, "event", val_only=True)
+    test_only = make_tree(tmp_path / "test_only", ids=["8", "9"])  # a copy with the canonical test sequences only
+    with pytest.raises(FredDataError, match="no train sequences under"):
+        build_fred_index(test_only, "event")
+    assert stems(build_fred_index(test_only, "event", val_only=True).val) == stems(full.val)
 
 
 def test_random_split_is_by_sequence_and_deterministic(tmp_path):
