@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tta_epochs", type=int, default=20, help="schedule length of the time-to-accuracy runs")
     p.add_argument("--tta_batch", type=int, default=16)
     p.add_argument("--tta_target", type=float, default=0.9, help="mAP50 to reach")
-    p.add_argument("--eval_passes", type=int, default=4, help="eval part: passes per evaluator (1 cold, the rest "
-                   "warm; their median is the warm figure)")
+    p.add_argument("--eval_passes", type=int, default=4, help="eval part: passes per evaluator, at least 2 (1 cold, "
+                   "the rest warm; their median is the warm figure)")
     p.add_argument("--data_batches", type=int, default=48, help="batches timed in the data part")
     p.add_argument("--ceiling_iters", type=int, default=40, help="timed steps in the ceiling part")
     add_run_args(p, "bench_train", "generated data (default data/bench_learning[_quick], shared)")
@@ -632,7 +632,7 @@ def warm_seconds(runs: list[dict]) -> float:
 
 
 def _profile_eval(args, b: Bench, top: int = 25) -> list[list]:
-    """A third, profiled pass of eval_fred.run(args): [function, calls, own s, cumulative s] of the main process's
+    """One more, profiled pass of eval_fred.run(args): [function, calls, own s, cumulative s] of the main process's
     top entries by cumulative time (where the warm pass's time goes beside the model)."""
     import contextlib
     import cProfile

@@ -178,7 +178,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     "orig_shapes": long [B, 2] (h, w), "ratios": float [B], "pads": float [B, 2] (pad_w, pad_h)}.
     The model in eval mode returns [B, 4 + nc, A] (cx, cy, w, h input pixels, class scores).
     Metrics gain `images` (frames scored) and `ms_per_image` (forward + NMS + results to the host; data loading
-    excluded, and on CUDA the copy to the device too: it runs one batch ahead, beside the previous batch's work). AMP applies on CUDA only; fp16 is advised: bf16 keeps ~3 significant digits of box coordinates.
+    excluded, and so is the copy to the device with its uint8 -> float conversion, except where on CUDA, one batch
+    ahead on a side stream, it outlasts the previous batch's work). AMP applies on CUDA only; fp16 is advised: bf16
+    keeps ~3 significant digits of box coordinates.
     channels_last: feed NHWC images (for a model in channels_last memory format, as trained on CUDA).
     criterion: also the loss (DetectionLoss) on the loader's "targets", from the same forward pass: the model runs
     with raw head outputs (BatchNorm on running statistics) that are then decoded, as in eval mode.
@@ -193,10 +195,12 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     seconds = 0.0
     use_amp = amp and device.type == "cuda"
     loss_sums, batches = torch.zeros(3, device=device), 0
+
     def upload(batch: dict) -> tuple[torch.Tensor, ...]:
         images = images_to_device(batch["images"], device, channels_last)
         return (images, batch["targets"].to(device, non_blocking=True)) if criterion is not None else (images,)
 
+    _sync(device)  # GPU work queued before the call (e.g. loading the model) is not timed as the first batch's
     with raw_outputs(model) if criterion is not None else contextlib.nullcontext():
         for batch, tensors in prefetched(loader, device, upload):
             seconds += _evaluate_batch(model, batch, tensors, seen, orig_shapes, results, use_amp, amp_dtype,
