@@ -24,7 +24,7 @@ from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
 import config_fred
-from datasets.batch_ring import build_loader
+from datasets.batch_ring import build_loader, capped_workers
 from datasets.frame_cache import open_frame_cache
 from datasets.fred_dataset import FredDataset
 from datasets.fred_index import FredDataError, build_fred_index
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     frames = index.val
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), data_root)
-    workers = max(0, min(args.workers if args.workers is not None else cfg["EVAL_WORKERS"], os.cpu_count() or 1))
+    workers = capped_workers(args.workers if args.workers is not None else cfg["EVAL_WORKERS"])
     cache = None
     if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
         cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,

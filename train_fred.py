@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import config_fred
-from datasets.batch_ring import build_loader
+from datasets.batch_ring import build_loader, capped_workers
 from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
 from datasets.frame_cache import FrameCache, open_frame_cache
 from datasets.fred_dataset import FredDataset, worker_init
@@ -380,7 +380,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                   f"(raise it with --set UNFREEZE_EPOCH=N to train longer)")
         return finish(run_dir, start_epoch, best, train_seconds, main_proc)
     frozen_epochs = cfg["FREEZE_EPOCH"] if cfg["FREEZE_TRAIN"] else 0
-    workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
+    workers = capped_workers(cfg["NUM_WORKERS"])
     train_cache = val_cache = None
     if main_proc:  # rank 0 builds the caches, the other processes then open the train one
         train_cache = configured_frame_cache(cfg, index.train, "train", progress=True)
@@ -395,7 +395,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
                               bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
         val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
-                                 max(0, min(cfg["EVAL_WORKERS"], os.cpu_count() or 1)), device, cfg["SEED"],
+                                 capped_workers(cfg["EVAL_WORKERS"]), device, cfg["SEED"],
                                  ring=cfg["BATCH_RING"])
     log = RunLog(run_dir, start_epoch) if main_proc else None
     first_batch = cfg["FREEZE_BATCH_SIZE"] if frozen_epochs > 0 else cfg["UNFREEZE_BATCH_SIZE"]

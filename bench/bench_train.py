@@ -57,7 +57,6 @@ import argparse
 import ast
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -183,12 +182,16 @@ class Bench:
 
     def ours_sets(self, **extra) -> dict:
         """Config overrides common to our runs."""
-        import config_fred
-
         a = self.a
         return {"INPUT_SHAPE": [a.imgsz, a.imgsz], "NUM_WORKERS": a.workers,
-                "EVAL_WORKERS": min(a.workers, config_fred.EVAL_WORKERS), "MOSAIC": a.mosaic_prob > 0,
+                "EVAL_WORKERS": self.eval_workers(), "MOSAIC": a.mosaic_prob > 0,
                 "MOSAIC_PROB": a.mosaic_prob, "MIXUP": False, "FP16": True, "SEED": a.seed, **extra}
+
+    def eval_workers(self) -> int:
+        """EVAL_WORKERS of our runs: the default, but no more than --workers."""
+        import config_fred
+
+        return min(self.a.workers, config_fred.EVAL_WORKERS)
 
     def run_ours(self, tag: str, modality: str, sets: dict, no_eval_map: bool = False,
                  stop_at_map50: float = 0.0) -> dict:
@@ -432,6 +435,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import torch
 
     import train_fred
+    from datasets.batch_ring import capped_workers
 
     a = b.a
     cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
@@ -439,7 +443,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
                                        hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda")
     dataset.set_epoch(0, special_aug=True)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
-    workers = max(0, min(cfg["NUM_WORKERS"], os.cpu_count() or 1))
+    workers = capped_workers(cfg["NUM_WORKERS"])
     loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed, ring=cfg["BATCH_RING"])
     timed = _time_loader(loader, a.data_batches)
     del loader
@@ -568,8 +572,8 @@ def part_eval(b: Bench) -> dict:
     import contextlib
     import io
 
-    import config_fred
     import eval_fred
+    from datasets.batch_ring import capped_workers
 
     a = b.a
     out: dict = {}
@@ -579,7 +583,7 @@ def part_eval(b: Bench) -> dict:
             b.weights.setdefault(k, v)
     idx = b.index("event")
     out["val_frames"] = len(idx.val)
-    eval_workers = min(a.workers, config_fred.EVAL_WORKERS, os.cpu_count() or 1)  # ours: its default, as capped
+    eval_workers = capped_workers(b.eval_workers())  # what our runs start
     if "ours" in b.weights:
         path, origin = b.weights["ours"]
         print(f"[eval] ours: {path} ({origin})", flush=True)

@@ -146,6 +146,11 @@ class RingCollate:
         return RingBatch(self.ring.id, info.id, slot, len(batch), collate_labels(batch))
 
 
+def capped_workers(workers: int) -> int:
+    """Loader processes to start for a setting of `workers`: at most the CPU count, at least 0."""
+    return max(0, min(workers, os.cpu_count() or 1))
+
+
 def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, pin_memory: bool,
                  image_shape: tuple[int, int, int], ring: bool = True, **kwargs) -> DataLoader:
     """DataLoader of collate_fred batches. With ring, forked workers and pin_memory on CUDA (the pin-memory thread

@@ -412,8 +412,9 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
                        sum(i not in found for i in val_ids), len(val_ids), id_ranges(missing))
     train_seqs = [i for i in train_ids if i in found]
     val_seqs = [i for i in val_ids if i in found]
+    required = ("val",) if val_only else ("train", "val")  # sides that must hold sequences and frames
     for side_name, ids, wanted in (("train", train_seqs, train_ids), ("val", val_seqs, val_ids)):
-        if not ids and not (val_only and side_name == "train"):
+        if not ids and side_name in required:
             raise FredDataError(
                 f"split {split!r} leaves no {side_name} sequences under {root}: it wants {len(wanted)} ids "
                 f"({' '.join(wanted[:20])}{' ...' if len(wanted) > 20 else ''}); found on disk: "
@@ -435,7 +436,7 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     val = _select(val_seqs, seq_dirs, entries, image_dir, label_dir, val_frame_stride, num_classes,
                   strict_labels, sides["val"])
     for side_name, frames, ids in (("train", train, train_seqs), ("val", val, val_seqs)):
-        if not frames and not (val_only and side_name == "train"):
+        if not frames and side_name in required:
             raise FredDataError(_empty_side_message(side_name, ids, root, image_dir, label_dir, sides[side_name]))
     stats = {key: sides["train"][key] + sides["val"][key] for key in sides["train"]}
     if stats["no_label_folder"]:

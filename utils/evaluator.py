@@ -26,7 +26,7 @@ import torch
 
 from utils.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
                                summarize)
-from utils.engine import images_to_device, loss_means, prefetched, raw_outputs, weighted_parts
+from utils.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 from utils.postprocess import non_max_suppression
 
@@ -195,14 +195,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, d
     seconds = 0.0
     use_amp = amp and device.type == "cuda"
     loss_sums, batches = torch.zeros(3, device=device), 0
-
-    def upload(batch: dict) -> tuple[torch.Tensor, ...]:
-        images = images_to_device(batch["images"], device, channels_last)
-        return (images, batch["targets"].to(device, non_blocking=True)) if criterion is not None else (images,)
-
     _sync(device)  # GPU work queued before the call (e.g. loading the model) is not timed as the first batch's
     with raw_outputs(model) if criterion is not None else contextlib.nullcontext():
-        for batch, tensors in prefetched(loader, device, upload):
+        for batch, tensors in prefetched(loader, device, lambda b: to_device(b, device, channels_last)):
             seconds += _evaluate_batch(model, batch, tensors, seen, orig_shapes, results, use_amp, amp_dtype,
                                        (conf_thres, iou_thres, max_det), criterion, loss_sums)
             batches += 1
@@ -224,8 +219,8 @@ def _evaluate_batch(model: torch.nn.Module, batch: dict, tensors: tuple[torch.Te
                     orig_shapes: np.ndarray, results: list[np.ndarray], use_amp: bool, amp_dtype: torch.dtype,
                     nms: tuple[float, float, int], criterion: Callable | None, loss_sums: torch.Tensor) -> float:
     """One batch of evaluate(): its results rows appended (and loss parts added into loss_sums), frames marked seen;
-    returns the seconds of forward + NMS + results to the host. tensors: the batch's float images on the device
-    (and its targets with a criterion), copied there ahead of time (engine.prefetched)."""
+    returns the seconds of forward + NMS + results to the host. tensors: the batch's float images and its targets
+    on the device (engine.to_device), copied there ahead of time (engine.prefetched)."""
     index = batch["index"].numpy().astype(np.int64)
     keep = np.zeros(len(index), dtype=bool)  # first occurrence of each frame (a bad image may be replaced)
     keep[np.unique(index, return_index=True)[1]] = True
