@@ -1,5 +1,6 @@
 """Batches through the shared-memory ring (datasets/batch_ring.py): the same batches as collate_fred, whole and in
 order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -113,6 +114,12 @@ def test_ring_collate_refuses_images_of_another_shape():
         next(iter(loader))
 
 
+def _fill_quietly(buffer: torch.Tensor) -> None:
+    """In a forked child: write the buffer; a segfault ends the child without pytest's faulthandler dump."""
+    faulthandler.disable()
+    buffer.fill_(7)
+
+
 @pytest.mark.parametrize("persistent", [True, False])
 def test_persistent_ring_is_sealed_from_later_forks_at_its_first_batch(persistent):
     """A process forked after a persistent ring's first batch does not inherit its memory (it faults on touching
@@ -121,7 +128,7 @@ def test_persistent_ring_is_sealed_from_later_forks_at_its_first_batch(persisten
     batch = RingCollate(ring)
     loader = DataLoader(Items(8), batch_size=4, num_workers=1, collate_fn=batch)
     _equal(next(iter(loader)).resolve(pin=False), collate_fred([Items(8)[i] for i in range(4)]))
-    child = multiprocessing.get_context("fork").Process(target=ring.buffer.fill_, args=(7,))
+    child = multiprocessing.get_context("fork").Process(target=_fill_quietly, args=(ring.buffer,))
     child.start()
     child.join()
     assert child.exitcode == (-signal.SIGSEGV if persistent else 0)
