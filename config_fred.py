@@ -43,7 +43,7 @@ GRAD_CLIP = 10.0                  # max gradient norm (0 = off)
 EMA_DECAY = 0.9999                # EMA of weights, ramped up over the first ~2000 iterations
 WARMUP_BIAS_LR = 0.1              # SGD only: bias learning rate at the start of warmup, falling to the scheduled lr
 WARMUP_MOMENTUM = 0.8             # SGD only: momentum at the start of warmup, rising to MOMENTUM
-SEED = 0                          # random seed (init, shuffling, augmentation); same seed + data + workers = same run
+SEED = 0                          # random seed (init, shuffling, augmentation); runs repeat with any NUM_WORKERS (bit for bit on CPU)
 
 # ----------------------------------------------------------------- precision
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored

@@ -45,7 +45,8 @@ EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
-RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration")  # kept in last.pth only
+RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration",
+               "epoch_sums")  # kept in last.pth only
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -369,9 +370,11 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     criterion = DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
 
     start_epoch, start_iter, best, train_seconds = cfg["INIT_EPOCH"], 0, {"fitness": None}, 0.0
+    epoch_sums = None  # loss sums of the first start_iter iterations of an interrupted epoch
     if resume_state is not None:
         restore_training_state(resume_state, model, ema, optimizer, scaler)
         start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
+        epoch_sums = resume_state.get("epoch_sums")
         best, train_seconds = dict(resume_state["best"]), resume_state.get("train_seconds", 0.0)
     total = cfg["UNFREEZE_EPOCH"]
     if start_epoch >= total:
@@ -452,7 +455,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                     amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
                     stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
                     desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn,
-                    batch_hsv=batch_hsv)
+                    batch_hsv=batch_hsv, epoch_sums=epoch_sums if start_iter else None)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM
@@ -468,7 +471,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 if main_proc:
                     save(run_dir, "last.pth", training_state(
                         model, ema, optimizer, scaler, epoch, stats["iteration"], phase, best, cfg,
-                        meta(model, modality, train_seconds)))
+                        meta(model, modality, train_seconds), stats["epoch_sums"]))
                     print(f"saved {os.path.join(run_dir, 'last.pth')} at epoch {epoch + 1}, iteration "
                           f"{stats['iteration']}/{n_iter}; continue with --resume", file=sys.stderr, flush=True)
                 return 128 + stop.signum

@@ -72,8 +72,6 @@ class FredDataset(Dataset):
         # [epoch, special_aug] in shared memory: DataLoader workers (persistent ones too) hold copies of this
         # object, and set_epoch() in the main process must reach them.
         self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
-        self._rng: np.random.Generator | None = None
-        self._rng_key: tuple[int, int] | None = None
         self._reported_bad: set[str] = set()
 
     def __len__(self) -> int:
@@ -90,17 +88,14 @@ class FredDataset(Dataset):
         """Whether mosaic and mixup are currently allowed (shared with DataLoader workers)."""
         return bool(self._state[1])
 
-    def _generator(self) -> np.random.Generator:
-        """This process's random generator, seeded from (seed, torch.initial_seed(), epoch).
+    def _generator(self, i: int) -> np.random.Generator:
+        """Sample i's own random generator in this epoch, seeded from (seed, epoch, i).
 
-        In a DataLoader worker torch.initial_seed() is the worker's own seed (base seed + worker id); the generator
-        is re-seeded when that seed or the epoch changes, so epochs differ and a resumed run repeats them.
+        Every draw of a sample (its mosaic partners and Mixup partner included) comes from it, so a sample's
+        augmentation does not depend on which DataLoader worker makes it, nor on what that worker made before:
+        any NUM_WORKERS, and a run resumed in the middle of an epoch, see the same samples.
         """
-        key = (torch.initial_seed(), int(self._state[0]))
-        if self._rng is None or key != self._rng_key:
-            self._rng = np.random.default_rng([abs(int(self.seed)), key[0], key[1]])
-            self._rng_key = key
-        return self._rng
+        return np.random.default_rng([abs(int(self.seed)), int(self._state[0]), int(i) % len(self.frames)])
 
     def _report_bad(self, path: str, reason: str) -> None:
         """Warn about an unreadable image once per process and append 'path<TAB>reason' to bad_image_log."""
@@ -194,7 +189,7 @@ class FredDataset(Dataset):
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
             boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
             return _item(img_lb, boxes, j, orig_shape, ratio, pad)
-        rng = self._generator()
+        rng = self._generator(i)
         special = self.special_aug
         img, boxes, (j, orig_shape, ratio, pad) = self._train_sample(i, rng, special)
         if special and self.mixup and rng.random() < self.mixup_prob:

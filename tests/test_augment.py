@@ -22,12 +22,6 @@ WEAK = 4       # a box must hold a pixel above this: some drone in it (a blurred
 TOL = 1.5      # pixels: bilinear bleed at scale <= 2 is below 1 px
 
 
-@pytest.fixture(autouse=True)
-def _fixed_torch_seed():
-    """The samples' generators derive from torch.initial_seed(), random per process: fix it so runs repeat."""
-    torch.manual_seed(0)
-
-
 @dataclass
 class FakeFrame:
     """The two attributes of datasets.fred_index.Frame that the dataset reads."""
@@ -377,6 +371,21 @@ def test_randomness_is_seeded_per_epoch_without_global_state(frames):
     assert torch.equal(a, sample(0, 0))
     assert not torch.equal(a, sample(0, 1))
     assert not torch.equal(a, sample(1, 0))
+
+
+def test_a_samples_randomness_depends_on_seed_epoch_and_index_only(frames):
+    """Sample i (its mosaic and Mixup partners included) is the same whatever came before it, in any order and from
+    any number of DataLoader workers: a run resumed in mid-epoch hands the rest of the epoch to other workers."""
+    ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=0.5, mixup=True, mixup_prob=0.5, degrees=5.0, seed=3)
+    ds.set_epoch(2, True)
+    order = [5, 0, 7, 3, 11, 1, 8, 2]
+    reference = collate_fred([ds[i] for i in order])
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=2, sampler=order, num_workers=workers, collate_fn=collate_fred)
+        batches = list(loader)
+        assert torch.equal(torch.cat([b["images"] for b in batches]), reference["images"]), workers
+        assert torch.equal(torch.cat([b["index"] for b in batches]), reference["index"])
+    assert torch.equal(collate_fred([ds[i] for i in reversed(order)])["images"], reference["images"].flip(0))
 
 
 def test_hsv_jitter():

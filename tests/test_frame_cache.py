@@ -259,9 +259,7 @@ def test_training_items_use_the_original_geometry(frames, tmp_path):
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-4, rtol=0)
         assert (a["image"].float() - b["image"].float()).abs().mean() < 2.0
     for seed in range(4):
-        torch.manual_seed(seed)
         plain = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, degrees=5.0, seed=seed)[seed]
-        torch.manual_seed(seed)
         cached = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, degrees=5.0, seed=seed,
                              frame_cache=cache)[seed]
         assert torch.equal(plain["image"], cached["image"])

@@ -263,6 +263,53 @@ def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, run_a, tmp_p
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
 
 
+def _tensors(tree, prefix=""):
+    """{path: tensor} of every tensor in nested dicts and lists (a state dict, an optimizer state)."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {k: v for key, sub in items for k, v in _tensors(sub, f"{prefix}/{key}").items()}
+
+
+def test_mid_epoch_resume_with_augmentation_matches_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    """Stopped after iteration 1 of 3 of epoch 1 with Mosaic, HSV, flip, scale and translate on, then resumed: the
+    same weights, EMA and optimizer state bit for bit as one uninterrupted run, although other workers made the
+    batches (uninterrupted: 2; stopped: 0; resumed: 2, which hands batches 2 and 3 to the other worker), and epoch 1's
+    logged train loss covers all its 3 iterations."""
+    aug = ("FREEZE_TRAIN=False", "UNFREEZE_BATCH_SIZE=8", "EVAL_MAP=False", "MOSAIC=True", "MOSAIC_PROB=0.5",
+           "SPECIAL_AUG_RATIO=1.0", "HSV_H=0.015", "HSV_S=0.7", "HSV_V=0.4", "FLIP_LR=0.5", "SCALE=0.5",
+           "TRANSLATE=0.2")
+    assert train_fred.main(tiny_args(data, tmp_path / "ref", *aug, "NUM_WORKERS=2")) == 0
+    ref_dir = only_run_dir(tmp_path / "ref")
+
+    def stop_at_iteration_1(self, iteration, log_interval):
+        if iteration == 1:
+            self.signum = signal.SIGTERM
+        return bool(self.signum)
+
+    monkeypatch.setattr(train_fred.StopFlag, "requested", stop_at_iteration_1)
+    assert train_fred.main(tiny_args(data, tmp_path / "run", *aug)) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    run_dir = only_run_dir(tmp_path / "run")
+    last = os.path.join(run_dir, "last.pth")
+    assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["iteration"]) == (0, 1)
+    assert train_fred.main(["--resume", last, "--set", "NUM_WORKERS=2"]) == 0
+
+    a, b = load_checkpoint(os.path.join(ref_dir, "last.pth")), load_checkpoint(last)
+    assert b["epoch"] == a["epoch"] == 2 and b["ema_updates"] == a["ema_updates"] == 6
+    for key in ("model_raw", "model", "optimizer"):
+        ta, tb = _tensors(a[key]), _tensors(b[key])
+        assert ta.keys() == tb.keys() and ta
+        differ = [name for name in ta if not torch.equal(ta[name], tb[name])]
+        assert not differ, f"{len(differ)} of {len(ta)} {key} tensors differ after the resume: {differ[:5]}"
+    rows = [list(csv.DictReader(open(os.path.join(d, "results.csv")))) for d in (ref_dir, run_dir)]
+    assert [r["epoch"] for r in rows[1]] == ["1", "2"]
+    for col in ("train_loss", "train_box", "train_cls", "train_dfl", "skipped_steps"):
+        assert float(rows[1][0][col]) == pytest.approx(float(rows[0][0][col]), rel=1e-5), col
+    tb = [EventAccumulator(d).Reload().Scalars("train/loss") for d in (ref_dir, run_dir)]
+    assert [e.step for e in tb[1]] == [1, 2] and tb[1][0].value == pytest.approx(tb[0][0].value, rel=1e-6)
+
+
 def test_larger_unfreeze_epoch_extends_a_finished_run(run_a, tmp_path, capsys):
     run_dir = str(tmp_path / "copy")
     shutil.copytree(run_a["run_dir"], run_dir)

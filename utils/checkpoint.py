@@ -2,6 +2,7 @@
 import os
 import random
 import tempfile
+from typing import Optional
 
 import numpy as np
 import torch
@@ -57,16 +58,18 @@ def load_checkpoint(path: str) -> dict:
 
 
 def training_state(model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer, scaler, epoch: int,
-                   iteration: int, phase: str, best: dict, config: dict, meta: dict) -> dict:
+                   iteration: int, phase: str, best: dict, config: dict, meta: dict,
+                   epoch_sums: Optional[dict] = None) -> dict:
     """Everything a resumed run needs. `model` holds the EMA weights (what evaluation uses), `model_raw` the raw ones.
 
     epoch: completed epochs; iteration: optimizer steps already done inside epoch `epoch` (0 at an epoch boundary);
-    best: best_fitness / best_epoch / best metrics so far; meta: phi, num_classes, in_channels.
+    best: best_fitness / best_epoch / best metrics so far; meta: phi, num_classes, in_channels; epoch_sums: the loss
+    sums of those iterations (engine.train_one_epoch's), so that the resumed epoch's logged loss covers them.
     """
     return {"model": ema.ema.state_dict(), "model_raw": model.state_dict(), "ema_updates": ema.updates,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
             "iteration": iteration, "phase": phase, "best_fitness": best.get("fitness"), "best": dict(best),
-            "config": dict(config), "rng": rng_state(), **meta}
+            "config": dict(config), "rng": rng_state(), "epoch_sums": epoch_sums, **meta}
 
 
 def restore_training_state(state: dict, model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer,

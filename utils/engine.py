@@ -15,6 +15,7 @@ from utils.ema import ModelEMA
 from utils.loss import LOSS_PARTS
 
 LOGGER = logging.getLogger(__name__)
+SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums
 BatchHSV = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (uint8 images, jitter, channels_last) -> float
 
 
@@ -136,7 +137,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
                     grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
                     stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
                     desc: str = "", show_progress: bool = True, loss_fn: Optional[Callable] = None,
-                    batch_hsv: BatchHSV = jittered_float) -> dict:
+                    batch_hsv: BatchHSV = jittered_float, epoch_sums: Optional[dict] = None) -> dict:
     """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
 
     set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
@@ -149,13 +150,19 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     the data pipeline is the limit), iteration (steps done in this epoch, counting from 0) and stopped (None,
     "nan" or "signal"). loss_fn(images, targets) -> unweighted loss parts replaces criterion(model(images), targets,
     input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). batch_hsv makes
-    the float images of batches that carry their HSV jitter (build_batch_hsv()).
+    the float images of batches that carry their HSV jitter (build_batch_hsv()). The result's "epoch_sums" (CPU
+    tensors) holds the loss sums and non-finite step counts so far; passed back as epoch_sums with start_iter, the
+    epoch's loss means and skipped count cover its first start_iter iterations too (a resume in mid-epoch).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     sums, finite_steps = torch.zeros(3, device=device), torch.zeros((), device=device)
     run, max_run = torch.zeros((), device=device), torch.zeros((), device=device)
+    counted_from = start_iter  # the first iteration in sums
+    if epoch_sums is not None:
+        sums, finite_steps, run, max_run = (epoch_sums[k].to(device, torch.float32, copy=True) for k in SUM_KEYS)
+        counted_from = 0
     images_seen, i, stopped, lr = 0, start_iter - 1, None, 0.0
     t0, n_total = time.perf_counter(), start_iter + len(loader)
     clock = {"t0": t0, "waited": 0.0, "ready": t0}  # host seconds spent waiting for batches
@@ -187,7 +194,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         max_run = torch.maximum(max_run, run)
         images_seen += images.shape[0]
         if (i + 1) % log_interval == 0 or i + 1 == n_total:
-            out = _read_stats(sums, finite_steps, i + 1 - start_iter, images_seen, clock, lr, device)
+            out = _read_stats(sums, finite_steps, i + 1 - counted_from, images_seen, clock, lr, device)
             bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in out.items() if k in LOSS_PARTS + ("lr",))
                                 + f" img/s={out['img_per_s']:.0f} wait={out['data_wait_pct']:.0f}%"
                                 + f" mem={out['gpu_mem_GB']:.1f}G")
@@ -197,8 +204,9 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         clock["ready"] = time.perf_counter()
     bar.close()
     done = i + 1 if stopped != "signal" else i
-    out = _read_stats(sums, finite_steps, done - start_iter, images_seen, clock, lr, device)
-    return {**out, "iteration": done, "stopped": stopped}
+    out = _read_stats(sums, finite_steps, done - counted_from, images_seen, clock, lr, device)
+    sums_now = {k: t.cpu() for k, t in zip(SUM_KEYS, (sums, finite_steps, run, max_run))}
+    return {**out, "iteration": done, "stopped": stopped, "epoch_sums": sums_now}
 
 
 def _any_rank(flag: torch.Tensor) -> bool:
