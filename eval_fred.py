@@ -1,19 +1,22 @@
 """Evaluate FRED-YOLO checkpoints on the val split of FRED with pycocotools' COCO metrics.
 
-    python eval_fred.py --modality event --weights logs/fred_event/loss_.../best.pth [more.pth ...]
-        [--data_root DIR] [--split S] [--conf C] [--iou I] [--max_det N] [--batch B] [--device D] [--phi P]
-        [--save_json DIR] [--plots] [--per_sequence] [--workers N] [--set KEY=VALUE ...]
+    python eval_fred.py --weights logs/fred_event/loss_.../best.pth [more.pth ...] [--modality rgb|event]
+        [--allow_modality_mismatch] [--data_root DIR] [--split S] [--conf C] [--iou I] [--max_det N] [--batch B]
+        [--device D] [--phi P] [--save_json DIR] [--plots] [--per_sequence] [--workers N] [--set KEY=VALUE ...]
 
-Defaults come from config_fred.py (change them there or with --set). The evaluator is utils/evaluator.evaluate(),
-the same function train_fred.py calls every EVAL_PERIOD epochs, so both print the same number for the same
-checkpoint, data and settings. Output: a table with one row per checkpoint, then one final line of JSON for the
-last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images, ms_per_image.
+--modality defaults to the one the checkpoints were trained on; a checkpoint trained on the other modality is
+refused unless --allow_modality_mismatch. Defaults come from config_fred.py (change them there or with --set). The
+evaluator is utils/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
+the same number for the same checkpoint, data and settings. Output: a table with one row per checkpoint, then one
+final line of JSON for the last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images,
+ms_per_image.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -45,19 +48,47 @@ class EvalError(Exception):
     """A problem the user can fix (missing file, checkpoint that does not fit, bad setting): printed, exit 2."""
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= low (the message says what is accepted)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line; unset options fall back to config_fred.py (after --set)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", required=True, choices=("rgb", "event"), help="which FRED images to evaluate on")
+    p.add_argument("--modality", choices=("rgb", "event"), help="which FRED images to evaluate on (default: the one "
+                   "the checkpoints were trained on)")
+    p.add_argument("--allow_modality_mismatch", action="store_true", help="evaluate checkpoints trained on the other "
+                   "modality (refused otherwise)")
     p.add_argument("--weights", required=True, nargs="+", help="checkpoints (train_fred.py's best.pth / last.pth, "
                    "or a state dict); one table row each")
     p.add_argument("--data_root", help="FRED root (default DATA_ROOT)")
     p.add_argument("--split", help="canonical | challenging | random:<val_fraction>:<seed> | folder (default SPLIT)")
-    p.add_argument("--conf", type=float, help="score threshold (default CONFIDENCE)")
-    p.add_argument("--iou", type=float, help="NMS IoU threshold (default NMS_IOU)")
-    p.add_argument("--max_det", type=int, help="detections kept per image (default MAX_DET)")
-    p.add_argument("--batch", type=int, help="images per batch (default EVAL_BATCH_SIZE)")
-    p.add_argument("--workers", type=int, help="data loader processes (default EVAL_WORKERS, capped at the CPUs)")
+    p.add_argument("--conf", type=_fraction, help="score threshold in [0, 1] (default CONFIDENCE)")
+    p.add_argument("--iou", type=_fraction, help="NMS IoU threshold in [0, 1] (default NMS_IOU)")
+    p.add_argument("--max_det", type=_int_at_least(1), help="detections kept per image, >= 1 (default MAX_DET)")
+    p.add_argument("--batch", type=_int_at_least(1), help="images per batch, >= 1 (default EVAL_BATCH_SIZE)")
+    p.add_argument("--workers", type=_int_at_least(0), help="data loader processes, >= 0 (default EVAL_WORKERS, "
+                   "capped at the CPUs)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"),
                    help="model size for a bare state dict (checkpoints from train_fred.py carry their own)")
@@ -73,17 +104,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_checkpoint(path: str, phi: str | None) -> dict:
-    """Weights and (phi, num_classes, in_channels) of a checkpoint file; bare state dicts are measured."""
-    if not os.path.isfile(path):
-        raise EvalError(f"weights file {path} does not exist: pass a checkpoint written by train_fred.py "
-                        "(e.g. logs/fred_event/loss_<time>/best.pth)")
+    """Weights, (phi, num_classes, in_channels) and training modality (None if unknown) of a checkpoint file; bare
+    state dicts are measured."""
     try:
         ckpt = load_checkpoint(path)
+    except FileNotFoundError as e:
+        raise EvalError(f"{e}: pass a checkpoint written by train_fred.py (e.g. logs/fred_event/loss_<time>/best.pth)"
+                        ) from None
+    except ValueError as e:  # "<path> is not a checkpoint: <reason>"
+        raise EvalError(str(e)) from None
+    try:
         state = read_state_dict(ckpt)
-    except (ValueError, OSError) as e:
-        raise EvalError(f"cannot read weights from {path}: {e}. Ultralytics .pt files must be converted first: "
-                        "python -m nets.convert IN OUT") from None
-    meta = {k: ckpt[k] for k in ("phi", "num_classes", "in_channels") if isinstance(ckpt, dict) and k in ckpt}
+    except ValueError as e:  # "not a checkpoint: no weights found ..."
+        raise EvalError(f"{path} is {e}") from None
+    meta = {k: ckpt[k] for k in ("phi", "num_classes", "in_channels") if k in ckpt}
     if len(meta) < 3:  # a bare state dict (or an older checkpoint): measure it, --phi wins for the size
         try:
             measured = dict(zip(("phi", "num_classes", "in_channels"), checkpoint_info(state)))
@@ -94,8 +128,35 @@ def read_checkpoint(path: str, phi: str | None) -> dict:
         meta = {**measured, **({"phi": phi} if phi else {}), **meta}
     elif phi and phi != meta["phi"]:
         LOGGER.warning("%s is a YOLOv8%s checkpoint; --phi %s is ignored", path, meta["phi"], phi)
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return {"state": state, "config": config if isinstance(config, dict) else {}, **meta}
+    config, modality = ckpt.get("config"), ckpt.get("modality")
+    return {"state": state, "config": config if isinstance(config, dict) else {},
+            "modality": modality if modality in ("rgb", "event") else None, **meta}
+
+
+def resolve_modality(asked: str | None, paths: list[str], checkpoints: list[dict], allow_mismatch: bool) -> str:
+    """The modality to evaluate on: --modality, else the one the checkpoints were trained on (they must agree).
+    A checkpoint trained on the other one is refused unless allow_mismatch."""
+    trained = {path: ckpt["modality"] for path, ckpt in zip(paths, checkpoints) if ckpt["modality"]}
+    if asked is None:
+        if len(set(trained.values())) > 1:
+            raise EvalError("the checkpoints were trained on different modalities ("
+                            + ", ".join(f"{p}: {m}" for p, m in trained.items()) + "): pass --modality rgb|event "
+                            "(and --allow_modality_mismatch), or evaluate them separately")
+        if not trained:
+            raise EvalError(f"--modality rgb|event is required: {', '.join(paths)} carries no modality (a bare state "
+                            "dict or an older checkpoint)")
+        asked = next(iter(trained.values()))
+    for path, modality in trained.items():
+        if modality != asked:
+            if not allow_mismatch:
+                raise EvalError(f"{path} was trained on {modality}, not {asked}: evaluate with --modality {modality}, "
+                                f"or pass --allow_modality_mismatch to evaluate it on {asked} frames anyway")
+            LOGGER.warning("%s was trained on %s; evaluating on %s (--allow_modality_mismatch)", path, modality, asked)
+    for path, ckpt in zip(paths, checkpoints):
+        if ckpt["modality"] is None:
+            LOGGER.info("%s carries no modality (a bare state dict or an older checkpoint): evaluating on %s", path,
+                        asked)
+    return asked
 
 
 def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torch.device,
@@ -169,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
         raise EvalError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
+    args.modality = resolve_modality(args.modality, args.weights, checkpoints, args.allow_modality_mismatch)
     data_root = args.data_root or cfg["DATA_ROOT"]
     try:
         index = build_fred_index(data_root, args.modality, args.split or cfg["SPLIT"], cfg["FRAME_STRIDE"],
@@ -185,7 +247,8 @@ def run(args: argparse.Namespace) -> dict:
         cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,
                                  cfg["FRAME_CACHE_MAX_GB"] * 1e9, desc="frame cache (val)")
     dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
-    loader = build_loader(dataset, args.batch or cfg["EVAL_BATCH_SIZE"], SequentialSampler(dataset), workers,
+    batch = args.batch if args.batch is not None else cfg["EVAL_BATCH_SIZE"]
+    loader = build_loader(dataset, batch, SequentialSampler(dataset), workers,
                           device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])
     class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
     class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
@@ -201,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
         result = evaluate(model, tqdm(batches, total=len(loader), desc=os.path.basename(path), leave=False), frames,
                           device, conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
-                          max_det=args.max_det or cfg["MAX_DET"], amp=cfg["FP16"],
+                          max_det=args.max_det if args.max_det is not None else cfg["MAX_DET"], amp=cfg["FP16"],
                           amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
                           class_names=class_names, data_root=data_root, channels_last=channels_last)
         rows.append((path, result.metrics))

@@ -1,7 +1,6 @@
 """Loading checkpoints into a YoloV8 by name and shape, with a report, and telling a checkpoint's size (phi)."""
 import logging
 import os
-import pickle
 from collections import Counter
 from collections.abc import Mapping
 
@@ -10,6 +9,7 @@ from torch import nn
 
 from nets.bubbliiiing import from_bubbliiiing, is_bubbliiiing_state_dict
 from nets.yolov8 import SCALES, scaled_depth, scaled_width
+from utils.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +33,17 @@ def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]
     """The weights in src: our checkpoint {"model": ..., "phi": ...}, a dict with "model"/"ema", a plain
     state dict, or a path to any of these. Wrapper prefixes (DDP 'module.', compile '_orig_mod.') are removed, and
     bubbliiiing yolov8-pytorch names (nets/bubbliiiing.py) are renamed to ours."""
-    obj = src
-    if isinstance(src, (str, os.PathLike)):
-        try:
-            obj = torch.load(src, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"{src}: holds pickled objects besides tensors and plain values (torch.load "
-                             "weights_only=True refused it). An Ultralytics .pt? Convert it first: "
-                             f"python -m nets.convert {src} OUT") from e
+    is_path = isinstance(src, (str, os.PathLike))
+    obj = load_checkpoint(os.fspath(src)) if is_path else src  # FileNotFoundError / ValueError saying why
+    what = f"{os.fspath(src)} is not a checkpoint" if is_path else "not a checkpoint"
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         inner = next((obj[k] for k in ("model", "ema", "state_dict") if _is_state_dict(obj.get(k))), None)
         if inner is None:
-            raise ValueError(f"{src if isinstance(src, (str, os.PathLike)) else 'checkpoint'}: no weights found "
-                             f"(keys: {sorted(map(str, obj))[:8]}); expected a state dict or a dict with 'model'")
+            raise ValueError(f"{what}: no weights found (keys: {sorted(map(str, obj))[:8]}); expected a state dict "
+                             "or a dict with 'model'")
         obj = inner
     if not _is_state_dict(obj):
-        raise ValueError(f"not a checkpoint or state dict: {type(obj).__name__}")
+        raise ValueError(f"{what}: it holds a {type(obj).__name__}, not a state dict")
     state = {}
     for k, v in obj.items():
         for prefix in _WRAPPER_PREFIXES:

@@ -1,6 +1,7 @@
 """eval_fred.py end to end on a tiny generated FRED with randomly initialised YOLOv8n checkpoints (CPU)."""
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import eval_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
 from nets import build_model
+from tests.bad_checkpoints import REASONS, make_bad_checkpoint
 from utils.evaluator import coco_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,6 +112,80 @@ def test_missing_weights_exit_2_without_traceback(fred, tmp_path):
     assert proc.returncode == 2
     assert missing in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("kind", sorted(REASONS) + ["no_weights"])
+def test_not_a_checkpoint_exit_2_with_the_reason(kind, fred, tmp_path, capsys):
+    """Garbage, empty, a folder, a pickled model...: exit 2, 'not a checkpoint' and why, not torch's advice."""
+    if kind == "no_weights":
+        path, reason = str(tmp_path / "no_weights.pth"), "no weights found"
+        torch.save({"epoch": 3, "optimizer": {}}, path)
+    else:
+        path, reason = make_bad_checkpoint(kind, str(tmp_path)), REASONS[kind]
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], path], capsys)
+    assert status == 2 and out == ""
+    assert f"{path} is not a checkpoint" in err and reason in err, err
+    for wrong in ("Traceback", "weights_only", "pop from", "does not exist"):
+        assert wrong not in err, err
+
+
+@pytest.mark.parametrize("option, value, accepts", [
+    ("--batch", "-1", "integer >= 1"), ("--batch", "0", "integer >= 1"), ("--max_det", "0", "integer >= 1"),
+    ("--max_det", "-1", "integer >= 1"), ("--workers", "-1", "integer >= 0"), ("--workers", "two", "integer >= 0"),
+    ("--conf", "-0.1", "number in [0, 1]"), ("--conf", "1.5", "number in [0, 1]"),
+    ("--conf", "nan", "number in [0, 1]"), ("--iou", "-0.01", "number in [0, 1]"), ("--iou", "1.01", "number in [0, 1]")])
+def test_out_of_range_options_exit_2_naming_the_option(option, value, accepts, capsys):
+    """Checked when the command line is parsed, before any data or checkpoint is read."""
+    with pytest.raises(SystemExit) as info:
+        eval_fred.parse_args(["--modality", "event", "--weights", "w.pth", option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}" in err and accepts in err and repr(value) in err, err
+
+
+def test_edge_values_are_accepted():
+    args = eval_fred.parse_args(["--weights", "w.pth", "--batch", "1", "--max_det", "1", "--workers", "0",
+                                 "--conf", "0", "--iou", "1"])
+    assert (args.batch, args.max_det, args.workers, args.conf, args.iou) == (1, 1, 0, 0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def trained_on(fred):
+    """{modality: checkpoint that says it was trained on that modality} (same weights as fred["ckpt"])."""
+    paths = {}
+    for modality in ("rgb", "event"):
+        paths[modality] = str(fred["base"] / f"{modality}_best.pth")
+        torch.save({**torch.load(fred["ckpt"], weights_only=True), "modality": modality}, paths[modality])
+    return paths
+
+
+def test_modality_mismatch_is_refused_unless_allowed(fred, trained_on, capsys, caplog):
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", trained_on["rgb"]], capsys)
+    assert status == 2 and out == ""
+    assert trained_on["rgb"] in err and "trained on rgb" in err and "--allow_modality_mismatch" in err, err
+
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", trained_on["rgb"],
+                                          "--allow_modality_mismatch"], capsys)
+    assert status == 0, err
+    assert "trained on rgb; evaluating on event" in caplog.text
+    assert json.loads(out.strip().splitlines()[-1])["images"] == len(fred["val"])
+
+
+def test_modality_defaults_to_the_checkpoints(fred, trained_on, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="eval_fred")
+    no_modality = [a for a in COMMON if a not in ("--modality", "event")]
+    status, out, err = run_main(no_modality + ["--data_root", fred["root"], "--weights", trained_on["event"],
+                                               fred["bare"]], capsys)
+    assert status == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["images"] == len(fred["val"])  # the event val frames
+    assert f"{fred['bare']} carries no modality" in caplog.text and "evaluating on event" in caplog.text
+
+    status, out, err = run_main(no_modality + ["--data_root", fred["root"], "--weights", trained_on["event"],
+                                               trained_on["rgb"]], capsys)
+    assert status == 2 and out == "" and "--modality" in err
+    assert f"{trained_on['event']}: event" in err and f"{trained_on['rgb']}: rgb" in err, err
+
+    status, out, err = run_main(no_modality + ["--data_root", fred["root"], "--weights", fred["bare"]], capsys)
+    assert status == 2 and out == "" and "--modality rgb|event" in err and fred["bare"] in err, err
 
 
 def test_checkpoint_that_does_not_fit(fred, tmp_path, capsys):

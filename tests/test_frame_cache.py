@@ -10,6 +10,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -115,6 +116,51 @@ def test_reused_when_nothing_changed_rebuilt_when_a_file_changes(frames, tmp_pat
     assert build_frame_cache(_paths(frames)[:5], 32, cache_dir, progress=False).built  # other frames too
     assert len(_cache_files(cache_dir)) == 6
     assert not build_frame_cache(_paths(frames), 32, cache_dir, progress=False).built  # the first is still there
+
+
+def test_image_rewritten_with_the_same_size_and_mtime_is_decoded_again(frames, tmp_path):
+    """(mtime, size) can be put back with utime; the inode change time cannot: the cache is rebuilt."""
+    path = frames[2].image
+    img = cv2.imread(path)
+    cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 0])  # uncompressed: the size depends only on the shape
+    cache_dir = str(tmp_path / "c")
+    assert build_frame_cache(_paths(frames), 32, cache_dir, progress=False).built
+    before = os.stat(path)
+    time.sleep(0.02)  # past the file system's clock tick, as any real rewrite after a build is
+    cv2.imwrite(path, 255 - img, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    cache = build_frame_cache(_paths(frames), 32, cache_dir, progress=False)
+    assert cache.built
+    np.testing.assert_array_equal(cache.get(2), _expected(255 - img, 32))
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "torn_end", "one_frame_zeroed_mtime_kept", "zeroed_mtime_kept"])
+def test_damaged_cache_of_the_same_size_is_rebuilt(damage, frames, tmp_path, caplog):
+    """A .bin written after the build (its mtime moved) or whose bytes no longer match the frame checksums (a sample,
+    always holding the last frame) is built again, with a warning."""
+    cache_dir = str(tmp_path / "c")
+    cache = build_frame_cache(_paths(frames), 48, cache_dir, progress=False)
+    st = os.stat(cache.bin_path)
+    last = len(frames) - 1
+    start, end = {"zeroed": (0, st.st_size), "zeroed_mtime_kept": (0, st.st_size),
+                  "torn_end": (st.st_size - 100, st.st_size),
+                  "one_frame_zeroed_mtime_kept": (cache.offsets[3], cache.offsets[4])}[damage]
+    with open(cache.bin_path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(end - start))
+    if damage.endswith("mtime_kept"):
+        os.utime(cache.bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.path.getsize(cache.bin_path) == st.st_size
+    again = build_frame_cache(_paths(frames), 48, cache_dir, progress=False)
+    assert again.built and "building it again" in caplog.text
+    for i in (0, 3, last):
+        np.testing.assert_array_equal(again.get(i), _expected(cv2.imread(frames[i].image), 48))
+    caplog.clear()
+    assert not build_frame_cache(_paths(frames), 48, cache_dir, progress=False).built  # sound again: reused quietly
+    assert "building it again" not in caplog.text
 
 
 def test_crash_during_build_leaves_no_usable_cache_and_next_build_is_complete(frames, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import train_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
 from nets import build_model, load_weights
+from tests.bad_checkpoints import REASONS, make_bad_checkpoint
 from utils import engine
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.ema import ModelEMA
@@ -321,6 +322,18 @@ def test_larger_unfreeze_epoch_extends_a_finished_run(run_a, tmp_path, capsys):
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["1", "frozen"], ["2", "unfrozen"], ["3", "unfrozen"]]
     assert [e.step for e in EventAccumulator(run_dir).Reload().Scalars("val/loss")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", sorted(REASONS))
+def test_resume_and_weights_refuse_what_is_not_a_checkpoint(kind, data, tmp_path, capsys):
+    """Exit 2 with 'not a checkpoint' and the reason (not torch's weights_only advice, not 'does not exist')."""
+    path = make_bad_checkpoint(kind, str(tmp_path))
+    for argv in (["--resume", path], tiny_args(data, tmp_path / "runs", epochs=1) + ["--weights", path]):
+        assert train_fred.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{path} is not a checkpoint" in err and REASONS[kind] in err, err
+        assert "Traceback" not in err and "weights_only" not in err and "does not exist" not in err, err
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "*.pth"))
 
 
 def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(data, run_a, tmp_path, capsys):

@@ -1,7 +1,10 @@
 """Checkpoints: atomic writes and the random-number state that makes a resumed run continue exactly."""
 import os
+import pickle
 import random
+import re
 import tempfile
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -47,14 +50,53 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint onto the CPU (tensors and plain types only); a missing or unreadable file raises
-    FileNotFoundError / ValueError naming it."""
-    if not os.path.isfile(path):
+    """Load a checkpoint (a dict of tensors and plain values) onto the CPU. A missing file raises FileNotFoundError;
+    anything else that is not such a checkpoint raises ValueError "<path> is not a checkpoint: <reason>"."""
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is not a checkpoint: it is a folder; pass a file in it, e.g. best.pth or last.pth")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises KeyError, RuntimeError, UnpicklingError, EOFError... for foreign files
+        raise ValueError(f"{path} is not a checkpoint: {_unreadable_reason(path, head, e)}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict (a checkpoint of "
+                         "train_fred.py or a state dict)")
+    return obj
+
+
+_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # torch.save before torch 1.6
+
+
+def _unreadable_reason(path: str, head: bytes, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused the file starting with head, in words (not torch's advice)."""
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head.startswith(_LEGACY_HEAD):  # written by torch.save
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(error))
+        if found:
+            return (f"it holds pickled Python objects (e.g. {found.group(1)}), not only tensors and plain values; "
+                    "loading it would run code from the file. A whole model (an Ultralytics .pt) must be converted "
+                    f"first: python -m nets.convert {path} OUT")
+        first = re.split(r"(?<=\.)\s", str(error).strip())[0].rstrip(".") or type(error).__name__
+        return f"the torch.save file is damaged or truncated ({first}); save or copy it again"
+    if head.startswith(b"\x80"):
+        return "it is a Python pickle, not a file written by torch.save; save the weights with torch.save"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at the end of head is still text
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is a text file (it starts with {text.splitlines()[0][:40]!r})"
+    return f"not a file written by torch.save (it starts with bytes {head[:8].hex(' ')})"
 
 
 def training_state(model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer, scaler, epoch: int,
