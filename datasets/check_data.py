@@ -9,7 +9,7 @@ from multiprocessing.pool import ThreadPool
 
 from tqdm import tqdm
 
-from datasets.fred_index import Frame, FredIndex
+from datasets.fred_index import MAX_PLAUSIBLE_BOXES, Frame, FredIndex
 from datasets.image_io import printable, read_image
 
 SUMMARY_KEYS = ("modality", "train_sequences", "val_sequences", "train_frames", "val_frames", "boxes",
@@ -56,6 +56,8 @@ def check_data(index: FredIndex, workers: int = 2, progress: bool = True) -> dic
         "val_sequence_ids": list(index.val_sequences),
         "missing_sequences": list(index.stats["missing_sequences"]),
         "unused_sequences": list(index.stats["unused_sequences"]),
+        "implausible_boxes": list(index.stats["implausible_boxes"]),
+        "suspicious_label_files": list(index.stats["suspicious_label_files"]),
     }
 
 
@@ -86,7 +88,10 @@ def format_summary(summary: dict, max_bad: int = 20) -> str:
         f"  train: {s['train_sequences']} sequences, {s['train_frames']} frames  (ids {_ids(s['train_sequence_ids'])})",
         f"  val:   {s['val_sequences']} sequences, {s['val_frames']} frames  (ids {_ids(s['val_sequence_ids'])})",
         f"  boxes: {s['boxes']}, empty (negative) frames: {s['empty_frames']}, "
-        f"dropped boxes (nothing left after clipping): {s['dropped_boxes']}",
+        f"dropped boxes (far outside the image, or nothing left after clipping): {s['dropped_boxes']}",
+        *_listed("boxes far outside the image (dropped)", s["implausible_boxes"], max_bad),
+        *_listed(f"label files with more than {MAX_PLAUSIBLE_BOXES} boxes in a frame (kept: check them)",
+                 s["suspicious_label_files"], max_bad),
         f"  images without a label file (not annotated, left out): {s['unlabeled_frames']}",
     ]
     if s["missing_sequences"]:

@@ -8,8 +8,11 @@ used: an RGB frame whose name is listed there is left out even if a copy sits in
 Which side a sequence is on comes from the split (datasets/splits.py), never from the train/ or test/ folder
 it was unzipped into. A frame with an empty label file is a negative and is kept; a frame without a label file
 was not annotated and is left out (counted). A label file with a line that does not parse is reported and left
-out (an error with strict_labels). Boxes are clipped to the image; a box with no width or height left is
-dropped (counted). Strides keep every k-th annotated frame of each sequence.
+out (an error with strict_labels). A box whose centre or size lies beyond [0, 1] by more than BOX_TOLERANCE
+(more than a rounding error: `0 0.5 0.5 1e30 1e30`) is dropped, counted and named in stats["implausible_boxes"];
+other boxes are clipped to the image, and a box with no width or height left is dropped (counted). A label file
+with more than MAX_PLAUSIBLE_BOXES boxes is kept and named in stats["suspicious_label_files"]. Strides keep every
+k-th annotated frame of each sequence.
 
 Parsing 700,000 label files takes minutes, so the parsed labels are cached per sequence, keyed by a fingerprint
 of the sequence's folders (image names; label names, sizes and mtimes): a sequence is parsed again only when
@@ -39,7 +42,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 EVENT_IMAGE_DIR = os.path.join("Event", "Frames")
 LABEL_DIRS = {"rgb": "RGB_YOLO", "event": "Event_YOLO"}
 REMOVED_DIR = "Removed_frames"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: boxes far outside the image are dropped, not clipped
+BOX_TOLERANCE = 0.01  # a box centre or size this far outside [0, 1] is a rounding error (clipped); further: dropped
+MAX_PLAUSIBLE_BOXES = 100  # a frame with more boxes than this is reported as a suspicious label file
 SCAN_THREADS = 8  # threads listing and parsing sequence folders (I/O bound; helps most on network storage)
 GENERATE_HINT = "generate a sample with: python -m datasets.synthetic --out DIR"
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
@@ -85,6 +90,12 @@ def clip_boxes_cxcywh(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     clipped[:, 1:5] = box_convert(xyxy, "xyxy", "cxcywh").numpy()
     keep = (clipped[:, 3] > 0) & (clipped[:, 4] > 0)
     return clipped, keep
+
+
+def far_outside(boxes: np.ndarray, tolerance: float = BOX_TOLERANCE) -> np.ndarray:
+    """[N] True where a normalised [N, 5] (cls, cx, cy, w, h) box's centre or size is beyond [0, 1] by > tolerance."""
+    values = boxes[:, 1:5]
+    return ((values < -tolerance) | (values > 1 + tolerance)).any(axis=1)
 
 
 def parse_label_file(path: str) -> tuple[list[list[float]], list[int], tuple[int, str] | None]:
@@ -199,13 +210,17 @@ def _parse_sequence(seq_dir: str, label_dir: str, listing: dict) -> dict:
         rows.extend(r)
         lines.extend(ln)
         counts.append(len(r))
-    boxes, keep = clip_boxes_cxcywh(np.asarray(rows, dtype=np.float64).reshape(-1, 5))
+    raw = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    far = far_outside(raw)
+    boxes, keep = clip_boxes_cxcywh(raw)
+    keep &= ~far
     offsets = np.zeros(len(annotated) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return {"fingerprint": listing["fingerprint"], "images": annotated, "unlabeled": unlabeled, "removed": removed,
             "has_labels": listing["has_labels"], "bad": bad, "offsets": offsets.tobytes(),
             "boxes": boxes.astype(np.float32).tobytes(), "keep": keep.tobytes(),
-            "lines": np.asarray(lines, dtype=np.int32).tobytes()}
+            "lines": np.asarray(lines, dtype=np.int32).tobytes(),
+            "far": {int(j): " ".join(f"{v:g}" for v in raw[j]) for j in np.flatnonzero(far)}}
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -298,15 +313,28 @@ def _select(seq_ids: list[str], seq_dirs: dict[str, str], entries: dict[str, dic
             side["no_label_folder"].append(seq_dir)
         selected = np.zeros(len(names), dtype=bool)
         selected[::stride] = True
-        box_selected = np.repeat(selected, np.diff(offsets))
+        counts = np.diff(offsets)
+        box_selected = np.repeat(selected, counts)
+
+        def label_of(i: int) -> str:
+            """Label file of frame i."""
+            return os.path.join(label_root, os.path.splitext(names[i])[0] + ".txt")
+
+        def box_at(j: int) -> str:
+            """'label file:line' of box j."""
+            return f"{label_of(int(np.searchsorted(offsets, j, side='right')) - 1)}:{lines[j]}"
+
         cls = boxes[:, 0]
         wrong = box_selected & ((cls < 0) | (cls >= num_classes) | (cls != np.floor(cls)))
         if wrong.any():
             j = int(np.argmax(wrong))
-            i = int(np.searchsorted(offsets, j, side="right")) - 1
-            path = os.path.join(label_root, os.path.splitext(names[i])[0] + ".txt")
-            raise FredDataError(f"{path}:{lines[j]}: class id {cls[j]:g} is not in 0..{num_classes - 1}: set "
-                                f"NUM_CLASSES to the number of classes in your labels (now {num_classes}; FRED has 1)")
+            raise FredDataError(f"{box_at(j)}: class id {cls[j]:g} is not in 0..{num_classes - 1}: set NUM_CLASSES "
+                                f"to the number of classes in your labels (now {num_classes}; FRED has 1)")
+        side["implausible_boxes"] += [f"{box_at(j)}: box '{text}' lies far outside the image (centre or size beyond "
+                                      f"[0, 1]): dropped" for j, text in e["far"].items() if box_selected[j]]
+        side["suspicious_label_files"] += [f"{label_of(i)}: {counts[i]} boxes in one frame (more than "
+                                           f"{MAX_PLAUSIBLE_BOXES}): check the file"
+                                           for i in np.flatnonzero(selected & (counts > MAX_PLAUSIBLE_BOXES))]
         kept = boxes[keep]
         kept_offsets = np.concatenate([[0], np.cumsum(keep)])[offsets].tolist()
         side["dropped_boxes"] += int((box_selected & ~keep).sum())
@@ -430,7 +458,8 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     entries, parsed = _index_sequences(seq_dirs, image_dir, label_dir, modality == "rgb", cache_path, header)
 
     sides = {name: {"unlabeled_frames": 0, "removed_frames": 0, "dropped_boxes": 0, "bad_files": [],
-                    "no_label_folder": []} for name in ("train", "val")}
+                    "no_label_folder": [], "implausible_boxes": [], "suspicious_label_files": []}
+             for name in ("train", "val")}
     train = [] if val_only else _select(train_seqs, seq_dirs, entries, image_dir, label_dir, frame_stride,
                                         num_classes, strict_labels, sides["train"])
     val = _select(val_seqs, seq_dirs, entries, image_dir, label_dir, val_frame_stride, num_classes,
@@ -445,6 +474,12 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     if stats["bad_files"]:
         logger.warning("%d label files do not parse and were left out, e.g. %s",
                        len(stats["bad_files"]), stats["bad_files"][0])
+    if stats["implausible_boxes"]:
+        logger.warning("%d boxes lie far outside the image and were dropped, e.g. %s",
+                       len(stats["implausible_boxes"]), stats["implausible_boxes"][0])
+    if stats["suspicious_label_files"]:
+        logger.warning("%d label files hold more than %d boxes in one frame (kept; check them), e.g. %s",
+                       len(stats["suspicious_label_files"]), MAX_PLAUSIBLE_BOXES, stats["suspicious_label_files"][0])
     stats.update(root=root, image_dir=image_dir, label_dir=label_dir, split=split, missing_sequences=missing,
                  unused_sequences=sort_ids(set(found) - set(train_ids) - set(val_ids)),
                  incomplete_folders=incomplete, duplicate_folders=duplicates, cache_file=cache_path,

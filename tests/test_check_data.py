@@ -53,6 +53,9 @@ def test_summary_counts_bad_images_and_labels(tmp_path):
     json.loads(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
     text = format_summary(summary)
     assert "train: 1 sequences, 2 frames" in text and f"{broken}: truncated PNG" in text
+    far = f"{os.path.join(seq0, 'Event_YOLO', names0[4])}.txt:3: box '0 1.5 0.5 0.1 0.1' lies far outside the image"
+    assert len(summary["implausible_boxes"]) == 1 and summary["implausible_boxes"][0].startswith(far)
+    assert f"boxes far outside the image (dropped): 1\n    {far}" in text
     assert "NOT USABLE" not in text
 
 
