@@ -58,6 +58,8 @@ def check_data(index: FredIndex, workers: int = 2, progress: bool = True) -> dic
         "unused_sequences": list(index.stats["unused_sequences"]),
         "implausible_boxes": list(index.stats["implausible_boxes"]),
         "suspicious_label_files": list(index.stats["suspicious_label_files"]),
+        "empty_sequences": list(index.stats["empty_sequences"]),
+        "unreadable_folders": list(index.stats["unreadable_folders"]),
     }
 
 
@@ -93,6 +95,8 @@ def format_summary(summary: dict, max_bad: int = 20) -> str:
         *_listed(f"label files with more than {MAX_PLAUSIBLE_BOXES} boxes in a frame (kept: check them)",
                  s["suspicious_label_files"], max_bad),
         f"  images without a label file (not annotated, left out): {s['unlabeled_frames']}",
+        *_listed("sequences without images (nothing used from them)", s["empty_sequences"], max_bad),
+        *_listed("folders that cannot be read (skipped)", s["unreadable_folders"], max_bad),
     ]
     if s["missing_sequences"]:
         lines.append(f"  split sequences not on disk: {len(s['missing_sequences'])} ({_ids(s['missing_sequences'])})")

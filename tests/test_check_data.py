@@ -14,7 +14,7 @@ from datasets.fred_dataset import FredDataset
 from datasets.fred_index import build_fred_index
 from datasets.image_io import read_image
 from datasets.synthetic import generate_fred
-from tests.test_fred_index import BOX, make_sequence
+from tests.test_fred_index import BOX, make_sequence, make_tree
 
 TWO_BOXES = BOX + "0 0.2 0.2 0.05 0.05\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +154,18 @@ def test_truncated_image_is_replaced_and_logged_during_training(rgb_tree, tmp_pa
     assert dataset[0]["index"] == 1
     assert log.read_text() == f"{frames[0].image}\ttruncated JPEG: the data does not end with the end-of-image " \
                               f"marker FF D9\n"
+
+
+def test_empty_sequence_folder_is_reported(tmp_path):
+    root = make_tree(tmp_path, ids=["0", "8"])
+    empty = tmp_path / "9"
+    (empty / "Event" / "Frames").mkdir(parents=True)
+    (empty / "Event_YOLO").mkdir()
+    index = build_fred_index(root, "event")
+    assert index.stats["empty_sequences"] == [str(empty)]
+    summary = check_data(index, workers=1, progress=False)
+    assert summary["empty_sequences"] == [str(empty)] and summary["val_sequences"] == 2
+    assert f"sequences without images (nothing used from them): 1\n    {empty}" in format_summary(summary)
 
 
 NON_UTF8_SCRIPT = """

@@ -1,6 +1,7 @@
 """FRED index: layouts, natural order, splits, strides, bad labels, cache; on tiny trees built here."""
 import logging
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -287,6 +288,34 @@ def test_label_file_with_too_many_boxes_is_suspicious(tmp_path):
     assert build_fred_index(str(tmp_path), "event", frame_stride=2).stats["suspicious_label_files"] == [
         f"{label}: 150 boxes in one frame (more than {fred_index.MAX_PLAUSIBLE_BOXES}): check the file"]
     assert build_fred_index(str(tmp_path), "event", frame_stride=3).stats["suspicious_label_files"] == []
+
+
+def test_symlink_loops_and_dangling_links_are_reported_and_skipped(tmp_path):
+    seq0, names0 = make_sequence(tmp_path, 0, frames=4)
+    make_tree(tmp_path, ids=["8", "9", "10"])
+    os.symlink("5", tmp_path / "5")                   # a sequence folder that is a symlink loop
+    os.symlink("nowhere", tmp_path / "6")             # a sequence folder whose target is gone
+    labels = os.path.join(seq0, "Event_YOLO")
+    os.remove(os.path.join(labels, names0[1] + ".txt"))
+    os.symlink("gone.txt", os.path.join(labels, names0[1] + ".txt"))   # dangling label file
+    os.remove(os.path.join(labels, names0[2] + ".txt"))
+    os.symlink(names0[2] + ".txt", os.path.join(labels, names0[2] + ".txt"))  # looping label file
+    seq10_labels = tmp_path / "10" / "Event_YOLO"
+    shutil.rmtree(seq10_labels)
+    os.symlink("Event_YOLO", seq10_labels)              # a label folder that is a symlink loop
+
+    for _ in range(2):  # the second time from the index cache
+        index = build_fred_index(str(tmp_path), "event")
+        assert index.train_sequences == ["0"] and index.val_sequences == ["8", "9"]
+        assert stems(index.train) == [names0[0], names0[3]]
+        assert sorted(index.stats["unreadable_folders"]) == [
+            f"{tmp_path / '10'}: {seq10_labels}: Too many levels of symbolic links",
+            f"{tmp_path / '5'}: Too many levels of symbolic links",
+            f"{tmp_path / '6'}: symbolic link to a missing target"]
+        assert sorted(index.stats["bad_files"]) == [
+            f"{os.path.join(labels, names0[1])}.txt: cannot read the label file (No such file or directory)",
+            f"{os.path.join(labels, names0[2])}.txt: cannot read the label file (Too many levels of symbolic links)"]
+    assert index.stats["cached_sequences"] == 3
 
 
 def test_missing_split_sequences_warn_with_ids(tmp_path, caplog):
