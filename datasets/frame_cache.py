@@ -44,13 +44,13 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.fred_index import writable_dir
+from datasets.image_io import read_image
 from utils.letterbox import letterbox_params
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the file layout or the resize changes: old caches are then ignored
+FORMAT_VERSION = 3  # bump when the file layout, the resize or the decoding changes: old caches are then ignored
 VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
-UNREADABLE = "cv2.imread returned None: missing, unreadable or not an image"
 
 
 class FrameCache:
@@ -152,12 +152,9 @@ def _file_stamp(path: str) -> tuple[int, int, int]:
 
 def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[int, int], str]:
     """(resized BGR image or None, original (h, w), reason it failed or "")."""
-    try:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-    except Exception as e:  # a decoder error on one frame is recorded, never fatal
-        return None, (0, 0), f"{type(e).__name__}: {e}"
-    if img is None or img.size == 0:
-        return None, (0, 0), UNREADABLE
+    img, reason = read_image(path)
+    if img is None:
+        return None, (0, 0), reason
     orig = (int(img.shape[0]), int(img.shape[1]))
     _, (nw, nh), _ = letterbox_params(orig, (long_side, long_side))
     if (nw, nh) != (orig[1], orig[0]):

@@ -6,9 +6,11 @@ image letterboxed and warped by the same kind of affine in a single warp; then M
 (probability mixup_prob, special augmentation on), HSV jitter, horizontal flip. Boxes move with the pixels; boxes
 cropped below min_box_size pixels, below 10% of their area or beyond aspect 20 are dropped.
 Validation sample (train=False): letterbox only.
-With a frame_cache (datasets/frame_cache.py) images come pre-resized from the cache instead of cv2.imread; ratio,
-pad and orig_shape still refer to the original image, so boxes and the evaluator's mapping are unchanged.
-Images stay BGR (as cv2.imread gives them) through all steps and become RGB once, in the final CHW copy.
+Images are read with datasets.image_io.read_image (path-safe; a truncated or corrupt file is refused): one that cannot
+be used is replaced by the next readable frame and logged. With a frame_cache (datasets/frame_cache.py) images come
+pre-resized from the cache instead; ratio, pad and orig_shape still refer to the original image, so boxes and the
+evaluator's mapping are unchanged. Images stay BGR (as OpenCV decodes them) through all steps and become RGB once,
+in the final CHW copy.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import (apply_affine, augment_hsv, flip_horizontal, hsv_draw, random_affine_matrix,
                               scale_translate_matrix)
+from datasets.image_io import printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
@@ -102,11 +105,12 @@ class FredDataset(Dataset):
         if path in self._reported_bad:
             return
         self._reported_bad.add(path)
-        logger.warning("unreadable image %s (%s): replaced by another sample", path, reason)
+        shown = printable(path)
+        logger.warning("unreadable image %s (%s): replaced by another sample", shown, reason)
         if self.bad_image_log:
             try:
                 with open(self.bad_image_log, "a", encoding="utf-8") as f:
-                    f.write(f"{path}\t{reason}\n")
+                    f.write(f"{shown}\t{reason}\n")
             except OSError as e:
                 logger.warning("cannot write bad image log %s: %s", self.bad_image_log, e)
 
@@ -125,12 +129,8 @@ class FredDataset(Dataset):
                     return img, j, self.frame_cache.orig_shape(j)
                 reason = f"{self.frame_cache.bad_reason(j)} (when the frame cache was built)"
             else:
-                try:
-                    img = cv2.imread(path, cv2.IMREAD_COLOR)
-                    reason = "cv2.imread returned None: missing, unreadable or not an image"
-                except Exception as e:  # a decoder error on one frame must not end a long run
-                    img, reason = None, f"{type(e).__name__}: {e}"
-                if img is not None and img.size > 0:
+                img, reason = read_image(path)
+                if img is not None:
                     return img, j, (int(img.shape[0]), int(img.shape[1]))
             self._report_bad(path, reason)
         raise RuntimeError(f"{limit} images in a row could not be read, the last one {path}; "

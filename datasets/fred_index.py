@@ -8,8 +8,13 @@ used: an RGB frame whose name is listed there is left out even if a copy sits in
 Which side a sequence is on comes from the split (datasets/splits.py), never from the train/ or test/ folder
 it was unzipped into. A frame with an empty label file is a negative and is kept; a frame without a label file
 was not annotated and is left out (counted). A label file with a line that does not parse is reported and left
-out (an error with strict_labels). Boxes are clipped to the image; a box with no width or height left is
-dropped (counted). Strides keep every k-th annotated frame of each sequence.
+out (an error with strict_labels). A box whose centre or size lies beyond [0, 1] by more than BOX_TOLERANCE
+(more than a rounding error: `0 0.5 0.5 1e30 1e30`) is dropped, counted and named in stats["implausible_boxes"];
+other boxes are clipped to the image, and a box with no width or height left is dropped (counted). A label file
+with more than MAX_PLAUSIBLE_BOXES boxes is kept and named in stats["suspicious_label_files"]. A folder that cannot
+be listed (a symlink loop, a dangling symlink) is skipped and named in stats["unreadable_folders"] (a label file
+that cannot be read is a bad file); a sequence without images is named in stats["empty_sequences"]. Strides keep
+every k-th annotated frame of each sequence.
 
 Parsing 700,000 label files takes minutes, so the parsed labels are cached per sequence, keyed by a fingerprint
 of the sequence's folders (image names; label names, sizes and mtimes): a sequence is parsed again only when
@@ -39,7 +44,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 EVENT_IMAGE_DIR = os.path.join("Event", "Frames")
 LABEL_DIRS = {"rgb": "RGB_YOLO", "event": "Event_YOLO"}
 REMOVED_DIR = "Removed_frames"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: boxes far outside the image are dropped, not clipped
+BOX_TOLERANCE = 0.01  # a box centre or size this far outside [0, 1] is a rounding error (clipped); further: dropped
+MAX_PLAUSIBLE_BOXES = 100  # a frame with more boxes than this is reported as a suspicious label file
 SCAN_THREADS = 8  # threads listing and parsing sequence folders (I/O bound; helps most on network storage)
 GENERATE_HINT = "generate a sample with: python -m datasets.synthetic --out DIR"
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
@@ -87,6 +94,12 @@ def clip_boxes_cxcywh(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return clipped, keep
 
 
+def far_outside(boxes: np.ndarray, tolerance: float = BOX_TOLERANCE) -> np.ndarray:
+    """[N] True where a normalised [N, 5] (cls, cx, cy, w, h) box's centre or size is beyond [0, 1] by > tolerance."""
+    values = boxes[:, 1:5]
+    return ((values < -tolerance) | (values > 1 + tolerance)).any(axis=1)
+
+
 def parse_label_file(path: str) -> tuple[list[list[float]], list[int], tuple[int, str] | None]:
     """Rows (cls, cx, cy, w, h) and line numbers of a YOLO label file, or an error (line, reason; 0 = whole file)."""
     try:
@@ -118,24 +131,42 @@ def parse_label_file(path: str) -> tuple[list[list[float]], list[int], tuple[int
     return rows, lines, None
 
 
-def find_sequences(root: str, image_dir: str) -> tuple[dict[str, str], list[str], list[str]]:
-    """({id: folder}, numeric folders without image_dir, duplicate folders) under root, root/train and root/test."""
-    found, incomplete, duplicates = {}, [], []
+def _numeric_folders(base: str, unreadable: list[str]) -> list[os.DirEntry]:
+    """Folders with numeric names in base, by number; what cannot be read (symlink loops, dangling symlinks, base
+    itself) goes to unreadable as 'path: reason'."""
+    folders = []
+    try:
+        with os.scandir(base) as it:
+            for e in it:
+                if not (e.name.isascii() and e.name.isdigit()):
+                    continue
+                try:
+                    if e.is_dir():
+                        folders.append(e)
+                    elif e.is_symlink():
+                        unreadable.append(f"{e.path}: symbolic link to a missing target")
+                except OSError as err:
+                    unreadable.append(f"{e.path}: {err.strerror or err}")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        unreadable.append(f"{base}: {err.strerror or err}")
+    return sorted(folders, key=lambda e: int(e.name))
+
+
+def find_sequences(root: str, image_dir: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
+    """({id: folder}, numeric folders without image_dir, duplicate folders, unreadable 'path: reason') under root,
+    root/train and root/test."""
+    found, incomplete, duplicates, unreadable = {}, [], [], []
     for base in (root, os.path.join(root, "train"), os.path.join(root, "test")):
-        try:
-            with os.scandir(base) as it:
-                entries = sorted((e for e in it if e.name.isascii() and e.name.isdigit() and e.is_dir()),
-                                 key=lambda e: int(e.name))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for e in entries:
+        for e in _numeric_folders(base, unreadable):
             if not os.path.isdir(os.path.join(e.path, image_dir)):
                 incomplete.append(e.path)
             elif str(int(e.name)) in found:
                 duplicates.append(e.path)
             else:
                 found[str(int(e.name))] = e.path
-    return found, incomplete, duplicates
+    return found, incomplete, duplicates, unreadable
 
 
 def writable_dir(preferred: str, fallback: str) -> str:
@@ -163,12 +194,21 @@ def _list_names(folder: str, suffixes: tuple[str, ...]) -> list[os.DirEntry]:
         return []
 
 
+def _stamp(entry: os.DirEntry) -> tuple[int, int]:
+    """(mtime_ns, size) of a directory entry; (-1, -1) when it cannot be stat'ed (a dangling or looping symlink,
+    whose read then fails and is reported)."""
+    try:
+        st = entry.stat()
+    except OSError:
+        return -1, -1
+    return st.st_mtime_ns, st.st_size
+
+
 def _scan_sequence(seq_dir: str, image_dir: str, label_dir: str, use_removed: bool) -> dict:
     """One sequence's listing (image names, label names, removed stems) and its fingerprint."""
     images = sorted(e.name for e in _list_names(os.path.join(seq_dir, image_dir), IMAGE_EXTENSIONS))
     label_path = os.path.join(seq_dir, label_dir)
-    label_stats = sorted((e.name, st.st_mtime_ns, st.st_size)
-                         for e in _list_names(label_path, (".txt",)) for st in (e.stat(),))
+    label_stats = sorted((e.name, *_stamp(e)) for e in _list_names(label_path, (".txt",)))
     removed_entries = _list_names(os.path.join(seq_dir, REMOVED_DIR), IMAGE_EXTENSIONS) if use_removed else []
     removed = sorted(os.path.splitext(e.name)[0] for e in removed_entries)
     h = hashlib.blake2b(digest_size=16)
@@ -199,13 +239,17 @@ def _parse_sequence(seq_dir: str, label_dir: str, listing: dict) -> dict:
         rows.extend(r)
         lines.extend(ln)
         counts.append(len(r))
-    boxes, keep = clip_boxes_cxcywh(np.asarray(rows, dtype=np.float64).reshape(-1, 5))
+    raw = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    far = far_outside(raw)
+    boxes, keep = clip_boxes_cxcywh(raw)
+    keep &= ~far
     offsets = np.zeros(len(annotated) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return {"fingerprint": listing["fingerprint"], "images": annotated, "unlabeled": unlabeled, "removed": removed,
             "has_labels": listing["has_labels"], "bad": bad, "offsets": offsets.tobytes(),
             "boxes": boxes.astype(np.float32).tobytes(), "keep": keep.tobytes(),
-            "lines": np.asarray(lines, dtype=np.int32).tobytes()}
+            "lines": np.asarray(lines, dtype=np.int32).tobytes(),
+            "far": {int(j): " ".join(f"{v:g}" for v in raw[j]) for j in np.flatnonzero(far)}}
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -247,22 +291,30 @@ def _save_cache(path: str, header: dict, sequences: dict) -> None:
 
 
 def _index_sequences(seq_dirs: dict[str, str], image_dir: str, label_dir: str, use_removed: bool,
-                     cache_path: str, header: dict) -> tuple[dict[str, dict], int]:
-    """({id: cache entry}, number of sequences parsed again) for the given sequence folders, updating the cache."""
+                     cache_path: str, header: dict) -> tuple[dict[str, dict], int, list[str]]:
+    """({id: cache entry}, number of sequences parsed again, unreadable 'folder: reason') for the given sequence
+    folders, updating the cache; a sequence whose folders cannot be listed (a symlink loop) has no entry."""
     cached = _load_cache(cache_path, header)
 
-    def current(seq_dir: str) -> tuple[dict, bool]:
-        """(entry, parsed again?) of one sequence folder."""
-        listing = _scan_sequence(seq_dir, image_dir, label_dir, use_removed)
+    def current(seq_dir: str) -> tuple[dict | None, bool, str]:
+        """(entry, parsed again?, "") of one sequence folder, or (None, False, why it cannot be read)."""
+        try:
+            listing = _scan_sequence(seq_dir, image_dir, label_dir, use_removed)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename and e.filename != seq_dir else ""
+            return None, False, f"{seq_dir}: {where}{e.strerror or e}"
         entry = cached.get(seq_dir)
         if entry is not None and entry["fingerprint"] == listing["fingerprint"]:
-            return entry, False
-        return _parse_sequence(seq_dir, label_dir, listing), True
+            return entry, False, ""
+        return _parse_sequence(seq_dir, label_dir, listing), True, ""
 
     with ThreadPoolExecutor(min(SCAN_THREADS, len(seq_dirs))) as pool:  # folder listing and file reads overlap
         results = dict(zip(seq_dirs, pool.map(current, seq_dirs.values())))
-    entries, parsed = {}, 0
-    for sid, (entry, fresh) in results.items():
+    entries, parsed, unreadable = {}, 0, []
+    for sid, (entry, fresh, error) in results.items():
+        if entry is None:
+            unreadable.append(error)
+            continue
         entries[sid] = entry
         cached[seq_dirs[sid]] = entry
         parsed += fresh
@@ -271,7 +323,7 @@ def _index_sequences(seq_dirs: dict[str, str], image_dir: str, label_dir: str, u
         del cached[d]
     if parsed or gone:
         _save_cache(cache_path, header, cached)
-    return entries, parsed
+    return entries, parsed, unreadable
 
 
 def _bad_message(path: str, error: tuple[int, str]) -> str:
@@ -296,17 +348,32 @@ def _select(seq_ids: list[str], seq_dirs: dict[str, str], entries: dict[str, dic
         side["removed_frames"] += e["removed"]
         if not e["has_labels"]:
             side["no_label_folder"].append(seq_dir)
+        if not names and not e["unlabeled"] and not e["removed"]:
+            side["empty_sequences"].append(seq_dir)
         selected = np.zeros(len(names), dtype=bool)
         selected[::stride] = True
-        box_selected = np.repeat(selected, np.diff(offsets))
+        counts = np.diff(offsets)
+        box_selected = np.repeat(selected, counts)
+
+        def label_of(i: int) -> str:
+            """Label file of frame i."""
+            return os.path.join(label_root, os.path.splitext(names[i])[0] + ".txt")
+
+        def box_at(j: int) -> str:
+            """'label file:line' of box j."""
+            return f"{label_of(int(np.searchsorted(offsets, j, side='right')) - 1)}:{lines[j]}"
+
         cls = boxes[:, 0]
         wrong = box_selected & ((cls < 0) | (cls >= num_classes) | (cls != np.floor(cls)))
         if wrong.any():
             j = int(np.argmax(wrong))
-            i = int(np.searchsorted(offsets, j, side="right")) - 1
-            path = os.path.join(label_root, os.path.splitext(names[i])[0] + ".txt")
-            raise FredDataError(f"{path}:{lines[j]}: class id {cls[j]:g} is not in 0..{num_classes - 1}: set "
-                                f"NUM_CLASSES to the number of classes in your labels (now {num_classes}; FRED has 1)")
+            raise FredDataError(f"{box_at(j)}: class id {cls[j]:g} is not in 0..{num_classes - 1}: set NUM_CLASSES "
+                                f"to the number of classes in your labels (now {num_classes}; FRED has 1)")
+        side["implausible_boxes"] += [f"{box_at(j)}: box '{text}' lies far outside the image (centre or size beyond "
+                                      f"[0, 1]): dropped" for j, text in e["far"].items() if box_selected[j]]
+        side["suspicious_label_files"] += [f"{label_of(i)}: {counts[i]} boxes in one frame (more than "
+                                           f"{MAX_PLAUSIBLE_BOXES}): check the file"
+                                           for i in np.flatnonzero(selected & (counts > MAX_PLAUSIBLE_BOXES))]
         kept = boxes[keep]
         kept_offsets = np.concatenate([[0], np.cumsum(keep)])[offsets].tolist()
         side["dropped_boxes"] += int((box_selected & ~keep).sum())
@@ -395,7 +462,7 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
                             f"folder holding the sequence folders, or {GENERATE_HINT}")
     image_dir = EVENT_IMAGE_DIR if modality == "event" else os.path.normpath(rgb_image_dir)
     label_dir = LABEL_DIRS[modality]
-    found, incomplete, duplicates = find_sequences(root, image_dir)
+    found, incomplete, duplicates, unreadable = find_sequences(root, image_dir)
     if not found:
         raise FredDataError(_no_sequences_message(root, image_dir, incomplete))
     if duplicates:
@@ -427,10 +494,18 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     cache_path = os.path.join(os.path.abspath(os.path.expanduser(cache_root)), f"index-{tag}-{root_hash}.pkl")
     header = {"version": CACHE_VERSION, "root": root, "image_dir": image_dir, "label_dir": label_dir}
     seq_dirs = {sid: found[sid] for sid in ([] if val_only else train_seqs) + val_seqs}
-    entries, parsed = _index_sequences(seq_dirs, image_dir, label_dir, modality == "rgb", cache_path, header)
+    entries, parsed, unlisted = _index_sequences(seq_dirs, image_dir, label_dir, modality == "rgb", cache_path,
+                                                 header)
+    unreadable += unlisted
+    if unreadable:
+        logger.warning("%d folders cannot be read and were skipped: %s", len(unreadable), "; ".join(unreadable))
+    skipped = set(seq_dirs) - set(entries)
+    train_seqs = [i for i in train_seqs if i not in skipped]
+    val_seqs = [i for i in val_seqs if i not in skipped]
 
     sides = {name: {"unlabeled_frames": 0, "removed_frames": 0, "dropped_boxes": 0, "bad_files": [],
-                    "no_label_folder": []} for name in ("train", "val")}
+                    "no_label_folder": [], "empty_sequences": [], "implausible_boxes": [],
+                    "suspicious_label_files": []} for name in ("train", "val")}
     train = [] if val_only else _select(train_seqs, seq_dirs, entries, image_dir, label_dir, frame_stride,
                                         num_classes, strict_labels, sides["train"])
     val = _select(val_seqs, seq_dirs, entries, image_dir, label_dir, val_frame_stride, num_classes,
@@ -445,9 +520,18 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     if stats["bad_files"]:
         logger.warning("%d label files do not parse and were left out, e.g. %s",
                        len(stats["bad_files"]), stats["bad_files"][0])
+    if stats["implausible_boxes"]:
+        logger.warning("%d boxes lie far outside the image and were dropped, e.g. %s",
+                       len(stats["implausible_boxes"]), stats["implausible_boxes"][0])
+    if stats["suspicious_label_files"]:
+        logger.warning("%d label files hold more than %d boxes in one frame (kept; check them), e.g. %s",
+                       len(stats["suspicious_label_files"]), MAX_PLAUSIBLE_BOXES, stats["suspicious_label_files"][0])
+    if stats["empty_sequences"]:
+        logger.warning("%d sequence folders have no images in %s/: %s", len(stats["empty_sequences"]), image_dir,
+                       ", ".join(stats["empty_sequences"]))
     stats.update(root=root, image_dir=image_dir, label_dir=label_dir, split=split, missing_sequences=missing,
                  unused_sequences=sort_ids(set(found) - set(train_ids) - set(val_ids)),
-                 incomplete_folders=incomplete, duplicate_folders=duplicates, cache_file=cache_path,
-                 parsed_sequences=parsed, cached_sequences=len(seq_dirs) - parsed,
+                 incomplete_folders=incomplete, duplicate_folders=duplicates, unreadable_folders=unreadable,
+                 cache_file=cache_path, parsed_sequences=parsed, cached_sequences=len(entries) - parsed,
                  seconds=round(time.perf_counter() - start, 3))
     return FredIndex(modality, train, val, train_seqs, val_seqs, stats)

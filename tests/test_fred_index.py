@@ -1,6 +1,7 @@
 """FRED index: layouts, natural order, splits, strides, bad labels, cache; on tiny trees built here."""
 import logging
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -256,6 +257,65 @@ def test_boxes_clipped_and_empty_boxes_dropped(tmp_path):
     np.testing.assert_allclose(index.train[0].boxes, [[0, 0.925, 0.5, 0.15, 0.2], [0, 0.035, 0.015, 0.07, 0.03]],
                                atol=1e-6)
     assert index.stats["dropped_boxes"] == 2
+
+
+def test_boxes_far_outside_the_image_are_dropped_and_named(tmp_path):
+    text = (BOX +
+            "0 0.5 0.5 1e30 1e30\n"     # absurd size: dropped, not clipped to the whole frame
+            "0 -3 0.5 0.1 0.1\n"        # centre far left of the image: dropped
+            "0 1.005 0.5 0.1 0.1\n"     # centre just outside (rounding): clipped to x 0.955..1.0
+            "0 0.5 0.5 0.0 0.1\n")      # no width: dropped, not implausible
+    seq, names = make_sequence(tmp_path, 0, frames=2, labels={1: text})
+    make_tree(tmp_path, ids=["8"])
+    index = build_fred_index(str(tmp_path), "event")
+    np.testing.assert_allclose(index.train[1].boxes, [[0, 0.5, 0.5, 0.1, 0.2], [0, 0.9775, 0.5, 0.045, 0.1]],
+                               atol=1e-6)
+    assert index.stats["dropped_boxes"] == 3
+    label = os.path.join(seq, "Event_YOLO", names[1] + ".txt")
+    assert index.stats["implausible_boxes"] == [
+        f"{label}:2: box '0 0.5 0.5 1e+30 1e+30' lies far outside the image (centre or size beyond [0, 1]): dropped",
+        f"{label}:3: box '0 -3 0.5 0.1 0.1' lies far outside the image (centre or size beyond [0, 1]): dropped"]
+
+
+def test_label_file_with_too_many_boxes_is_suspicious(tmp_path):
+    seq, names = make_sequence(tmp_path, 0, frames=3, labels={2: BOX * 150})
+    make_tree(tmp_path, ids=["8"])
+    index = build_fred_index(str(tmp_path), "event")
+    assert [len(f.boxes) for f in index.train] == [1, 1, 150]  # kept, but reported
+    label = os.path.join(seq, "Event_YOLO", names[2] + ".txt")
+    assert index.stats["suspicious_label_files"] == [
+        f"{label}: 150 boxes in one frame (more than {fred_index.MAX_PLAUSIBLE_BOXES}): check the file"]
+    assert build_fred_index(str(tmp_path), "event", frame_stride=2).stats["suspicious_label_files"] == [
+        f"{label}: 150 boxes in one frame (more than {fred_index.MAX_PLAUSIBLE_BOXES}): check the file"]
+    assert build_fred_index(str(tmp_path), "event", frame_stride=3).stats["suspicious_label_files"] == []
+
+
+def test_symlink_loops_and_dangling_links_are_reported_and_skipped(tmp_path):
+    seq0, names0 = make_sequence(tmp_path, 0, frames=4)
+    make_tree(tmp_path, ids=["8", "9", "10"])
+    os.symlink("5", tmp_path / "5")                   # a sequence folder that is a symlink loop
+    os.symlink("nowhere", tmp_path / "6")             # a sequence folder whose target is gone
+    labels = os.path.join(seq0, "Event_YOLO")
+    os.remove(os.path.join(labels, names0[1] + ".txt"))
+    os.symlink("gone.txt", os.path.join(labels, names0[1] + ".txt"))   # dangling label file
+    os.remove(os.path.join(labels, names0[2] + ".txt"))
+    os.symlink(names0[2] + ".txt", os.path.join(labels, names0[2] + ".txt"))  # looping label file
+    seq10_labels = tmp_path / "10" / "Event_YOLO"
+    shutil.rmtree(seq10_labels)
+    os.symlink("Event_YOLO", seq10_labels)              # a label folder that is a symlink loop
+
+    for _ in range(2):  # the second time from the index cache
+        index = build_fred_index(str(tmp_path), "event")
+        assert index.train_sequences == ["0"] and index.val_sequences == ["8", "9"]
+        assert stems(index.train) == [names0[0], names0[3]]
+        assert sorted(index.stats["unreadable_folders"]) == [
+            f"{tmp_path / '10'}: {seq10_labels}: Too many levels of symbolic links",
+            f"{tmp_path / '5'}: Too many levels of symbolic links",
+            f"{tmp_path / '6'}: symbolic link to a missing target"]
+        assert sorted(index.stats["bad_files"]) == [
+            f"{os.path.join(labels, names0[1])}.txt: cannot read the label file (No such file or directory)",
+            f"{os.path.join(labels, names0[2])}.txt: cannot read the label file (Too many levels of symbolic links)"]
+    assert index.stats["cached_sequences"] == 3
 
 
 def test_missing_split_sequences_warn_with_ids(tmp_path, caplog):
