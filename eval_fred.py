@@ -5,7 +5,9 @@
         [--device D] [--phi P] [--save_json DIR] [--plots] [--per_sequence] [--workers N] [--set KEY=VALUE ...]
 
 --modality defaults to the one the checkpoints were trained on; a checkpoint trained on the other modality is
-refused unless --allow_modality_mismatch. Defaults come from config_fred.py (change them there or with --set). The
+refused unless --allow_modality_mismatch. What the first checkpoint was trained with that evaluation depends on
+(data root, split, input shape, classes, AMP, thresholds: FROM_CHECKPOINT) comes from it; the rest from
+config_fred.py; --set and the flags override both. The
 evaluator is utils/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
 the same number for the same checkpoint, data and settings. Output: a table with one row per checkpoint, then one
 final line of JSON for the last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images,
@@ -36,11 +38,15 @@ from nets.weights import checkpoint_info, read_state_dict
 from utils.checkpoint import load_checkpoint
 from utils.coco_arrays import results_array_to_dicts
 from utils.config import apply_overrides, config_dict
-from utils.evaluator import evaluate, per_sequence_metrics
+from utils.evaluator import autocast_dtype, evaluate, per_sequence_metrics
 from utils.plots import plot_pr_curve, plot_samples
 
 LOGGER = logging.getLogger("eval_fred")
 JSON_KEYS = ("mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images", "ms_per_image")
+# config keys a train_fred.py checkpoint records that decide its evaluation: taken from it unless --set or a flag says
+# otherwise, so that eval_fred.py on a run's best.pth prints the number the run printed
+FROM_CHECKPOINT = ("DATA_ROOT", "SPLIT", "VAL_FRAME_STRIDE", "RGB_IMAGE_DIR", "NUM_CLASSES", "CLASS_NAMES",
+                   "STRICT_LABELS", "INPUT_SHAPE", "FP16", "AMP_DTYPE", "CONFIDENCE", "NMS_IOU", "MAX_DET")
 PLOT_SCORE = 0.25  # detections drawn in samples.png score at least this
 
 
@@ -216,11 +222,20 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def eval_config(trained: dict, sets: list[str]) -> dict:
+    """config_fred.py's defaults, then the values the checkpoint was trained with that evaluation depends on
+    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set."""
+    cfg = config_dict(config_fred)
+    cfg.update({k: v for k, v in trained.items() if k in FROM_CHECKPOINT and k in cfg})
+    return apply_overrides(cfg, sets)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Evaluate every checkpoint; print the table (and per-sequence tables); return the last one's metrics."""
     cv2.setNumThreads(0)  # no OpenCV thread pool: the DataLoader workers fill the cores (see train_fred.main)
+    checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
     try:
-        cfg = apply_overrides(config_dict(config_fred), args.sets)
+        cfg = eval_config(checkpoints[0]["config"], args.sets)
     except ValueError as e:
         raise EvalError(str(e)) from None
     input_shape = tuple(int(v) for v in cfg["INPUT_SHAPE"])
@@ -229,7 +244,6 @@ def run(args: argparse.Namespace) -> dict:
     if cfg["FRAME_CACHE"] not in ("off", "disk"):
         raise EvalError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
     args.modality = resolve_modality(args.modality, args.weights, checkpoints, args.allow_modality_mismatch)
     data_root = args.data_root or cfg["DATA_ROOT"]
     try:
@@ -265,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
                           device, conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
                           iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
                           max_det=args.max_det if args.max_det is not None else cfg["MAX_DET"], amp=cfg["FP16"],
-                          amp_dtype=torch.bfloat16 if cfg["AMP_DTYPE"] == "bf16" else torch.float16,
+                          amp_dtype=autocast_dtype(cfg["AMP_DTYPE"]),
                           class_names=class_names, data_root=data_root, channels_last=channels_last)
         rows.append((path, result.metrics))
         if args.per_sequence:

@@ -248,3 +248,11 @@ def test_training_time_map_equals_eval_fred(tmp_path, capsys):
     evaluated = json.loads(out.strip().splitlines()[-1])
     assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
     assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
+
+    # no flags but the weights: data root, split, input shape, classes, modality and thresholds come from the checkpoint
+    status, out, err = run_main(["--device", "cpu", "--weights", os.path.join(trained["run_dir"], "best.pth")], capsys)
+    assert status == 0, err
+    bare = json.loads(out.strip().splitlines()[-1])
+    assert bare["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
+    assert bare["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
+    assert "evaluating at" not in err
