@@ -42,7 +42,7 @@ from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
 RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration")  # kept in last.pth only
@@ -146,8 +146,9 @@ def new_run_dir(save_dir: str) -> str:
     return path
 
 
-def step_advice(cfg: dict, n_train: int) -> str:
-    """The seed note's check: total optimizer steps against 5e4 (SGD) / 1.5e4 (Adam), with the epochs to reach it."""
+def step_advice(cfg: dict, n_train: int, advise: bool = True) -> str:
+    """The RTX 3090 tuning note's check: total optimizer steps against 5e4 (SGD) / 1.5e4 (Adam), with the epochs
+    to reach it; advise=False (the demo sample) gives the count only."""
     total = cfg["UNFREEZE_EPOCH"]
     frozen = min(cfg["FREEZE_EPOCH"], total) if cfg["FREEZE_TRAIN"] else 0
     per_frozen = max(1, n_train // cfg["FREEZE_BATCH_SIZE"])  # training loaders drop the incomplete last batch
@@ -156,6 +157,8 @@ def step_advice(cfg: dict, n_train: int) -> str:
     wanted = RECOMMENDED_STEPS[cfg["OPTIMIZER_TYPE"]]
     head = (f"{n_train} training frames: {frozen} frozen epochs x {per_frozen} + {total - frozen} unfrozen epochs x "
             f"{per_unfrozen} = {steps} optimizer steps")
+    if not advise:
+        return head
     if steps >= wanted:
         return f"{head} (>= the {wanted:.0f} recommended for {cfg['OPTIMIZER_TYPE']}: enough)"
     epochs = frozen + math.ceil((wanted - frozen * per_frozen) / per_unfrozen)
@@ -312,7 +315,7 @@ class StopFlag:
 
 # ----------------------------------------------------------------------------------------------- training
 def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
-    """The seed note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off when a
+    """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off when a
     training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
     if during == "evaluation":
         key = "EVAL_BATCH_SIZE"
@@ -340,7 +343,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     if main_proc:
         print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
-        print("steps: " + step_advice(cfg, len(index.train)), flush=True)
+        on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
+        print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
 
     model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=3)
     if cfg["MODEL_PATH"] and resume_state is None:
