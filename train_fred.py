@@ -254,7 +254,7 @@ def run_check_data(cfg: dict, modality: str) -> int:
     try:
         index = build_index(cfg, modality)
     except FredDataError as e:
-        print(f"data check failed: {e}", file=sys.stderr)
+        print(f"data check failed: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
     summary = check_data(index, workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1), progress=True)
     print(format_summary(summary), flush=True)
@@ -264,6 +264,13 @@ def run_check_data(cfg: dict, modality: str) -> int:
     print(f"not usable: no {'train' if not summary['train_frames'] else 'val'} frames with readable images under "
           f"{summary['root']} (modality {modality}, split {summary['split']})", file=sys.stderr)
     return 1
+
+
+def missing_root_hint(cfg: dict, modality: str) -> str:
+    """For a data root that does not exist, a line on trying the trainer without FRED (--demo); else ""."""
+    if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
+        return ""
+    return f"\nno FRED at hand? try the trainer on a generated sample: python train_fred.py --modality {modality} --demo"
 
 
 def build_index(cfg: dict, modality: str):
@@ -632,7 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_dir = dist.broadcast_object(run_dir if dist.is_main() else None)
         return train(cfg, modality, device, run_dir, resume_state, stop)
     except FredDataError as e:
-        print(f"data error: {e}", file=sys.stderr)
+        print(f"data error: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
     finally:
         stop.restore()

@@ -442,6 +442,27 @@ def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
     assert "no val frames" in captured.err and str(broken) in captured.err
 
 
+def test_default_data_root_is_real_fred_and_only_demo_uses_the_sample():
+    args = train_fred.parse_args(["--modality", "event"])
+    assert train_fred.resolve_config(args, None, cuda=False)["DATA_ROOT"] != train_fred.DEMO_ROOT
+    demo = train_fred.parse_args(["--modality", "event", "--demo"])
+    assert train_fred.resolve_config(demo, None, cuda=False)["DATA_ROOT"] == train_fred.DEMO_ROOT
+
+
+def test_missing_data_root_says_how_to_get_fred_and_mentions_demo(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    os.symlink(data, train_fred.DEMO_ROOT)  # a demo sample lies in the checkout: without --data_root it is not used
+    assert train_fred.main(["--modality", "event", "--check_data"]) == 2
+    err = capsys.readouterr().err
+    for text in ("FRED: The Florence RGB-Event Drone Dataset", "GabrieleMagrini/FRED", "train/<id>.zip", "--data_root",
+                 "python train_fred.py --modality event --demo"):
+        assert text in err, (text, err)
+    assert train_fred.main(["--modality", "rgb", "--device", "cpu"]) == 2  # a training run says the same
+    err = capsys.readouterr().err
+    assert "GabrieleMagrini/FRED" in err and "python train_fred.py --modality rgb --demo" in err, err
+
+
 # ----------------------------------------------------------------------------------------------- subprocesses
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
