@@ -42,7 +42,7 @@ from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
 RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration")  # kept in last.pth only
@@ -270,7 +270,8 @@ def missing_root_hint(cfg: dict, modality: str) -> str:
     """For a data root that does not exist, a line on trying the trainer without FRED (--demo); else ""."""
     if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
         return ""
-    return f"\nno FRED at hand? try the trainer on a generated sample: python train_fred.py --modality {modality} --demo"
+    return ("\nno FRED at hand? try the trainer on a generated sample: "
+            f"python train_fred.py --modality {modality} --demo")
 
 
 def build_index(cfg: dict, modality: str):
@@ -322,8 +323,8 @@ class StopFlag:
 
 # ----------------------------------------------------------------------------------------------- training
 def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
-    """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off when a
-    training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
+    """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off
+    when a training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
     if during == "evaluation":
         key = "EVAL_BATCH_SIZE"
     else:
