@@ -42,7 +42,7 @@ from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum steps
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
 RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration")  # kept in last.pth only
