@@ -2,12 +2,12 @@
 
 Read by train_fred.py and eval_fred.py only; they pass plain values down.
 Override any key from the command line: `--set KEY=VALUE` (a Python literal).
-Defaults for the schedule, batch sizes and augmentation come from the RTX 3090
-tuning note (shared/seed/FRED_training_optimization_notes.zh.md).
+Defaults for the schedule, batch sizes and augmentation come from a user's RTX 3090
+tuning note, "FRED 数据集训练参数优化说明" (FRED dataset training-parameter optimisation notes).
 """
 
 # ----------------------------------------------------------------- data
-DATA_ROOT = "data/fred_demo"      # FRED root holding <id>/, train/<id>/ or test/<id>/ sequence folders
+DATA_ROOT = "data/FRED"           # FRED root holding <id>/, train/<id>/ or test/<id>/ sequence folders (--demo: data/fred_demo)
 SPLIT = "canonical"               # canonical | challenging | random:<val_fraction>:<seed> | folder with *train*.txt and *test*.txt
 RGB_IMAGE_DIR = "PADDED_RGB"      # RGB image folder in a sequence: PADDED_RGB (matches RGB_YOLO boxes) or RGB
 NUM_CLASSES = 1                   # classes in the label files (FRED: 1, 0 = drone)

@@ -147,8 +147,9 @@ def new_run_dir(save_dir: str) -> str:
     return path
 
 
-def step_advice(cfg: dict, n_train: int) -> str:
-    """The seed note's check: total optimizer steps against 5e4 (SGD) / 1.5e4 (Adam), with the epochs to reach it."""
+def step_advice(cfg: dict, n_train: int, advise: bool = True) -> str:
+    """The RTX 3090 tuning note's check: total optimizer steps against 5e4 (SGD) / 1.5e4 (Adam), with the epochs
+    to reach it; advise=False (the demo sample) gives the count only."""
     total = cfg["UNFREEZE_EPOCH"]
     frozen = min(cfg["FREEZE_EPOCH"], total) if cfg["FREEZE_TRAIN"] else 0
     per_frozen = max(1, n_train // cfg["FREEZE_BATCH_SIZE"])  # training loaders drop the incomplete last batch
@@ -157,6 +158,8 @@ def step_advice(cfg: dict, n_train: int) -> str:
     wanted = RECOMMENDED_STEPS[cfg["OPTIMIZER_TYPE"]]
     head = (f"{n_train} training frames: {frozen} frozen epochs x {per_frozen} + {total - frozen} unfrozen epochs x "
             f"{per_unfrozen} = {steps} optimizer steps")
+    if not advise:
+        return head
     if steps >= wanted:
         return f"{head} (>= the {wanted:.0f} recommended for {cfg['OPTIMIZER_TYPE']}: enough)"
     epochs = frozen + math.ceil((wanted - frozen * per_frozen) / per_unfrozen)
@@ -252,7 +255,7 @@ def run_check_data(cfg: dict, modality: str) -> int:
     try:
         index = build_index(cfg, modality)
     except FredDataError as e:
-        print(f"data check failed: {e}", file=sys.stderr)
+        print(f"data check failed: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
     summary = check_data(index, workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1), progress=True)
     print(format_summary(summary), flush=True)
@@ -262,6 +265,14 @@ def run_check_data(cfg: dict, modality: str) -> int:
     print(f"not usable: no {'train' if not summary['train_frames'] else 'val'} frames with readable images under "
           f"{summary['root']} (modality {modality}, split {summary['split']})", file=sys.stderr)
     return 1
+
+
+def missing_root_hint(cfg: dict, modality: str) -> str:
+    """For a data root that does not exist, a line on trying the trainer without FRED (--demo); else ""."""
+    if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
+        return ""
+    return ("\nno FRED at hand? try the trainer on a generated sample: "
+            f"python train_fred.py --modality {modality} --demo")
 
 
 def build_index(cfg: dict, modality: str):
@@ -313,8 +324,8 @@ class StopFlag:
 
 # ----------------------------------------------------------------------------------------------- training
 def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
-    """The seed note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off when a
-    training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
+    """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off
+    when a training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
     if during == "evaluation":
         key = "EVAL_BATCH_SIZE"
     else:
@@ -341,7 +352,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
     if main_proc:
         print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
-        print("steps: " + step_advice(cfg, len(index.train)), flush=True)
+        on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
+        print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
 
     model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=3)
     if cfg["MODEL_PATH"] and resume_state is None:
@@ -631,7 +643,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_dir = dist.broadcast_object(run_dir if dist.is_main() else None)
         return train(cfg, modality, device, run_dir, resume_state, stop)
     except FredDataError as e:
-        print(f"data error: {e}", file=sys.stderr)
+        print(f"data error: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
     finally:
         stop.restore()

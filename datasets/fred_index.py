@@ -49,6 +49,9 @@ BOX_TOLERANCE = 0.01  # a box centre or size this far outside [0, 1] is a roundi
 MAX_PLAUSIBLE_BOXES = 100  # a frame with more boxes than this is reported as a suspicious label file
 SCAN_THREADS = 8  # threads listing and parsing sequence folders (I/O bound; helps most on network storage)
 GENERATE_HINT = "generate a sample with: python -m datasets.synthetic --out DIR"
+GET_FRED_HINT = ('FRED ("FRED: The Florence RGB-Event Drone Dataset", Magrini et al., ACM MM 2025) is the Hugging Face '
+                 "dataset GabrieleMagrini/FRED (GitHub: miccunifi/FRED), one zip per sequence, train/<id>.zip and "
+                 "test/<id>.zip: unzip the ones you want under one folder")
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
 
 
@@ -459,7 +462,7 @@ def build_fred_index(root: str, modality: str, split: str = "canonical", frame_s
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FredDataError(f"FRED root {root} is not a folder: set the data root (--data_root / DATA_ROOT) to the "
-                            f"folder holding the sequence folders, or {GENERATE_HINT}")
+                            f"folder holding the sequence folders. {GET_FRED_HINT}; or {GENERATE_HINT}")
     image_dir = EVENT_IMAGE_DIR if modality == "event" else os.path.normpath(rgb_image_dir)
     label_dir = LABEL_DIRS[modality]
     found, incomplete, duplicates, unreadable = find_sequences(root, image_dir)

@@ -1,9 +1,10 @@
 """Generated FRED: a FRED-shaped tree of synthetic drone sequences to test, demo and benchmark on.
 
-Nobody here can download FRED, so this module writes data with FRED's layout, names, colours and quirks
-(see shared/fred/FORMAT.md): per sequence `RGB/`, `PADDED_RGB/`, `Event/Frames/`, `RGB_YOLO/`,
-`Event_YOLO/`, `Removed_frames/` and `coordinates.txt`, plus `synthetic_manifest.json` at the root with
-the ground-truth counts a reader must find.
+FRED is about 205 GB and tests cannot download it, so this module writes data with FRED's layout, names,
+colours and quirks (as the dataset's README and loader describe them: the Hugging Face dataset
+GabrieleMagrini/FRED and the GitHub repository miccunifi/FRED): per sequence `RGB/`, `PADDED_RGB/`,
+`Event/Frames/`, `RGB_YOLO/`, `Event_YOLO/`, `Removed_frames/` and `coordinates.txt`, plus
+`synthetic_manifest.json` at the root with the ground-truth counts a reader must find.
 
 The scene model: one world image per time step (1/30 s apart) in the event camera's frame, holding a
 static background (sky gradient, treeline / buildings / grass, power lines), drifting clouds, a swaying

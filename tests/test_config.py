@@ -1,4 +1,5 @@
 """Config as a dict and `--set KEY=VALUE` overrides: literals, bare strings, type checks, clear errors."""
+import re
 import types
 
 import pytest
@@ -47,9 +48,34 @@ def test_overrides_parse_python_literals_and_keep_types():
     ("SPLIT=3", "SPLIT must be str"),
     ("UNFREEZE_EPOCH", "expects KEY=VALUE"),
 ])
-def test_bad_overrides_name_the_problem_and_list_valid_keys(item, fragment):
+def test_bad_overrides_name_the_problem(item, fragment):
     with pytest.raises(ValueError) as err:
         apply_overrides(CFG, [item])
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("item, closest", [
+    ("UNFREEZE_EPOCHS=200", "UNFREEZE_EPOCH"),     # a typo
+    ("unfreeze_epoch=200", "UNFREEZE_EPOCH"),      # lower case
+    ("BATCH_SIZE=8", "FREEZE_BATCH_SIZE"),         # a key of another trainer
+    ("INPUT_SIZE=[320,320]", "INPUT_SHAPE"),
+    ("EPOCHS=100", "UNFREEZE_EPOCH"),              # Ultralytics' name for the total
+])
+def test_unknown_key_lists_the_closest_keys_not_all_of_them(item, closest):
+    cfg = config_dict(config_fred)
+    with pytest.raises(ValueError) as err:
+        apply_overrides(cfg, [item])
     message = str(err.value)
-    assert fragment in message
-    assert "Valid keys: INPUT_SHAPE, INIT_LR, UNFREEZE_EPOCH, FP16, SPLIT" in message
+    suggested = re.search(r"closest valid keys: ([A-Z0-9_]+(?:, [A-Z0-9_]+)*)", message)
+    assert suggested, message
+    names = suggested.group(1).split(", ")
+    assert closest in names and 1 <= len(names) <= 5 and set(names) <= set(cfg)
+    assert "config_fred.py" in message  # where the whole list is
+    assert sum(key in message for key in cfg) <= 5, "only the closest keys are listed"
+
+
+def test_unknown_key_with_nothing_close_says_where_the_keys_are():
+    with pytest.raises(ValueError) as err:
+        apply_overrides(config_dict(config_fred), ["QQQQ=1"])
+    assert "unknown config key 'QQQQ'" in str(err.value) and "config_fred.py" in str(err.value)
+    assert "closest" not in str(err.value)

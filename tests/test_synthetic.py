@@ -1,4 +1,4 @@
-"""Generated FRED (datasets/synthetic.py): layout and names of FORMAT.md, counts, determinism, exact boxes."""
+"""Generated FRED (datasets/synthetic.py): layout and names of released FRED, counts, determinism, exact boxes."""
 import hashlib
 import re
 from pathlib import Path

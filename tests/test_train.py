@@ -188,14 +188,31 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["last.pth"], "the temporary file must be removed"
 
 
-def test_step_advice_names_the_epochs_that_reach_the_seed_note_figure():
+def test_step_advice_names_the_epochs_that_reach_the_tuning_note_figure():
     cfg = {"UNFREEZE_EPOCH": 150, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": True, "FREEZE_BATCH_SIZE": 32,
            "UNFREEZE_BATCH_SIZE": 16, "OPTIMIZER_TYPE": "sgd"}
-    assert "enough" in train_fred.step_advice(cfg, 48335)  # the seed note: 48,335 frames, well above 5e4
+    assert "enough" in train_fred.step_advice(cfg, 48335)  # the RTX 3090 tuning note: 48,335 frames, well above 5e4
     text = train_fred.step_advice(cfg, 1000)  # full batches only: 30 * 31 + 120 * 62 = 8370 steps
     assert "8370 optimizer steps" in text
     # 30 * 31 = 930 frozen steps, then ceil((50000 - 930) / 62) = 792 unfrozen epochs
     assert "UNFREEZE_EPOCH=822" in text
+
+
+def test_step_advice_without_advice_gives_the_count_only():
+    cfg = {"UNFREEZE_EPOCH": 30, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": False, "FREEZE_BATCH_SIZE": 32,
+           "UNFREEZE_BATCH_SIZE": 8, "OPTIMIZER_TYPE": "adamw"}
+    text = train_fred.step_advice(cfg, 184, advise=False)  # the CPU demo: 30 epochs x 23 steps
+    assert "690 optimizer steps" in text and "recommended" not in text and "UNFREEZE_EPOCH" not in text
+    assert "UNFREEZE_EPOCH=" in train_fred.step_advice(cfg, 184)
+
+
+def test_demo_prints_the_step_count_without_the_advice_for_real_runs(data, run_a, tmp_path, monkeypatch, capsys):
+    assert "recommended" in run_a["stdout"]  # a run on other data gets the advice
+    monkeypatch.setattr(train_fred, "DEMO_ROOT", data)  # the demo sample exists already: nothing is generated
+    assert train_fred.main(["--demo", *tiny_args(data, tmp_path, epochs=1)]) == 0
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("steps: ")]
+    assert len(steps) == 1 and "optimizer steps" in steps[0]
+    assert "recommended" not in steps[0] and "UNFREEZE_EPOCH" not in steps[0], steps[0]
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -376,9 +393,9 @@ def test_val_loss_fitness_puts_epochs_without_box_loss_last():
 
 
 def test_set_errors_are_reported_without_traceback(data, tmp_path, capsys):
-    assert train_fred.main(["--modality", "event", "--set", "NOT_A_KEY=1"]) == 2
+    assert train_fred.main(["--modality", "event", "--set", "UNFREEZE_BATCH=8"]) == 2
     err = capsys.readouterr().err
-    assert "unknown config key 'NOT_A_KEY'" in err and "UNFREEZE_BATCH_SIZE" in err and "Traceback" not in err
+    assert "unknown config key 'UNFREEZE_BATCH'" in err and "UNFREEZE_BATCH_SIZE" in err and "Traceback" not in err
     assert train_fred.main(["--modality", "event", "--set", "UNFREEZE_EPOCH=[1]"]) == 2
     assert "UNFREEZE_EPOCH must be int" in capsys.readouterr().err
     args = tiny_args(data, tmp_path, "INPUT_SHAPE=[100, 64]")
@@ -483,6 +500,27 @@ def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
     captured = capsys.readouterr()
     assert final_json(captured.out)["val_frames"] == 0 and final_json(captured.out)["bad_files"] > 0
     assert "no val frames" in captured.err and str(broken) in captured.err
+
+
+def test_default_data_root_is_real_fred_and_only_demo_uses_the_sample():
+    args = train_fred.parse_args(["--modality", "event"])
+    assert train_fred.resolve_config(args, None, cuda=False)["DATA_ROOT"] != train_fred.DEMO_ROOT
+    demo = train_fred.parse_args(["--modality", "event", "--demo"])
+    assert train_fred.resolve_config(demo, None, cuda=False)["DATA_ROOT"] == train_fred.DEMO_ROOT
+
+
+def test_missing_data_root_says_how_to_get_fred_and_mentions_demo(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    os.symlink(data, train_fred.DEMO_ROOT)  # a demo sample lies in the checkout: without --data_root it is not used
+    assert train_fred.main(["--modality", "event", "--check_data"]) == 2
+    err = capsys.readouterr().err
+    for text in ("FRED: The Florence RGB-Event Drone Dataset", "GabrieleMagrini/FRED", "train/<id>.zip", "--data_root",
+                 "python train_fred.py --modality event --demo"):
+        assert text in err, (text, err)
+    assert train_fred.main(["--modality", "rgb", "--device", "cpu"]) == 2  # a training run says the same
+    err = capsys.readouterr().err
+    assert "GabrieleMagrini/FRED" in err and "python train_fred.py --modality rgb --demo" in err, err
 
 
 # ----------------------------------------------------------------------------------------------- subprocesses
