@@ -166,12 +166,12 @@ def _batch_results(dets: list[torch.Tensor], image_ids: np.ndarray, ratios: torc
     return out
 
 
-@torch.no_grad()
 def autocast_dtype(name: str) -> torch.dtype:
     """The AMP_DTYPE setting ("fp16" | "bf16") as the torch dtype that training and evaluation autocast to."""
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], frames: Sequence, device: torch.device | str,
              conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300, amp: bool = True,
              amp_dtype: torch.dtype = torch.float16, class_names: Sequence[str] = ("drone",),
