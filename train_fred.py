@@ -7,6 +7,10 @@
 
 Defaults live in config_fred.py; `--set KEY=VALUE` overrides any of them. Output goes to
 SAVE_DIR/loss_YYYY_MM_DD_HH_MM_SS/; the last line printed is a JSON summary.
+
+Exit codes: 0 done; 1 --check_data found the data unusable, or an unexpected error (a traceback); 2 bad
+configuration, data or --resume (nothing written); 3 CUDA out of memory; 4 non-finite loss, model or val loss;
+5 disk full while saving a checkpoint; 128 + N stopped by signal N (SIGINT, SIGTERM: last.pth saved).
 """
 import argparse
 import datetime
@@ -32,7 +36,7 @@ from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
-from utils.checkpoint import atomic_save, load_checkpoint, restore_training_state, training_state
+from utils.checkpoint import DiskFullError, atomic_save, load_checkpoint, restore_training_state, training_state
 from utils.cuda_graph import GraphedTrainLoss
 from utils.config import apply_overrides, config_dict
 from utils.ema import ModelEMA
@@ -41,7 +45,7 @@ from utils.loss import DetectionLoss
 from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
-EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
+EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
@@ -630,6 +634,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FredDataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return EXIT_BAD_DATA
+    except DiskFullError as e:
+        last = os.path.join(e.folder, "last.pth")
+        how = f"continue with --resume {last}" if os.path.isfile(last) else "start again"
+        print(f"disk full: {e}. Free that much space there, then {how}", file=sys.stderr)
+        return EXIT_DISK_FULL
     finally:
         stop.restore()
         dist.cleanup()

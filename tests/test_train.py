@@ -4,6 +4,7 @@ Most runs call train_fred.main(argv) in-process; torchrun and a real SIGTERM use
 """
 import contextlib
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -395,6 +396,63 @@ def test_nonfinite_loss_is_skipped_then_stops_after_patience(data, tmp_path, mon
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
     header, row = rows[0].split(","), rows[1].split(",")
     assert row[header.index("skipped_steps")] == "2" and math.isfinite(float(row[header.index("train_loss")]))
+
+
+# ----------------------------------------------------------------------------------------------- faults at the edges
+def test_atomic_save_reports_a_full_disk_with_the_folder_and_the_space_needed(tmp_path, monkeypatch):
+    from utils import checkpoint
+    path = str(tmp_path / "last.pth")
+    atomic_save({"epoch": 1}, path)
+    real_save = torch.save
+
+    def enospc(obj, f, *args, **kwargs):
+        f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(checkpoint.DiskFullError) as e:
+        atomic_save({"epoch": 2, "w": torch.zeros(3_000_000)}, path)  # 12 MB of tensors
+    assert str(tmp_path) in str(e.value) and "last.pth" in str(e.value) and "12.0 MB" in str(e.value)
+    assert e.value.folder == str(tmp_path) and e.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["last.pth"] and load_checkpoint(path)["epoch"] == 1
+
+    def torch_full_disk(obj, f, *args, **kwargs):  # what torch.save raises on a full tmpfs
+        f.write(b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torch_full_disk)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 500, 500))
+    with pytest.raises(checkpoint.DiskFullError, match="0.0 MB free"):
+        atomic_save({"epoch": 2, "w": torch.zeros(3_000_000)}, path)
+    assert os.listdir(tmp_path) == ["last.pth"] and load_checkpoint(path)["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_disk_full_while_saving_exits_5_naming_the_folder_and_keeps_last(data, tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    seen = {}
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:  # last.pth after epoch 2
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    def before_second():
+        seen["hash"] = sha(os.path.join(only_run_dir(tmp_path), "last.pth"))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(engine, "train_one_epoch", Recorder(before={1: before_second}))
+    rc = train_fred.main(tiny_args(data, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == train_fred.EXIT_DISK_FULL == 5, err[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    last = os.path.join(run_dir, "last.pth")
+    assert run_dir in err and f"--resume {last}" in err and "Traceback" not in err
+    needed = float(re.search(r"about ([\d.]+) MB", err).group(1)) * 1e6
+    assert 0.5 < needed / os.path.getsize(last) < 2.0, (needed, os.path.getsize(last))
+    assert sha(last) == seen["hash"]
+    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp_")]
 
 
 def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
