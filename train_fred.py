@@ -470,6 +470,10 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 return EXIT_NAN
             if stats["stopped"] == "signal":
                 if main_proc:
+                    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
+                    if bad:
+                        print(nonfinite_message(f"the {bad} holds non-finite values", run_dir), file=sys.stderr)
+                        return EXIT_NAN
                     save(run_dir, "last.pth", training_state(
                         model, ema, optimizer, scaler, epoch, stats["iteration"], phase, best, cfg,
                         meta(model, modality, train_seconds)))
@@ -509,6 +513,28 @@ def save(run_dir: str, name: str, state: dict) -> None:
     atomic_save(state, os.path.join(run_dir, name))
 
 
+def nonfinite_tensor(modules: dict[str, torch.nn.Module]) -> Optional[str]:
+    """Name of the first floating-point parameter or buffer of modules ({label: module}) holding NaN or inf, or None.
+
+    One fused max-abs pass over all tensors and one host sync: for the end of an epoch, not for every step.
+    """
+    named = [(f"{label} {name}", t) for label, module in modules.items()
+             for name, t in module.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack(torch._foreach_norm([t for _, t in named], math.inf)).isfinite()
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
+
+
+def nonfinite_message(what: str, run_dir: str) -> str:
+    """Why the run stops on a non-finite model or val loss, what was kept and what to try."""
+    last = os.path.join(run_dir, "last.pth")
+    kept = (f"; {last} is left as it was (continue from it with --resume {last} and a change below)"
+            if os.path.isfile(last) else "")
+    return (f"stopping: {what}; nothing was saved for this epoch{kept}. Lower INIT_LR (with SGD also WARMUP_BIAS_LR), "
+            "check the data, or try FP16=False / AMP_DTYPE='bf16'.")
+
+
 def val_loss_fitness(val: dict) -> float:
     """Fitness of an epoch by val loss (no mAP): -loss, or -inf when its box part is 0. Then no prediction overlapped
     any object (no anchor got a target score): an untrained or collapsed model, whose loss is small for that
@@ -521,8 +547,16 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
                  scaler: torch.amp.GradScaler, criterion: DetectionLoss, val_loader: DataLoader, val_frames: list,
                  device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool, best: dict,
                  elapsed: Callable[[], float], batch: int, log: RunLog) -> int:
-    """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code."""
+    """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code.
+
+    A model, EMA or val loss with a non-finite value stops the run (EXIT_NAN) before anything is saved.
+    """
     done, total = epoch + 1, cfg["UNFREEZE_EPOCH"]
+    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
+    if bad:
+        print(nonfinite_message(f"after epoch {done} the {bad} holds non-finite values", run_dir), file=sys.stderr,
+              flush=True)
+        return EXIT_NAN
     try:
         metrics = None
         if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):  # mAP and val loss in one pass
@@ -537,6 +571,10 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
         print(oom_message(phase, cfg, cfg["EVAL_BATCH_SIZE"], 1, "evaluation", run_dir), file=sys.stderr,
               flush=True)
         return EXIT_OOM
+    if not math.isfinite(val["loss"]):
+        print(nonfinite_message(f"the val loss after epoch {done} is {val['loss']}", run_dir), file=sys.stderr,
+              flush=True)
+        return EXIT_NAN
     fitness = metrics["fitness"] if metrics else (None if cfg["EVAL_MAP"] else val_loss_fitness(val))
     improved = fitness is not None and (best.get("fitness") is None or fitness > best["fitness"])
     if improved:

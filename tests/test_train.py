@@ -399,6 +399,56 @@ def test_nonfinite_loss_is_skipped_then_stops_after_patience(data, tmp_path, mon
 
 
 # ----------------------------------------------------------------------------------------------- faults at the edges
+def _all_finite(path):
+    ckpt = load_checkpoint(path)
+    return all(torch.isfinite(t).all() for key in ("model", "model_raw") for t in ckpt.get(key, {}).values()
+               if t.is_floating_point())
+
+
+def test_nonfinite_model_stops_the_run_and_is_never_saved(data, tmp_path, capsys):
+    """A bias lr of 1e30 leaves BatchNorm statistics non-finite while the training loss stays finite."""
+    rc = train_fred.main(tiny_args(data, tmp_path, "WARMUP_BIAS_LR=1e30", "NAN_PATIENCE=2"))
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    assert "non-finite" in err and "WARMUP_BIAS_LR" in err and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    for path in glob.glob(os.path.join(run_dir, "*.pth")):
+        assert _all_finite(path), f"{path} holds non-finite weights or buffers"
+    assert not os.path.exists(os.path.join(run_dir, "best.pth"))
+
+
+@pytest.mark.parametrize("kind", ["buffer", "val_loss"])
+def test_nonfinite_model_or_val_loss_after_a_finite_epoch_keeps_last_and_best(data, tmp_path, monkeypatch, capsys,
+                                                                              kind):
+    seen, calls = {}, []
+    train_one_epoch, evaluate_loss = engine.train_one_epoch, engine.evaluate_loss
+
+    def poisoned_epoch(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            run_dir = only_run_dir(tmp_path)
+            seen.update({name: sha(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth")})
+        out = train_one_epoch(model, *args, **kwargs)
+        if len(calls) == 2 and kind == "buffer":
+            next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0] = float("inf")
+        return out
+
+    def poisoned_val(*args, **kwargs):
+        val = evaluate_loss(*args, **kwargs)
+        return {**val, "loss": math.nan} if len(calls) == 2 and kind == "val_loss" else val
+
+    monkeypatch.setattr(engine, "train_one_epoch", poisoned_epoch)
+    monkeypatch.setattr(engine, "evaluate_loss", poisoned_val)
+    rc = train_fred.main(tiny_args(data, tmp_path) + ["--no_eval_map"])
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    assert ("val loss" if kind == "val_loss" else "running_var") in err and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    assert {name: sha(os.path.join(run_dir, name)) for name in seen} == seen, "epoch 2 must not be saved"
+    assert not any(n.startswith("ep002") for n in os.listdir(run_dir))
+    assert load_checkpoint(os.path.join(run_dir, "last.pth"))["epoch"] == 1
+
+
 def test_atomic_save_reports_a_full_disk_with_the_folder_and_the_space_needed(tmp_path, monkeypatch):
     from utils import checkpoint
     path = str(tmp_path / "last.pth")
