@@ -118,25 +118,84 @@ def resolve_config(args: argparse.Namespace, resume_state: Optional[dict], cuda:
     return cfg
 
 
+def _whole(lo: int) -> tuple[Callable[[object], bool], str]:
+    """Rule: an int (not a bool) >= lo."""
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"a whole number >= {lo}"
+
+
+def _number(lo: float, hi: float = math.inf, above_lo: bool = False, below_hi: bool = False,
+            text: str = "") -> tuple[Callable[[object], bool], str]:
+    """Rule: a finite int or float in [lo, hi] (open at lo / hi when above_lo / below_hi)."""
+    def ok(v: object) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and (v > lo if above_lo else v >= lo) and (v < hi if below_hi else v <= hi))
+    return ok, text or f"a number {'>' if above_lo else '>='} {lo:g}"
+
+
+def _choice(*options: str) -> tuple[Callable[[object], bool], str]:
+    """Rule: one of options."""
+    return (lambda v: isinstance(v, str) and v in options), "one of " + ", ".join(map(repr, options))
+
+
+def _formats_with_modality(v: object) -> bool:
+    """Whether v is a str whose only {} field is {modality}."""
+    try:
+        return isinstance(v, str) and isinstance(v.format(modality="rgb"), str)
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
+_STR = (lambda v: isinstance(v, str), "a string")
+_FRACTION = _number(0, 1, text="a number from 0 to 1")
+_BELOW_ONE = _number(0, 1, below_hi=True, text="a number from 0 to below 1")
+# Every key of config_fred.py: (accepts(value), what it accepts). check_config applies them, then the rules that
+# tie keys together.
+CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "DATA_ROOT": _STR, "SPLIT": _STR, "RGB_IMAGE_DIR": _STR, "NUM_CLASSES": _whole(1),
+    "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
+                    "a list of names, one per class (NUM_CLASSES)"),
+    "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
+    "PHI": _choice("n", "s", "m", "l", "x"),
+    "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
+        "[height, width], positive multiples of 32"),
+    "MODEL_PATH": _STR, "INIT_EPOCH": _whole(0), "FREEZE_EPOCH": _whole(0), "UNFREEZE_EPOCH": _whole(1),
+    "FREEZE_TRAIN": _BOOL, "FREEZE_BATCH_SIZE": _whole(1), "UNFREEZE_BATCH_SIZE": _whole(1),
+    "INIT_LR": _number(0, above_lo=True), "MIN_LR": _number(0), "OPTIMIZER_TYPE": _choice(*RECOMMENDED_STEPS),
+    "MOMENTUM": _BELOW_ONE, "WEIGHT_DECAY": _number(0), "LR_DECAY_TYPE": _choice("cos", "step"),
+    "WARMUP_EPOCHS": _whole(0), "WARMUP_MIN_ITERS": _whole(0), "GRAD_CLIP": _number(0), "EMA_DECAY": _BELOW_ONE,
+    "WARMUP_BIAS_LR": _number(0), "WARMUP_MOMENTUM": _BELOW_ONE,
+    "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
+    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+    "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
+    "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
+    "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
+    "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
+    "FRAME_CACHE": _choice("off", "disk"), "FRAME_CACHE_MAX_GB": _number(0), "FRAME_CACHE_DIR": _STR,
+    "SYNC_BN": _BOOL, "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
+    "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
+    "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
+    "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
+}
+
+
 def check_config(cfg: dict, world: int) -> None:
-    """Raise ValueError for values that cannot work (shapes, batch sizes, choices)."""
-    h, w = cfg["INPUT_SHAPE"]
-    if h % 32 or w % 32 or h <= 0 or w <= 0:
-        raise ValueError(f"INPUT_SHAPE must be [height, width], multiples of 32, got {cfg['INPUT_SHAPE']}")
+    """Raise ValueError, naming the key and what it accepts, for a value that cannot work (CONFIG_RULES, then the
+    batch sizes against the process count, CLASS_NAMES against NUM_CLASSES, SGD's momentum)."""
+    for key, (accepts, text) in CONFIG_RULES.items():
+        if not accepts(cfg[key]):
+            raise ValueError(f"{key} must be {text}, got {cfg[key]!r}")
     for key in ("FREEZE_BATCH_SIZE", "UNFREEZE_BATCH_SIZE"):
         if cfg[key] < world:
             raise ValueError(f"{key}={cfg[key]} is the global batch size: it must be at least the number of "
                              f"processes ({world})")
-    if cfg["OPTIMIZER_TYPE"] not in RECOMMENDED_STEPS:
-        raise ValueError(f"OPTIMIZER_TYPE must be one of {', '.join(RECOMMENDED_STEPS)}, got {cfg['OPTIMIZER_TYPE']!r}")
-    if cfg["LR_DECAY_TYPE"] not in ("cos", "step") or cfg["AMP_DTYPE"] not in ("fp16", "bf16"):
-        raise ValueError("LR_DECAY_TYPE must be cos or step and AMP_DTYPE fp16 or bf16")
-    if min(cfg["UNFREEZE_EPOCH"], cfg["SAVE_PERIOD"], cfg["EVAL_PERIOD"], cfg["LOG_INTERVAL"],
-           cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"]) < 1:
-        raise ValueError("UNFREEZE_EPOCH, SAVE_PERIOD, EVAL_PERIOD, LOG_INTERVAL and CUDA_GRAPH_TARGETS_PER_IMAGE "
-                         "must be >= 1")
-    if cfg["FRAME_CACHE"] not in ("off", "disk"):
-        raise ValueError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
+    if len(cfg["CLASS_NAMES"]) != cfg["NUM_CLASSES"]:
+        raise ValueError(f"CLASS_NAMES must be a list of names, one per class (NUM_CLASSES={cfg['NUM_CLASSES']}), "
+                         f"got {len(cfg['CLASS_NAMES'])}: {cfg['CLASS_NAMES']!r}")
+    if cfg["OPTIMIZER_TYPE"] == "sgd" and cfg["MOMENTUM"] == 0:
+        raise ValueError("MOMENTUM must be above 0 with OPTIMIZER_TYPE='sgd' (nesterov momentum), got 0")
 
 
 def new_run_dir(save_dir: str) -> str:
@@ -444,7 +503,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
             def lr_for(i: int, e: int = epoch, n: int = n_iter) -> float:
                 t = e + i / n
                 lr = lr_at(t, total, warmup, lr_fit, min_fit, cfg["LR_DECAY_TYPE"])
-                set_lr(optimizer, lr, t / warmup, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"], cfg["WARMUP_MOMENTUM"])
+                set_lr(optimizer, lr, t / warmup if warmup else 1.0, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"],
+                       cfg["WARMUP_MOMENTUM"])
                 return lr
 
             if cuda:
@@ -648,7 +708,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    cfg["SAVE_DIR"] = cfg["SAVE_DIR"].format(modality=modality)
     if args.demo and not dist.launched_by_torchrun():
         demo_data(cfg["DATA_ROOT"], cuda)
     if args.check_data:
@@ -663,6 +722,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError as e:
             print(f"config error: {e}", file=sys.stderr)
             return EXIT_BAD_CONFIG
+        cfg["SAVE_DIR"] = cfg["SAVE_DIR"].format(modality=modality)
         if dist.is_main():
             run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else new_run_dir(cfg["SAVE_DIR"])
             with open(os.path.join(run_dir, "config.json"), "w") as f:

@@ -25,11 +25,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import config_fred
 import train_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
 from nets import build_model, load_weights
 from utils import engine
+from utils.config import config_dict
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.ema import ModelEMA
 from utils.loss import DetectionLoss
@@ -503,6 +505,45 @@ def test_disk_full_while_saving_exits_5_naming_the_folder_and_keeps_last(data, t
     assert 0.5 < needed / os.path.getsize(last) < 2.0, (needed, os.path.getsize(last))
     assert sha(last) == seen["hash"]
     assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp_")]
+
+
+_BAD_VALUES = [
+    ("EVAL_BATCH_SIZE=0", ">= 1"), ("PHI='z'", "'n', 's', 'm', 'l', 'x'"), ("INPUT_SHAPE=[64]", "[height, width]"),
+    ("INPUT_SHAPE=[64, 64, 64]", "[height, width]"), ("INPUT_SHAPE=[0, 64]", "multiples of 32"),
+    ("MOSAIC_PROB=1.5", "0 to 1"), ("MIXUP_PROB=-0.5", "0 to 1"), ("FLIP_LR=2.0", "0 to 1"),
+    ("SPECIAL_AUG_RATIO=1.5", "0 to 1"), ("CONFIDENCE=1.5", "0 to 1"), ("NMS_IOU=-0.1", "0 to 1"),
+    ("HSV_S=-0.1", "0 to 1"), ("TRANSLATE=1.5", "0 to 1"), ("SCALE=1.0", "below 1"), ("DEGREES=-5.0", "0 to 180"),
+    ("NUM_CLASSES=0", ">= 1"), ("CLASS_NAMES=['drone', 'bird']", "one per class"), ("FRAME_STRIDE=0", ">= 1"),
+    ("MOMENTUM=1.0", "below 1"), ("MOMENTUM=0.0", "nesterov"), ("WARMUP_MOMENTUM=-0.1", "below 1"),
+    ("EMA_DECAY=1.0", "below 1"), ("WEIGHT_DECAY=-0.1", ">= 0"), ("INIT_LR=0.0", "> 0"), ("INIT_LR=1e999", "> 0"),
+    ("MIN_LR=-1.0", ">= 0"), ("GRAD_CLIP=-1.0", ">= 0"), ("WARMUP_BIAS_LR=-1.0", ">= 0"),
+    ("MIN_BOX_SIZE=-1.0", ">= 0"), ("WARMUP_EPOCHS=-1", ">= 0"), ("INIT_EPOCH=-1", ">= 0"),
+    ("FREEZE_EPOCH=-1", ">= 0"), ("NUM_WORKERS=-1", ">= 0"), ("EVAL_WORKERS=-1", ">= 0"), ("NAN_PATIENCE=0", ">= 1"),
+    ("MAX_DET=0", ">= 1"), ("FRAME_CACHE_MAX_GB=-1.0", ">= 0"), ("UNFREEZE_BATCH_SIZE=0", ">= 1"),
+    ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
+]
+
+
+@pytest.mark.parametrize("setting, accepts", _BAD_VALUES, ids=[s for s, _ in _BAD_VALUES])
+def test_bad_config_values_exit_2_naming_the_key_and_what_it_accepts(data, tmp_path, capsys, setting, accepts):
+    key = setting.split("=")[0]
+    args = tiny_args(data, tmp_path / "runs", setting.replace("<tmp>", str(tmp_path / "runs")), epochs=1)
+    for flag, config_key in (("--phi", "PHI"), ("--save_dir", "SAVE_DIR")):
+        if key == config_key:  # the flag would override the --set value
+            del args[args.index(flag):args.index(flag) + 2]
+    assert train_fred.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"config error: {key}" in err and accepts in err and "Traceback" not in err, err[-2000:]
+    assert not glob.glob(str(tmp_path / "runs" / "*"))
+
+
+def test_every_config_key_is_checked():
+    assert set(train_fred.CONFIG_RULES) == set(config_dict(config_fred))
+
+
+def test_a_run_without_warmup_trains(data, tmp_path, capsys):
+    assert train_fred.main(tiny_args(data, tmp_path, "WARMUP_EPOCHS=0", "WARMUP_MIN_ITERS=0", epochs=1)) == 0
+    assert final_json(capsys.readouterr().out)["epochs"] == 1
 
 
 def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
