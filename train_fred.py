@@ -36,7 +36,8 @@ from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
-from utils.checkpoint import DiskFullError, atomic_save, load_checkpoint, restore_training_state, training_state
+from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,
+                              restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss
 from utils.config import apply_overrides, config_dict
 from utils.ema import ModelEMA
@@ -46,6 +47,7 @@ from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
+IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
@@ -207,6 +209,41 @@ def new_run_dir(save_dir: str) -> str:
         path = f"{base}_{n}"
     os.makedirs(path)
     return path
+
+
+def open_run_dir(cfg: dict, modality: str, resume: Optional[str]) -> str:
+    """The run folder, on every process: rank 0 makes a new one under SAVE_DIR, or takes --resume's and removes the
+    temporary files of checkpoint writes that were killed there, then writes config.json."""
+    run_dir = None
+    if dist.is_main():
+        if resume:
+            run_dir = os.path.dirname(os.path.abspath(resume))
+            stale = remove_temporaries(run_dir)
+            if stale:
+                print(f"removed {len(stale)} temporary files of interrupted checkpoint writes from {run_dir}: "
+                      f"{', '.join(stale)}", flush=True)
+        else:
+            run_dir = new_run_dir(cfg["SAVE_DIR"])
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({"modality": modality, **cfg}, f, indent=1)
+    return dist.broadcast_object(run_dir)
+
+
+def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
+    """Why the checkpoint at path cannot continue with cfg (another model size, class count, input channels or
+    optimizer than it holds), or None."""
+    for key, held, asked, how in (("PHI", state.get("phi"), cfg["PHI"], "--phi / --set PHI"),
+                                  ("NUM_CLASSES", state.get("num_classes"), cfg["NUM_CLASSES"], "--set NUM_CLASSES"),
+                                  ("OPTIMIZER_TYPE", state["config"].get("OPTIMIZER_TYPE"), cfg["OPTIMIZER_TYPE"],
+                                   "--set OPTIMIZER_TYPE")):
+        if held is not None and held != asked:
+            return (f"{path} was trained with {key}={held!r}, this run asks for {asked!r} ({how}). A resumed run "
+                    f"keeps the checkpoint's model, classes and optimizer: drop the override, or start a new run "
+                    f"from these weights with --weights {path}")
+    if state.get("in_channels", IN_CHANNELS) != IN_CHANNELS:
+        return (f"{path} holds a model with {state['in_channels']} input channels; train_fred.py trains models with "
+                f"{IN_CHANNELS} input channels (RGB or event frames)")
+    return None
 
 
 def step_advice(cfg: dict, n_train: int) -> str:
@@ -392,9 +429,12 @@ def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, r
             f"lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
-def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_state: Optional[dict],
+def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str], resume_state: Optional[dict],
           stop: StopFlag) -> int:
-    """The training run; returns the process exit code."""
+    """The training run (resume: --resume's path, resume_state: its checkpoint); returns the process exit code.
+
+    The run folder is made (or, resuming, config.json rewritten) once the data, model and weights are ready.
+    """
     rank, world, main_proc = dist.get_rank(), dist.get_world_size(), dist.is_main()
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # fixed input shape: let cuDNN pick the fastest kernels
@@ -405,7 +445,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
         print("steps: " + step_advice(cfg, len(index.train)), flush=True)
 
-    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=3)
+    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS)
     if cfg["MODEL_PATH"] and resume_state is None:
         try:
             info = load_weights(model, cfg["MODEL_PATH"])
@@ -436,6 +476,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         restore_training_state(resume_state, model, ema, optimizer, scaler)
         start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
         best, train_seconds = dict(resume_state["best"]), resume_state.get("train_seconds", 0.0)
+    run_dir = open_run_dir(cfg, modality, resume)
     total = cfg["UNFREEZE_EPOCH"]
     if start_epoch >= total:
         if main_proc:
@@ -708,6 +749,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    conflict = resume_conflict(resume_state, cfg, args.resume) if resume_state is not None else None
+    if conflict:
+        print(f"--resume: {conflict}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if args.demo and not dist.launched_by_torchrun():
         demo_data(cfg["DATA_ROOT"], cuda)
     if args.check_data:
@@ -723,12 +768,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"config error: {e}", file=sys.stderr)
             return EXIT_BAD_CONFIG
         cfg["SAVE_DIR"] = cfg["SAVE_DIR"].format(modality=modality)
-        if dist.is_main():
-            run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else new_run_dir(cfg["SAVE_DIR"])
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump({"modality": modality, **cfg}, f, indent=1)
-        run_dir = dist.broadcast_object(run_dir if dist.is_main() else None)
-        return train(cfg, modality, device, run_dir, resume_state, stop)
+        return train(cfg, modality, device, args.resume, resume_state, stop)
     except FredDataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return EXIT_BAD_DATA

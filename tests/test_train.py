@@ -546,6 +546,45 @@ def test_a_run_without_warmup_trains(data, tmp_path, capsys):
     assert final_json(capsys.readouterr().out)["epochs"] == 1
 
 
+def test_resume_refuses_overrides_that_conflict_with_the_checkpoint(run_a, tmp_path, capsys):
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(run_a["run_dir"], run_dir)
+    last = os.path.join(run_dir, "last.pth")
+    other_channels = load_checkpoint(last)
+    other_channels["in_channels"] = 1
+    torch.save(other_channels, os.path.join(run_dir, "gray.pth"))
+    before = {n: sha(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
+    for override, named in ((["--phi", "s"], "PHI"),
+                            (["--set", "NUM_CLASSES=2", "CLASS_NAMES=['drone', 'bird']"], "NUM_CLASSES"),
+                            (["--set", "OPTIMIZER_TYPE='adamw'"], "OPTIMIZER_TYPE"),
+                            (["--modality", "rgb"], "event"),
+                            (["--resume", os.path.join(run_dir, "gray.pth")], "input channels")):
+        assert train_fred.main(["--resume", last, "--set", "UNFREEZE_EPOCH=3", *override]) == 2, override
+        err = capsys.readouterr().err
+        assert err.startswith("--resume: ") and named in err and "Traceback" not in err, err[-2000:]
+    assert {n: sha(os.path.join(run_dir, n)) for n in os.listdir(run_dir)} == before, "nothing may be written"
+
+
+def test_a_failed_start_leaves_no_run_folder(data, tmp_path, capsys):
+    assert train_fred.main(tiny_args(str(tmp_path / "nowhere"), tmp_path / "a")) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert train_fred.main(tiny_args(data, tmp_path / "b") + ["--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert not glob.glob(str(tmp_path / "a" / "*")) and not glob.glob(str(tmp_path / "b" / "*"))
+
+
+def test_start_and_resume_remove_stale_temporary_checkpoints(run_a, tmp_path, capsys):
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(run_a["run_dir"], run_dir)
+    names = set(os.listdir(run_dir))
+    for stale in (".tmp_last.pthk3j2a9x1", ".tmp_best.pth0q1w2e3r"):  # a SIGKILL during atomic_save leaves these
+        with open(os.path.join(run_dir, stale), "wb") as f:
+            f.write(b"\0" * 1000)
+    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth")]) == 0
+    assert "removed 2 temporary files" in capsys.readouterr().out
+    assert set(os.listdir(run_dir)) == names
+
+
 def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):
     assert train_fred.main(["--modality", "event", "--data_root", data, "--check_data"]) == 0
     out = capsys.readouterr().out

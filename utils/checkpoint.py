@@ -77,6 +77,15 @@ def atomic_save(obj: object, path: str) -> None:
         raise
 
 
+def remove_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files atomic_save left in folder when its process was killed; returns their names."""
+    names = sorted(n for n in os.listdir(folder)
+                   if n.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(folder, n)))
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return names
+
+
 def rng_state() -> dict:
     """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain types (loadable with weights_only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
