@@ -7,6 +7,10 @@
 
 Defaults live in config_fred.py; `--set KEY=VALUE` overrides any of them. Output goes to
 SAVE_DIR/loss_YYYY_MM_DD_HH_MM_SS/; the last line printed is a JSON summary.
+
+Exit codes: 0 done; 1 --check_data found the data unusable, or an unexpected error (a traceback); 2 bad
+configuration, data or --resume (nothing written); 3 CUDA out of memory; 4 non-finite loss, model or val loss;
+5 disk full while saving a checkpoint; 128 + N stopped by signal N (SIGINT, SIGTERM: last.pth saved).
 """
 import argparse
 import datetime
@@ -32,7 +36,8 @@ from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredDataError, build_fred_index
 from nets import build_model, freeze_backbone, load_weights
 from utils import dist, engine
-from utils.checkpoint import atomic_save, load_checkpoint, restore_training_state, training_state
+from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,
+                              restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss
 from utils.config import apply_overrides, config_dict
 from utils.ema import ModelEMA
@@ -41,8 +46,9 @@ from utils.loss import DetectionLoss
 from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
 from utils.run_log import RunLog
 
-EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN = 2, 2, 3, 4
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the seed note's minimum optimizer steps
+EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
+IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
 RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration",
@@ -115,25 +121,84 @@ def resolve_config(args: argparse.Namespace, resume_state: Optional[dict], cuda:
     return cfg
 
 
+def _whole(lo: int) -> tuple[Callable[[object], bool], str]:
+    """Rule: an int (not a bool) >= lo."""
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"a whole number >= {lo}"
+
+
+def _number(lo: float, hi: float = math.inf, above_lo: bool = False, below_hi: bool = False,
+            text: str = "") -> tuple[Callable[[object], bool], str]:
+    """Rule: a finite int or float in [lo, hi] (open at lo / hi when above_lo / below_hi)."""
+    def ok(v: object) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and (v > lo if above_lo else v >= lo) and (v < hi if below_hi else v <= hi))
+    return ok, text or f"a number {'>' if above_lo else '>='} {lo:g}"
+
+
+def _choice(*options: str) -> tuple[Callable[[object], bool], str]:
+    """Rule: one of options."""
+    return (lambda v: isinstance(v, str) and v in options), "one of " + ", ".join(map(repr, options))
+
+
+def _formats_with_modality(v: object) -> bool:
+    """Whether v is a str whose only {} field is {modality}."""
+    try:
+        return isinstance(v, str) and isinstance(v.format(modality="rgb"), str)
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
+_STR = (lambda v: isinstance(v, str), "a string")
+_FRACTION = _number(0, 1, text="a number from 0 to 1")
+_BELOW_ONE = _number(0, 1, below_hi=True, text="a number from 0 to below 1")
+# Every key of config_fred.py: (accepts(value), what it accepts). check_config applies them, then the rules that
+# tie keys together.
+CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "DATA_ROOT": _STR, "SPLIT": _STR, "RGB_IMAGE_DIR": _STR, "NUM_CLASSES": _whole(1),
+    "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
+                    "a list of names, one per class (NUM_CLASSES)"),
+    "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
+    "PHI": _choice("n", "s", "m", "l", "x"),
+    "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
+        "[height, width], positive multiples of 32"),
+    "MODEL_PATH": _STR, "INIT_EPOCH": _whole(0), "FREEZE_EPOCH": _whole(0), "UNFREEZE_EPOCH": _whole(1),
+    "FREEZE_TRAIN": _BOOL, "FREEZE_BATCH_SIZE": _whole(1), "UNFREEZE_BATCH_SIZE": _whole(1),
+    "INIT_LR": _number(0, above_lo=True), "MIN_LR": _number(0), "OPTIMIZER_TYPE": _choice(*RECOMMENDED_STEPS),
+    "MOMENTUM": _BELOW_ONE, "WEIGHT_DECAY": _number(0), "LR_DECAY_TYPE": _choice("cos", "step"),
+    "WARMUP_EPOCHS": _whole(0), "WARMUP_MIN_ITERS": _whole(0), "GRAD_CLIP": _number(0), "EMA_DECAY": _BELOW_ONE,
+    "WARMUP_BIAS_LR": _number(0), "WARMUP_MOMENTUM": _BELOW_ONE,
+    "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
+    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+    "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
+    "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
+    "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
+    "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
+    "FRAME_CACHE": _choice("off", "disk"), "FRAME_CACHE_MAX_GB": _number(0), "FRAME_CACHE_DIR": _STR,
+    "SYNC_BN": _BOOL, "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
+    "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
+    "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
+    "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
+}
+
+
 def check_config(cfg: dict, world: int) -> None:
-    """Raise ValueError for values that cannot work (shapes, batch sizes, choices)."""
-    h, w = cfg["INPUT_SHAPE"]
-    if h % 32 or w % 32 or h <= 0 or w <= 0:
-        raise ValueError(f"INPUT_SHAPE must be [height, width], multiples of 32, got {cfg['INPUT_SHAPE']}")
+    """Raise ValueError, naming the key and what it accepts, for a value that cannot work (CONFIG_RULES, then the
+    batch sizes against the process count, CLASS_NAMES against NUM_CLASSES, SGD's momentum)."""
+    for key, (accepts, text) in CONFIG_RULES.items():
+        if not accepts(cfg[key]):
+            raise ValueError(f"{key} must be {text}, got {cfg[key]!r}")
     for key in ("FREEZE_BATCH_SIZE", "UNFREEZE_BATCH_SIZE"):
         if cfg[key] < world:
             raise ValueError(f"{key}={cfg[key]} is the global batch size: it must be at least the number of "
                              f"processes ({world})")
-    if cfg["OPTIMIZER_TYPE"] not in RECOMMENDED_STEPS:
-        raise ValueError(f"OPTIMIZER_TYPE must be one of {', '.join(RECOMMENDED_STEPS)}, got {cfg['OPTIMIZER_TYPE']!r}")
-    if cfg["LR_DECAY_TYPE"] not in ("cos", "step") or cfg["AMP_DTYPE"] not in ("fp16", "bf16"):
-        raise ValueError("LR_DECAY_TYPE must be cos or step and AMP_DTYPE fp16 or bf16")
-    if min(cfg["UNFREEZE_EPOCH"], cfg["SAVE_PERIOD"], cfg["EVAL_PERIOD"], cfg["LOG_INTERVAL"],
-           cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"]) < 1:
-        raise ValueError("UNFREEZE_EPOCH, SAVE_PERIOD, EVAL_PERIOD, LOG_INTERVAL and CUDA_GRAPH_TARGETS_PER_IMAGE "
-                         "must be >= 1")
-    if cfg["FRAME_CACHE"] not in ("off", "disk"):
-        raise ValueError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
+    if len(cfg["CLASS_NAMES"]) != cfg["NUM_CLASSES"]:
+        raise ValueError(f"CLASS_NAMES must be a list of names, one per class (NUM_CLASSES={cfg['NUM_CLASSES']}), "
+                         f"got {len(cfg['CLASS_NAMES'])}: {cfg['CLASS_NAMES']!r}")
+    if cfg["OPTIMIZER_TYPE"] == "sgd" and cfg["MOMENTUM"] == 0:
+        raise ValueError("MOMENTUM must be above 0 with OPTIMIZER_TYPE='sgd' (nesterov momentum), got 0")
 
 
 def new_run_dir(save_dir: str) -> str:
@@ -145,6 +210,41 @@ def new_run_dir(save_dir: str) -> str:
         path = f"{base}_{n}"
     os.makedirs(path)
     return path
+
+
+def open_run_dir(cfg: dict, modality: str, resume: Optional[str]) -> str:
+    """The run folder, on every process: rank 0 makes a new one under SAVE_DIR, or takes --resume's and removes the
+    temporary files of checkpoint writes that were killed there, then writes config.json."""
+    run_dir = None
+    if dist.is_main():
+        if resume:
+            run_dir = os.path.dirname(os.path.abspath(resume))
+            stale = remove_temporaries(run_dir)
+            if stale:
+                print(f"removed {len(stale)} temporary files of interrupted checkpoint writes from {run_dir}: "
+                      f"{', '.join(stale)}", flush=True)
+        else:
+            run_dir = new_run_dir(cfg["SAVE_DIR"])
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({"modality": modality, **cfg}, f, indent=1)
+    return dist.broadcast_object(run_dir)
+
+
+def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
+    """Why the checkpoint at path cannot continue with cfg (another model size, class count, input channels or
+    optimizer than it holds), or None."""
+    for key, held, asked, how in (("PHI", state.get("phi"), cfg["PHI"], "--phi / --set PHI"),
+                                  ("NUM_CLASSES", state.get("num_classes"), cfg["NUM_CLASSES"], "--set NUM_CLASSES"),
+                                  ("OPTIMIZER_TYPE", state["config"].get("OPTIMIZER_TYPE"), cfg["OPTIMIZER_TYPE"],
+                                   "--set OPTIMIZER_TYPE")):
+        if held is not None and held != asked:
+            return (f"{path} was trained with {key}={held!r}, this run asks for {asked!r} ({how}). A resumed run "
+                    f"keeps the checkpoint's model, classes and optimizer: drop the override, or start a new run "
+                    f"from these weights with --weights {path}")
+    if state.get("in_channels", IN_CHANNELS) != IN_CHANNELS:
+        return (f"{path} holds a model with {state['in_channels']} input channels; train_fred.py trains models with "
+                f"{IN_CHANNELS} input channels (RGB or event frames)")
+    return None
 
 
 def step_advice(cfg: dict, n_train: int, advise: bool = True) -> str:
@@ -341,9 +441,12 @@ def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, r
             f"lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
-def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_state: Optional[dict],
+def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str], resume_state: Optional[dict],
           stop: StopFlag) -> int:
-    """The training run; returns the process exit code."""
+    """The training run (resume: --resume's path, resume_state: its checkpoint); returns the process exit code.
+
+    The run folder is made (or, resuming, config.json rewritten) once the data, model and weights are ready.
+    """
     rank, world, main_proc = dist.get_rank(), dist.get_world_size(), dist.is_main()
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # fixed input shape: let cuDNN pick the fastest kernels
@@ -355,7 +458,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
         print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
 
-    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=3)
+    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS)
     if cfg["MODEL_PATH"] and resume_state is None:
         try:
             info = load_weights(model, cfg["MODEL_PATH"])
@@ -388,6 +491,7 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
         start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
         epoch_sums = resume_state.get("epoch_sums")
         best, train_seconds = dict(resume_state["best"]), resume_state.get("train_seconds", 0.0)
+    run_dir = open_run_dir(cfg, modality, resume)
     total = cfg["UNFREEZE_EPOCH"]
     if start_epoch >= total:
         if main_proc:
@@ -455,7 +559,8 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
             def lr_for(i: int, e: int = epoch, n: int = n_iter) -> float:
                 t = e + i / n
                 lr = lr_at(t, total, warmup, lr_fit, min_fit, cfg["LR_DECAY_TYPE"])
-                set_lr(optimizer, lr, t / warmup, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"], cfg["WARMUP_MOMENTUM"])
+                set_lr(optimizer, lr, t / warmup if warmup else 1.0, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"],
+                       cfg["WARMUP_MOMENTUM"])
                 return lr
 
             if cuda:
@@ -481,6 +586,10 @@ def train(cfg: dict, modality: str, device: torch.device, run_dir: str, resume_s
                 return EXIT_NAN
             if stats["stopped"] == "signal":
                 if main_proc:
+                    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
+                    if bad:
+                        print(nonfinite_message(f"the {bad} holds non-finite values", run_dir), file=sys.stderr)
+                        return EXIT_NAN
                     save(run_dir, "last.pth", training_state(
                         model, ema, optimizer, scaler, epoch, stats["iteration"], phase, best, cfg,
                         meta(model, modality, train_seconds), stats["epoch_sums"]))
@@ -520,6 +629,28 @@ def save(run_dir: str, name: str, state: dict) -> None:
     atomic_save(state, os.path.join(run_dir, name))
 
 
+def nonfinite_tensor(modules: dict[str, torch.nn.Module]) -> Optional[str]:
+    """Name of the first floating-point parameter or buffer of modules ({label: module}) holding NaN or inf, or None.
+
+    One fused max-abs pass over all tensors and one host sync: for the end of an epoch, not for every step.
+    """
+    named = [(f"{label} {name}", t) for label, module in modules.items()
+             for name, t in module.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack(torch._foreach_norm([t for _, t in named], math.inf)).isfinite()
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
+
+
+def nonfinite_message(what: str, run_dir: str) -> str:
+    """Why the run stops on a non-finite model or val loss, what was kept and what to try."""
+    last = os.path.join(run_dir, "last.pth")
+    kept = (f"; {last} is left as it was (continue from it with --resume {last} and a change below)"
+            if os.path.isfile(last) else "")
+    return (f"stopping: {what}; nothing was saved for this epoch{kept}. Lower INIT_LR (with SGD also WARMUP_BIAS_LR), "
+            "check the data, or try FP16=False / AMP_DTYPE='bf16'.")
+
+
 def val_loss_fitness(val: dict) -> float:
     """Fitness of an epoch by val loss (no mAP): -loss, or -inf when its box part is 0. Then no prediction overlapped
     any object (no anchor got a target score): an untrained or collapsed model, whose loss is small for that
@@ -532,8 +663,16 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
                  scaler: torch.amp.GradScaler, criterion: DetectionLoss, val_loader: DataLoader, val_frames: list,
                  device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool, best: dict,
                  elapsed: Callable[[], float], batch: int, log: RunLog) -> int:
-    """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code."""
+    """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code.
+
+    A model, EMA or val loss with a non-finite value stops the run (EXIT_NAN) before anything is saved.
+    """
     done, total = epoch + 1, cfg["UNFREEZE_EPOCH"]
+    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
+    if bad:
+        print(nonfinite_message(f"after epoch {done} the {bad} holds non-finite values", run_dir), file=sys.stderr,
+              flush=True)
+        return EXIT_NAN
     try:
         metrics = None
         if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):  # mAP and val loss in one pass
@@ -548,6 +687,10 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
         print(oom_message(phase, cfg, cfg["EVAL_BATCH_SIZE"], 1, "evaluation", run_dir), file=sys.stderr,
               flush=True)
         return EXIT_OOM
+    if not math.isfinite(val["loss"]):
+        print(nonfinite_message(f"the val loss after epoch {done} is {val['loss']}", run_dir), file=sys.stderr,
+              flush=True)
+        return EXIT_NAN
     fitness = metrics["fitness"] if metrics else (None if cfg["EVAL_MAP"] else val_loss_fitness(val))
     improved = fitness is not None and (best.get("fitness") is None or fitness > best["fitness"])
     if improved:
@@ -621,7 +764,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    cfg["SAVE_DIR"] = cfg["SAVE_DIR"].format(modality=modality)
+    conflict = resume_conflict(resume_state, cfg, args.resume) if resume_state is not None else None
+    if conflict:
+        print(f"--resume: {conflict}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if args.demo and not dist.launched_by_torchrun():
         demo_data(cfg["DATA_ROOT"], cuda)
     if args.check_data:
@@ -636,15 +782,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError as e:
             print(f"config error: {e}", file=sys.stderr)
             return EXIT_BAD_CONFIG
-        if dist.is_main():
-            run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else new_run_dir(cfg["SAVE_DIR"])
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump({"modality": modality, **cfg}, f, indent=1)
-        run_dir = dist.broadcast_object(run_dir if dist.is_main() else None)
-        return train(cfg, modality, device, run_dir, resume_state, stop)
+        cfg["SAVE_DIR"] = cfg["SAVE_DIR"].format(modality=modality)
+        return train(cfg, modality, device, args.resume, resume_state, stop)
     except FredDataError as e:
         print(f"data error: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
+    except DiskFullError as e:
+        last = os.path.join(e.folder, "last.pth")
+        how = f"continue with --resume {last}" if os.path.isfile(last) else "start again"
+        print(f"disk full: {e}. Free that much space there, then {how}", file=sys.stderr)
+        return EXIT_DISK_FULL
     finally:
         stop.restore()
         dist.cleanup()

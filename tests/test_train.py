@@ -4,6 +4,7 @@ Most runs call train_fred.main(argv) in-process; torchrun and a real SIGTERM use
 """
 import contextlib
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -24,12 +25,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import config_fred
 import train_fred
 from datasets.fred_index import build_fred_index
 from datasets.synthetic import generate_fred
 from nets import build_model, load_weights
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
 from utils import engine
+from utils.config import config_dict
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.ema import ModelEMA
 from utils.loss import DetectionLoss
@@ -472,6 +475,191 @@ def test_nonfinite_loss_is_skipped_then_stops_after_patience(data, tmp_path, mon
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
     header, row = rows[0].split(","), rows[1].split(",")
     assert row[header.index("skipped_steps")] == "2" and math.isfinite(float(row[header.index("train_loss")]))
+
+
+# ----------------------------------------------------------------------------------------------- faults at the edges
+def _all_finite(path):
+    ckpt = load_checkpoint(path)
+    return all(torch.isfinite(t).all() for key in ("model", "model_raw") for t in ckpt.get(key, {}).values()
+               if t.is_floating_point())
+
+
+def test_nonfinite_model_stops_the_run_and_is_never_saved(data, tmp_path, capsys):
+    """A bias lr of 1e30 leaves BatchNorm statistics non-finite while the training loss stays finite."""
+    rc = train_fred.main(tiny_args(data, tmp_path, "WARMUP_BIAS_LR=1e30", "NAN_PATIENCE=2"))
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    assert "non-finite" in err and "WARMUP_BIAS_LR" in err and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    for path in glob.glob(os.path.join(run_dir, "*.pth")):
+        assert _all_finite(path), f"{path} holds non-finite weights or buffers"
+    assert not os.path.exists(os.path.join(run_dir, "best.pth"))
+
+
+@pytest.mark.parametrize("kind", ["buffer", "val_loss"])
+def test_nonfinite_model_or_val_loss_after_a_finite_epoch_keeps_last_and_best(data, tmp_path, monkeypatch, capsys,
+                                                                              kind):
+    seen, calls = {}, []
+    train_one_epoch, evaluate_loss = engine.train_one_epoch, engine.evaluate_loss
+
+    def poisoned_epoch(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            run_dir = only_run_dir(tmp_path)
+            seen.update({name: sha(os.path.join(run_dir, name)) for name in ("last.pth", "best.pth")})
+        out = train_one_epoch(model, *args, **kwargs)
+        if len(calls) == 2 and kind == "buffer":
+            next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0] = float("inf")
+        return out
+
+    def poisoned_val(*args, **kwargs):
+        val = evaluate_loss(*args, **kwargs)
+        return {**val, "loss": math.nan} if len(calls) == 2 and kind == "val_loss" else val
+
+    monkeypatch.setattr(engine, "train_one_epoch", poisoned_epoch)
+    monkeypatch.setattr(engine, "evaluate_loss", poisoned_val)
+    rc = train_fred.main(tiny_args(data, tmp_path) + ["--no_eval_map"])
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    assert ("val loss" if kind == "val_loss" else "running_var") in err and "Traceback" not in err
+    run_dir = only_run_dir(tmp_path)
+    assert {name: sha(os.path.join(run_dir, name)) for name in seen} == seen, "epoch 2 must not be saved"
+    assert not any(n.startswith("ep002") for n in os.listdir(run_dir))
+    assert load_checkpoint(os.path.join(run_dir, "last.pth"))["epoch"] == 1
+
+
+def test_atomic_save_reports_a_full_disk_with_the_folder_and_the_space_needed(tmp_path, monkeypatch):
+    from utils import checkpoint
+    path = str(tmp_path / "last.pth")
+    atomic_save({"epoch": 1}, path)
+    real_save = torch.save
+
+    def enospc(obj, f, *args, **kwargs):
+        f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(checkpoint.DiskFullError) as e:
+        atomic_save({"epoch": 2, "w": torch.zeros(3_000_000)}, path)  # 12 MB of tensors
+    assert str(tmp_path) in str(e.value) and "last.pth" in str(e.value) and "12.0 MB" in str(e.value)
+    assert e.value.folder == str(tmp_path) and e.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["last.pth"] and load_checkpoint(path)["epoch"] == 1
+
+    def torch_full_disk(obj, f, *args, **kwargs):  # what torch.save raises on a full tmpfs
+        f.write(b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torch_full_disk)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 500, 500))
+    with pytest.raises(checkpoint.DiskFullError, match="0.0 MB free"):
+        atomic_save({"epoch": 2, "w": torch.zeros(3_000_000)}, path)
+    assert os.listdir(tmp_path) == ["last.pth"] and load_checkpoint(path)["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_disk_full_while_saving_exits_5_naming_the_folder_and_keeps_last(data, tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    seen = {}
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:  # last.pth after epoch 2
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    def before_second():
+        seen["hash"] = sha(os.path.join(only_run_dir(tmp_path), "last.pth"))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(engine, "train_one_epoch", Recorder(before={1: before_second}))
+    rc = train_fred.main(tiny_args(data, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == train_fred.EXIT_DISK_FULL == 5, err[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    last = os.path.join(run_dir, "last.pth")
+    assert run_dir in err and f"--resume {last}" in err and "Traceback" not in err
+    needed = float(re.search(r"about ([\d.]+) MB", err).group(1)) * 1e6
+    assert 0.5 < needed / os.path.getsize(last) < 2.0, (needed, os.path.getsize(last))
+    assert sha(last) == seen["hash"]
+    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp_")]
+
+
+_BAD_VALUES = [
+    ("EVAL_BATCH_SIZE=0", ">= 1"), ("PHI='z'", "'n', 's', 'm', 'l', 'x'"), ("INPUT_SHAPE=[64]", "[height, width]"),
+    ("INPUT_SHAPE=[64, 64, 64]", "[height, width]"), ("INPUT_SHAPE=[0, 64]", "multiples of 32"),
+    ("MOSAIC_PROB=1.5", "0 to 1"), ("MIXUP_PROB=-0.5", "0 to 1"), ("FLIP_LR=2.0", "0 to 1"),
+    ("SPECIAL_AUG_RATIO=1.5", "0 to 1"), ("CONFIDENCE=1.5", "0 to 1"), ("NMS_IOU=-0.1", "0 to 1"),
+    ("HSV_S=-0.1", "0 to 1"), ("TRANSLATE=1.5", "0 to 1"), ("SCALE=1.0", "below 1"), ("DEGREES=-5.0", "0 to 180"),
+    ("NUM_CLASSES=0", ">= 1"), ("CLASS_NAMES=['drone', 'bird']", "one per class"), ("FRAME_STRIDE=0", ">= 1"),
+    ("MOMENTUM=1.0", "below 1"), ("MOMENTUM=0.0", "nesterov"), ("WARMUP_MOMENTUM=-0.1", "below 1"),
+    ("EMA_DECAY=1.0", "below 1"), ("WEIGHT_DECAY=-0.1", ">= 0"), ("INIT_LR=0.0", "> 0"), ("INIT_LR=1e999", "> 0"),
+    ("MIN_LR=-1.0", ">= 0"), ("GRAD_CLIP=-1.0", ">= 0"), ("WARMUP_BIAS_LR=-1.0", ">= 0"),
+    ("MIN_BOX_SIZE=-1.0", ">= 0"), ("WARMUP_EPOCHS=-1", ">= 0"), ("INIT_EPOCH=-1", ">= 0"),
+    ("FREEZE_EPOCH=-1", ">= 0"), ("NUM_WORKERS=-1", ">= 0"), ("EVAL_WORKERS=-1", ">= 0"), ("NAN_PATIENCE=0", ">= 1"),
+    ("MAX_DET=0", ">= 1"), ("FRAME_CACHE_MAX_GB=-1.0", ">= 0"), ("UNFREEZE_BATCH_SIZE=0", ">= 1"),
+    ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
+]
+
+
+@pytest.mark.parametrize("setting, accepts", _BAD_VALUES, ids=[s for s, _ in _BAD_VALUES])
+def test_bad_config_values_exit_2_naming_the_key_and_what_it_accepts(data, tmp_path, capsys, setting, accepts):
+    key = setting.split("=")[0]
+    args = tiny_args(data, tmp_path / "runs", setting.replace("<tmp>", str(tmp_path / "runs")), epochs=1)
+    for flag, config_key in (("--phi", "PHI"), ("--save_dir", "SAVE_DIR")):
+        if key == config_key:  # the flag would override the --set value
+            del args[args.index(flag):args.index(flag) + 2]
+    assert train_fred.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"config error: {key}" in err and accepts in err and "Traceback" not in err, err[-2000:]
+    assert not glob.glob(str(tmp_path / "runs" / "*"))
+
+
+def test_every_config_key_is_checked():
+    assert set(train_fred.CONFIG_RULES) == set(config_dict(config_fred))
+
+
+def test_a_run_without_warmup_trains(data, tmp_path, capsys):
+    assert train_fred.main(tiny_args(data, tmp_path, "WARMUP_EPOCHS=0", "WARMUP_MIN_ITERS=0", epochs=1)) == 0
+    assert final_json(capsys.readouterr().out)["epochs"] == 1
+
+
+def test_resume_refuses_overrides_that_conflict_with_the_checkpoint(run_a, tmp_path, capsys):
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(run_a["run_dir"], run_dir)
+    last = os.path.join(run_dir, "last.pth")
+    other_channels = load_checkpoint(last)
+    other_channels["in_channels"] = 1
+    torch.save(other_channels, os.path.join(run_dir, "gray.pth"))
+    before = {n: sha(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
+    for override, named in ((["--phi", "s"], "PHI"),
+                            (["--set", "NUM_CLASSES=2", "CLASS_NAMES=['drone', 'bird']"], "NUM_CLASSES"),
+                            (["--set", "OPTIMIZER_TYPE='adamw'"], "OPTIMIZER_TYPE"),
+                            (["--modality", "rgb"], "event"),
+                            (["--resume", os.path.join(run_dir, "gray.pth")], "input channels")):
+        assert train_fred.main(["--resume", last, "--set", "UNFREEZE_EPOCH=3", *override]) == 2, override
+        err = capsys.readouterr().err
+        assert err.startswith("--resume: ") and named in err and "Traceback" not in err, err[-2000:]
+    assert {n: sha(os.path.join(run_dir, n)) for n in os.listdir(run_dir)} == before, "nothing may be written"
+
+
+def test_a_failed_start_leaves_no_run_folder(data, tmp_path, capsys):
+    assert train_fred.main(tiny_args(str(tmp_path / "nowhere"), tmp_path / "a")) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert train_fred.main(tiny_args(data, tmp_path / "b") + ["--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert not glob.glob(str(tmp_path / "a" / "*")) and not glob.glob(str(tmp_path / "b" / "*"))
+
+
+def test_start_and_resume_remove_stale_temporary_checkpoints(run_a, tmp_path, capsys):
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(run_a["run_dir"], run_dir)
+    names = set(os.listdir(run_dir))
+    for stale in (".tmp_last.pthk3j2a9x1", ".tmp_best.pth0q1w2e3r"):  # a SIGKILL during atomic_save leaves these
+        with open(os.path.join(run_dir, stale), "wb") as f:
+            f.write(b"\0" * 1000)
+    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth")]) == 0
+    assert "removed 2 temporary files" in capsys.readouterr().out
+    assert set(os.listdir(run_dir)) == names
 
 
 def test_check_data_prints_summary_and_json_line(data, tmp_path, capsys):

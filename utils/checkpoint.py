@@ -1,8 +1,10 @@
 """Checkpoints: atomic writes and the random-number state that makes a resumed run continue exactly."""
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 import warnings
 from typing import Optional
@@ -10,22 +12,82 @@ from typing import Optional
 import numpy as np
 import torch
 
+TMP_PREFIX = ".tmp_"  # atomic_save's temporary files: TMP_PREFIX + file name + random suffix
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on its disk: folder, bytes needed (about) and bytes free."""
+
+    def __init__(self, folder: str, name: str, needed: int, free: int):
+        super().__init__(errno.ENOSPC, f"no space left in {folder} for {name}: it needs about {needed / 1e6:.1f} MB, "
+                                       f"{free / 1e6:.1f} MB free (the previous {name}, if any, is intact)")
+        self.folder, self.needed, self.free = folder, needed, free
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def state_nbytes(obj: object) -> int:
+    """Bytes of the tensor storages in obj (nested dicts, lists, tuples): about the size torch.save writes."""
+    storages = {}
+
+    def walk(o: object) -> None:
+        if isinstance(o, torch.Tensor):
+            storage = o.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return sum(storages.values())
+
+
+def _no_space(error: BaseException, folder: str, needed: int) -> bool:
+    """Whether a failed write of `needed` bytes to folder ran out of disk: ENOSPC / EDQUOT anywhere in the error's
+    chain, or a torch writer error (torch turns a failed write into a RuntimeError) with less than that free."""
+    e = error
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(folder).free < needed
+
 
 def atomic_save(obj: object, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over path: a crash keeps the old file."""
+    """torch.save to a temporary file in the same folder, then rename over path: a crash keeps the old file.
+
+    A full disk raises DiskFullError (the temporary file removed, the old file intact).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, Exception):
+            needed = state_nbytes(obj)
+            if _no_space(e, folder, needed):
+                raise DiskFullError(folder, os.path.basename(path), needed, shutil.disk_usage(folder).free) from e
         raise
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files atomic_save left in folder when its process was killed; returns their names."""
+    names = sorted(n for n in os.listdir(folder)
+                   if n.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(folder, n)))
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return names
 
 
 def rng_state() -> dict:
