@@ -23,23 +23,8 @@ import os
 import sys
 import time
 
-import cv2
-import torch
-from torch.utils.data import SequentialSampler
-from tqdm import tqdm
-
 import config_fred
-from datasets.batch_ring import build_loader, capped_workers
-from datasets.frame_cache import open_frame_cache
-from datasets.fred_dataset import FredDataset
-from datasets.fred_index import FredDataError, build_fred_index
-from nets import build_model, load_weights
-from nets.weights import checkpoint_info, read_state_dict
-from utils.checkpoint import load_checkpoint
-from utils.coco_arrays import results_array_to_dicts
 from utils.config import apply_overrides, config_dict
-from utils.evaluator import autocast_dtype, evaluate, per_sequence_metrics
-from utils.plots import plot_pr_curve, plot_samples
 
 LOGGER = logging.getLogger("eval_fred")
 JSON_KEYS = ("mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images", "ms_per_image")
@@ -107,6 +92,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a config_fred.py key with a Python literal, e.g. --set \"INPUT_SHAPE=[320,320]\"")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help, argument and --set errors answer before torch and OpenCV load (seconds)
+    try:
+        apply_overrides(config_dict(config_fred), parse_args(sys.argv[1:]).sets)
+    except ValueError as early_error:
+        print(f"eval_fred.py: error: {early_error}", file=sys.stderr)
+        sys.exit(2)
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import SequentialSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from datasets.batch_ring import build_loader, capped_workers  # noqa: E402
+from datasets.frame_cache import open_frame_cache  # noqa: E402
+from datasets.fred_dataset import FredDataset  # noqa: E402
+from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from nets import build_model, load_weights  # noqa: E402
+from nets.weights import checkpoint_info, read_state_dict  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.coco_arrays import results_array_to_dicts  # noqa: E402
+from utils.evaluator import autocast_dtype, evaluate, per_sequence_metrics  # noqa: E402
+from utils.plots import plot_pr_curve, plot_samples  # noqa: E402
 
 
 def read_checkpoint(path: str, phi: str | None) -> dict:

@@ -23,36 +23,10 @@ import sys
 import time
 from typing import Callable, Iterator, Optional
 
-import cv2
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
-
 import config_fred
-from datasets.batch_ring import build_loader, capped_workers
-from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
-from datasets.frame_cache import FrameCache, open_frame_cache
-from datasets.fred_dataset import FredDataset, worker_init
-from datasets.fred_index import FredDataError, build_fred_index
-from nets import build_model, freeze_backbone, load_weights
-from utils import dist, engine
-from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,
-                              restore_training_state, training_state)
-from utils.cuda_graph import GraphedTrainLoss
 from utils.config import apply_overrides, config_dict
-from utils.ema import ModelEMA
-from utils.evaluator import evaluate
-from utils.loss import DetectionLoss
-from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr
-from utils.run_log import RunLog
 
-EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
-IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
-DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
 DEMO_ROOT = "data/fred_demo"
-RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration",
-               "epoch_sums")  # kept in last.pth only
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -75,6 +49,42 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                    help='override a config key with a Python literal, e.g. --set "INPUT_SHAPE=[320,320]"')
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help, argument and --set errors answer before torch and OpenCV load (seconds)
+    try:
+        apply_overrides(config_dict(config_fred), parse_args(sys.argv[1:]).set)
+    except ValueError as early_error:
+        print(f"config error: {early_error}", file=sys.stderr)
+        sys.exit(2)
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
+
+from datasets.batch_ring import build_loader, capped_workers  # noqa: E402
+from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
+from datasets.frame_cache import FrameCache, open_frame_cache  # noqa: E402
+from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
+from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from nets import build_model, freeze_backbone, load_weights  # noqa: E402
+from utils import dist, engine  # noqa: E402
+from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
+                              restore_training_state, training_state)
+from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
+from utils.ema import ModelEMA  # noqa: E402
+from utils.evaluator import evaluate  # noqa: E402
+from utils.loss import DetectionLoss  # noqa: E402
+from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
+from utils.run_log import RunLog  # noqa: E402
+
+EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
+IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
+DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
+RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration",
+               "epoch_sums")  # kept in last.pth only
 
 
 # ----------------------------------------------------------------------------------------------- configuration

@@ -915,3 +915,19 @@ def test_data_wait_hint_names_the_keys_that_help():
     assert ("NUM_WORKERS=1" in text) == ((os.cpu_count() or 1) > 2)
     done = train_fred.data_wait_hint({**cfg, "FRAME_CACHE": "disk", "HSV_ON_GPU": True}, 40.0, os.cpu_count(), True)
     assert "CPUs are the limit" in done
+
+
+@pytest.mark.parametrize("script", ["train_fred.py", "eval_fred.py"])
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--phi", "z"], 2), (["--set", "NOT_A_KEY=1"], 2)])
+def test_help_and_argument_errors_answer_before_torch_loads(script, argv, code):
+    """--help, argparse errors and --set errors exit before torch, OpenCV or NumPy are imported (no seconds of
+    loading on a busy machine)."""
+    if script == "eval_fred.py" and argv[0] != "--help":
+        argv = [*argv, "--weights", "missing.pth"]
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, script), *argv], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "cv2", "numpy"}, sorted(imported & {"torch", "cv2", "numpy"})
+    if argv[0] == "--set":
+        assert "NOT_A_KEY" in proc.stderr
