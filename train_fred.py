@@ -74,7 +74,7 @@ from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remov
                               restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
 from utils.ema import ModelEMA  # noqa: E402
-from utils.evaluator import evaluate  # noqa: E402
+from utils.evaluator import autocast_dtype, evaluate  # noqa: E402
 from utils.loss import DetectionLoss  # noqa: E402
 from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
 from utils.run_log import RunLog  # noqa: E402
@@ -488,8 +488,7 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
             print("SYNC_BN needs CUDA: BatchNorm statistics stay per process")
     ema = ModelEMA(model, cfg["EMA_DECAY"])
     optimizer = build_optimizer(model, cfg["OPTIMIZER_TYPE"], cfg["INIT_LR"], cfg["MOMENTUM"], cfg["WEIGHT_DECAY"])
-    amp_dtype = ({"fp16": torch.float16, "bf16": torch.bfloat16}[cfg["AMP_DTYPE"]]
-                 if cuda and cfg["FP16"] else None)
+    amp_dtype = autocast_dtype(cfg["AMP_DTYPE"]) if cuda and cfg["FP16"] else None
     fixed_scale = amp_dtype is not torch.float16  # the scaler then only detects non-finite gradients
     scaler = torch.amp.GradScaler(device.type, init_scale=1.0 if fixed_scale else 2.0 ** 16)
     criterion = DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
@@ -687,7 +686,7 @@ def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str,
         metrics = None
         if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):  # mAP and val loss in one pass
             result = evaluate(ema.ema, val_loader, val_frames, device, cfg["CONFIDENCE"], cfg["NMS_IOU"],
-                              cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=torch.float16,
+                              cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=autocast_dtype(cfg["AMP_DTYPE"]),
                               class_names=cfg["CLASS_NAMES"], data_root=cfg["DATA_ROOT"],
                               channels_last=channels_last, criterion=criterion)
             metrics, val = result.metrics, result.loss
