@@ -69,13 +69,13 @@ from datasets.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
+from nets.loss import DetectionLoss  # noqa: E402
 from utils import dist, engine  # noqa: E402
 from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
                               restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
 from utils.ema import ModelEMA  # noqa: E402
 from utils.evaluator import autocast_dtype, evaluate  # noqa: E402
-from utils.loss import DetectionLoss  # noqa: E402
 from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
 from utils.run_log import RunLog  # noqa: E402
 

@@ -500,12 +500,12 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     graph: the engine step with the model's and loss's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
     import torch
 
-    from nets import build_model, freeze_backbone
-    from utils import engine
     import config_fred
+    from nets import build_model, freeze_backbone
+    from nets.loss import DetectionLoss, total_loss
+    from utils import engine
     from utils.cuda_graph import GraphedTrainLoss
     from utils.ema import ModelEMA
-    from utils.loss import DetectionLoss, total_loss
     from utils.optim import build_optimizer
 
     device = torch.device(device_name)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from nets import build_model, freeze_backbone
+from nets.loss import DetectionLoss
 from utils import engine
 from utils.cuda_graph import GraphedTrainLoss
 from utils.ema import ModelEMA
-from utils.loss import DetectionLoss
 from utils.optim import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
