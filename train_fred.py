@@ -70,14 +70,15 @@ from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
-from utils import dist, engine  # noqa: E402
+from training import engine  # noqa: E402
+from training.ema import ModelEMA  # noqa: E402
+from training.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
+from training.run_log import RunLog  # noqa: E402
+from utils import dist  # noqa: E402
 from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
                               restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
-from utils.ema import ModelEMA  # noqa: E402
 from utils.evaluator import autocast_dtype, evaluate  # noqa: E402
-from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
-from utils.run_log import RunLog  # noqa: E402
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
 IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)

@@ -449,7 +449,7 @@ def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channel
 def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
     """One pass for mAP and val loss: the loss equals engine.evaluate_loss's, the metrics those without it."""
     from nets.loss import DetectionLoss
-    from utils.engine import evaluate_loss
+    from training.engine import evaluate_loss
     root = tmp_path / "fred"
     generate_fred(str(root), sequences=3, frames=6, seed=2, size=(96, 160))
     idx = build_fred_index(str(root), "event", split="random:0.5:0")

@@ -32,11 +32,11 @@ from datasets.synthetic import generate_fred
 from nets import build_model, load_weights
 from nets.loss import DetectionLoss
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
-from utils import engine
+from training import engine
+from training.ema import ModelEMA
+from training.optim import build_optimizer, lr_at, scale_lr_for_batch
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.config import config_dict
-from utils.ema import ModelEMA
-from utils.optim import build_optimizer, lr_at, scale_lr_for_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

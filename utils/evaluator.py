@@ -24,9 +24,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from training.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
 from utils.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
                                summarize)
-from utils.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 from utils.postprocess import non_max_suppression
 

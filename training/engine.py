@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from datasets.augment import hsv_jitter_rgb
 from nets.loss import LOSS_PARTS
-from utils.ema import ModelEMA
+from training.ema import ModelEMA
 
 LOGGER = logging.getLogger(__name__)
 SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums
