@@ -68,6 +68,7 @@ from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
 from datasets.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
 from training import engine  # noqa: E402
@@ -78,7 +79,6 @@ from utils import dist  # noqa: E402
 from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
                               restore_training_state, training_state)
 from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
-from utils.evaluator import autocast_dtype, evaluate  # noqa: E402
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
 IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)

@@ -10,7 +10,7 @@ datasets.fred_index, gives Ultralytics a symlinked copy of exactly the same trai
 Both start from random weights (no pretrained weights exist offline), so there is no frozen phase
 (FREEZE_TRAIN=False, one batch size). mAP is measured once, after the last epoch, on the held-out sequences
 (the ids that FRED's canonical split puts in its test list). Both are scored with pycocotools by the same code
-(utils.evaluator): ours inside train_fred.py, Ultralytics' through its predictions.json; Ultralytics' own
+(evaluation.evaluator): ours inside train_fred.py, Ultralytics' through its predictions.json; Ultralytics' own
 mAP is printed beside it. The issue's target: ours no worse than Ultralytics by more than 1 point of mAP50:95
 (printed, not asserted: with a short schedule from scratch the run-to-run spread is itself about a point).
 
