@@ -64,13 +64,13 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
 
 from datasets.batch_ring import build_loader, capped_workers  # noqa: E402
-from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
 from datasets.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
 from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
+from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
 from training import engine  # noqa: E402
 from training.ema import ModelEMA  # noqa: E402
 from training.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
@@ -106,7 +106,7 @@ def demo_data(root: str, cuda: bool) -> None:
     """Generate the demo FRED sample at root when root is absent or empty (existing data is used as it is)."""
     if os.path.isdir(root) and os.listdir(root):
         return
-    from datasets.synthetic import generate_fred
+    from tools.synthetic import generate_fred
     size = (720, 1280) if cuda else (360, 640)
     sequences, frames = (8, 40) if cuda else (8, 30)
     print(f"generating a FRED-shaped sample in {root}: {sequences} sequences x {frames} frames at "

@@ -1,6 +1,6 @@
 """Learning check (issue 5): our trainer vs Ultralytics YOLOv8 on the same generated FRED frames, same budget.
 
-One command generates a FRED-shaped set (datasets.synthetic, reused when it already matches), indexes it with
+One command generates a FRED-shaped set (tools.synthetic, reused when it already matches), indexes it with
 datasets.fred_index, gives Ultralytics a symlinked copy of exactly the same train/val frames
 (bench/ultra_ref.py), then trains, in separate processes one after the other:
   ours:        python train_fred.py --modality M --data_root D --split <split folder> --phi P --set ...

@@ -178,8 +178,8 @@ def _image_shape(path: str) -> tuple[int, int]:
 
 def ensure_generated(root: str, sequences: int, frames: int, size: tuple[int, int], seed: int = 0,
                      workers: int = 1) -> tuple[dict, float]:
-    """A generated FRED tree at root (datasets.synthetic), reused when its manifest matches; (manifest, seconds)."""
-    from datasets.synthetic import MANIFEST_NAME, generate_fred
+    """A generated FRED tree at root (tools.synthetic), reused when its manifest matches; (manifest, seconds)."""
+    from tools.synthetic import MANIFEST_NAME, generate_fred
 
     path = Path(root) / MANIFEST_NAME
     if path.is_file():

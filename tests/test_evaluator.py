@@ -14,9 +14,9 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import build_fred_index
-from datasets.synthetic import generate_fred
 from evaluation import coco_arrays, evaluator
 from evaluation.evaluator import coco_ground_truth, coco_metrics, evaluate, fitness, per_sequence_metrics
+from tools.synthetic import generate_fred
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 STATS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5, "AR100": 8}

@@ -23,7 +23,7 @@ import train_fred
 from datasets import frame_cache as fc
 from datasets.frame_cache import build_frame_cache
 from datasets.fred_dataset import FredDataset, collate_fred
-from datasets.synthetic import generate_fred
+from tools.synthetic import generate_fred
 from utils.letterbox import letterbox_params
 
 shutil_usage = type(shutil.disk_usage("/"))
