@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.frame_cache import build_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, collate_fred  # noqa: E402
 from datasets.fred_index import build_fred_index  # noqa: E402
+from speed.frame_cache import build_frame_cache  # noqa: E402
 from tools.synthetic import generate_fred  # noqa: E402
 
 

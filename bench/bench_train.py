@@ -435,7 +435,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import torch
 
     import train_fred
-    from datasets.batch_ring import capped_workers
+    from speed.batch_ring import capped_workers
 
     a = b.a
     cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
@@ -503,10 +503,10 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     import config_fred
     from nets import build_model, freeze_backbone
     from nets.loss import DetectionLoss, total_loss
+    from speed.cuda_graph import GraphedTrainLoss
     from training import engine
     from training.ema import ModelEMA
     from training.optim import build_optimizer
-    from utils.cuda_graph import GraphedTrainLoss
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -573,7 +573,7 @@ def part_eval(b: Bench) -> dict:
     import io
 
     import eval_fred
-    from datasets.batch_ring import capped_workers
+    from speed.batch_ring import capped_workers
 
     a = b.a
     out: dict = {}

@@ -1,4 +1,4 @@
-"""Batches through the shared-memory ring (datasets/batch_ring.py): the same batches as collate_fred, whole and in
+"""Batches through the shared-memory ring (speed/batch_ring.py): the same batches as collate_fred, whole and in
 order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
 import faulthandler
 import multiprocessing
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from datasets import batch_ring
-from datasets.batch_ring import (PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, build_loader,
-                                 shared_uint8)
 from datasets.fred_dataset import collate_fred
+from speed import batch_ring
+from speed.batch_ring import (PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, build_loader,
+                              shared_uint8)
 
 
 class Items(Dataset):

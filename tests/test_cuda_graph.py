@@ -11,10 +11,10 @@ import torch
 
 from nets import build_model, freeze_backbone
 from nets.loss import DetectionLoss
+from speed.cuda_graph import GraphedTrainLoss
 from training import engine
 from training.ema import ModelEMA
 from training.optim import build_optimizer
-from utils.cuda_graph import GraphedTrainLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
