@@ -107,12 +107,12 @@ from torch.utils.data import SequentialSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from datasets.fred_dataset import FredDataset  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from datasets.loader import build_loader, capped_workers  # noqa: E402
 from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
 from evaluation.evaluator import autocast_dtype, evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
 from nets import build_model, load_weights  # noqa: E402
 from nets.weights import checkpoint_info, read_state_dict  # noqa: E402
-from speed.batch_ring import build_loader, capped_workers  # noqa: E402
 from speed.frame_cache import open_frame_cache  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 

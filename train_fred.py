@@ -65,10 +65,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E4
 
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from datasets.loader import build_loader, capped_workers  # noqa: E402
 from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
-from speed.batch_ring import build_loader, capped_workers  # noqa: E402
 from speed.cuda_graph import GraphedTrainLoss  # noqa: E402
 from speed.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402

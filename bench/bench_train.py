@@ -435,7 +435,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import torch
 
     import train_fred
-    from speed.batch_ring import capped_workers
+    from datasets.loader import capped_workers
 
     a = b.a
     cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
@@ -573,7 +573,7 @@ def part_eval(b: Bench) -> dict:
     import io
 
     import eval_fred
-    from speed.batch_ring import capped_workers
+    from datasets.loader import capped_workers
 
     a = b.a
     out: dict = {}
