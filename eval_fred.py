@@ -7,8 +7,8 @@
 --modality defaults to the one the checkpoints were trained on; a checkpoint trained on the other modality is
 refused unless --allow_modality_mismatch. What the first checkpoint was trained with that evaluation depends on
 (data root, split, input shape, classes, AMP, thresholds: FROM_CHECKPOINT) comes from it; the rest from
-config_fred.py; --set and the flags override both. The
-evaluator is utils/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
+config_fred.py; --set and the flags override both. The evaluator is
+evaluation/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
 the same number for the same checkpoint, data and settings. Output: a table with one row per checkpoint, then one
 final line of JSON for the last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images,
 ms_per_image.
@@ -105,16 +105,16 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from datasets.batch_ring import build_loader, capped_workers  # noqa: E402
-from datasets.frame_cache import open_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from datasets.loader import build_loader, capped_workers  # noqa: E402
+from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
+from evaluation.evaluator import autocast_dtype, evaluate, per_sequence_metrics  # noqa: E402
+from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
 from nets import build_model, load_weights  # noqa: E402
 from nets.weights import checkpoint_info, read_state_dict  # noqa: E402
+from speed.frame_cache import open_frame_cache  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.coco_arrays import results_array_to_dicts  # noqa: E402
-from utils.evaluator import autocast_dtype, evaluate, per_sequence_metrics  # noqa: E402
-from utils.plots import plot_pr_curve, plot_samples  # noqa: E402
 
 
 def read_checkpoint(path: str, phi: str | None) -> dict:

@@ -63,21 +63,22 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
 
-from datasets.batch_ring import build_loader, capped_workers  # noqa: E402
-from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
-from datasets.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
+from datasets.loader import build_loader, capped_workers  # noqa: E402
+from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
-from utils import dist, engine  # noqa: E402
+from nets.loss import DetectionLoss  # noqa: E402
+from speed.cuda_graph import GraphedTrainLoss  # noqa: E402
+from speed.frame_cache import FrameCache, open_frame_cache  # noqa: E402
+from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
+from training import engine  # noqa: E402
+from training.ema import ModelEMA  # noqa: E402
+from training.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
+from training.run_log import RunLog  # noqa: E402
+from utils import dist  # noqa: E402
 from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
                               restore_training_state, training_state)
-from utils.cuda_graph import GraphedTrainLoss  # noqa: E402
-from utils.ema import ModelEMA  # noqa: E402
-from utils.evaluator import autocast_dtype, evaluate  # noqa: E402
-from utils.loss import DetectionLoss  # noqa: E402
-from utils.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
-from utils.run_log import RunLog  # noqa: E402
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
 IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
@@ -105,7 +106,7 @@ def demo_data(root: str, cuda: bool) -> None:
     """Generate the demo FRED sample at root when root is absent or empty (existing data is used as it is)."""
     if os.path.isdir(root) and os.listdir(root):
         return
-    from datasets.synthetic import generate_fred
+    from tools.synthetic import generate_fred
     size = (720, 1280) if cuda else (360, 640)
     sequences, frames = (8, 40) if cuda else (8, 30)
     print(f"generating a FRED-shaped sample in {root}: {sequences} sequences x {frames} frames at "
@@ -298,7 +299,7 @@ class SkipSampler(Sampler):
 def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
                 seed: int, persistent: bool = True, ring: bool = True) -> DataLoader:
     """DataLoader of collated uint8 batches: pinned memory on CUDA (with ring and workers, through a shared-memory
-    ring of batches: datasets/batch_ring.py), persistent workers, seeded worker RNG.
+    ring of batches: speed/batch_ring.py), persistent workers, seeded worker RNG.
 
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
     cuDNN re-tuning, CUDA graphs apply).

@@ -2,7 +2,7 @@
 
     python bench/bench_data.py [--root DIR] [--modality event] [--workers 8] [--batch 32] [--batches 60] [--quick]
 
-Generates a FRED-shaped set at 1280x720 (datasets.synthetic.generate_fred) in --root (kept and reused when it
+Generates a FRED-shaped set at 1280x720 (tools.synthetic.generate_fred) in --root (kept and reused when it
 exists) or a temporary folder, then times the DataLoader of train_fred.py's training set (input 640, mosaic prob
 0.5, HSV, flip, affine: config_fred's defaults) without a model: first without the cache, then with the disk cache
 (its build time reported apart). The first `--warmup` batches (worker start-up) are not timed. --quick: a small set,
@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.frame_cache import build_frame_cache  # noqa: E402
 from datasets.fred_dataset import FredDataset, collate_fred  # noqa: E402
 from datasets.fred_index import build_fred_index  # noqa: E402
-from datasets.synthetic import generate_fred  # noqa: E402
+from speed.frame_cache import build_frame_cache  # noqa: E402
+from tools.synthetic import generate_fred  # noqa: E402
 
 
 def loader_img_per_s(frames: list, cache, input_size: int, workers: int, batch: int, batches: int,

@@ -1,6 +1,6 @@
 """Learning check (issue 5): our trainer vs Ultralytics YOLOv8 on the same generated FRED frames, same budget.
 
-One command generates a FRED-shaped set (datasets.synthetic, reused when it already matches), indexes it with
+One command generates a FRED-shaped set (tools.synthetic, reused when it already matches), indexes it with
 datasets.fred_index, gives Ultralytics a symlinked copy of exactly the same train/val frames
 (bench/ultra_ref.py), then trains, in separate processes one after the other:
   ours:        python train_fred.py --modality M --data_root D --split <split folder> --phi P --set ...
@@ -10,7 +10,7 @@ datasets.fred_index, gives Ultralytics a symlinked copy of exactly the same trai
 Both start from random weights (no pretrained weights exist offline), so there is no frozen phase
 (FREEZE_TRAIN=False, one batch size). mAP is measured once, after the last epoch, on the held-out sequences
 (the ids that FRED's canonical split puts in its test list). Both are scored with pycocotools by the same code
-(utils.evaluator): ours inside train_fred.py, Ultralytics' through its predictions.json; Ultralytics' own
+(evaluation.evaluator): ours inside train_fred.py, Ultralytics' through its predictions.json; Ultralytics' own
 mAP is printed beside it. The issue's target: ours no worse than Ultralytics by more than 1 point of mAP50:95
 (printed, not asserted: with a short schedule from scratch the run-to-run spread is itself about a point).
 

@@ -117,9 +117,9 @@ def random_targets(batch: int, imgsz: int, per_image: int, nc: int, device: torc
 def bench_loss(a: argparse.Namespace, device: torch.device) -> list[dict]:
     """ms per batch of loss forward + backward (assigner included) on the same predictions and targets."""
     try:
-        from utils.loss import DetectionLoss
+        from nets.loss import DetectionLoss
     except ImportError as e:
-        print(f"note: utils/loss.py not importable ({e}); skipping our loss")
+        print(f"note: nets/loss.py not importable ({e}); skipping our loss")
         DetectionLoss = None
     theirs_model = ultralytics_model(a.phi, a.nc)
     ours_model = build_model(a.phi, a.nc).to(device).train()

@@ -21,7 +21,7 @@ chosen parts (--parts, in this order; each trainer in its own process, one at a 
            loader without pinned memory, one sample's time in one process, and the workers' bound (workers x
            that rate): a loader far below its bound is limited by the transfer to the main process.
   ceiling  our model + loss on GPU-resident data: random uint8 batches already on the GPU, fp16 AMP,
-           channels_last; "engine" = utils.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
+           channels_last; "engine" = training.engine.train_one_epoch (the trainer's step: loss, scaler, clip,
            fused SGD, EMA), "engine_graph" = the same with the forward/backward of model and loss from a CUDA graph
            (CUDA_GRAPH, the trainer's default; the reference of the 0.9x target), "bare" = forward +
            DetectionLoss + backward + SGD step only. Frozen at batch 32,
@@ -435,7 +435,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import torch
 
     import train_fred
-    from datasets.batch_ring import capped_workers
+    from datasets.loader import capped_workers
 
     a = b.a
     cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
@@ -500,13 +500,13 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     graph: the engine step with the model's and loss's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
     import torch
 
-    from nets import build_model, freeze_backbone
-    from utils import engine
     import config_fred
-    from utils.cuda_graph import GraphedTrainLoss
-    from utils.ema import ModelEMA
-    from utils.loss import DetectionLoss, total_loss
-    from utils.optim import build_optimizer
+    from nets import build_model, freeze_backbone
+    from nets.loss import DetectionLoss, total_loss
+    from speed.cuda_graph import GraphedTrainLoss
+    from training import engine
+    from training.ema import ModelEMA
+    from training.optim import build_optimizer
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -573,7 +573,7 @@ def part_eval(b: Bench) -> dict:
     import io
 
     import eval_fred
-    from datasets.batch_ring import capped_workers
+    from datasets.loader import capped_workers
 
     a = b.a
     out: dict = {}

@@ -8,7 +8,7 @@ Test-only code: the product never imports Ultralytics. Two halves:
      our parsed boxes (class 0, normalised cx cy w h), data.yaml points at them. Rebuilt only when the frames change.
    - ultra_train_args(): Ultralytics train settings equalised with our trainer's config.
    - score_ultra_predictions(): pycocotools mAP of Ultralytics' predictions.json with OUR COCO code
-     (utils.evaluator), so both trainers are scored by the same computation.
+     (evaluation.evaluator), so both trainers are scored by the same computation.
    - ensure_generated() / write_split() (generated FRED set, reused when it matches; split folder with FRED's
      canonical test ids as val), ours_command() (train_fred.py command line), run_logged() (subprocess with a
      log file, a results.csv watcher and an optional stop condition), GpuSampler (pynvml / nvidia-smi),
@@ -146,8 +146,8 @@ def ultra_train_args(epochs: int, batch: int, imgsz: int, workers: int, device: 
 
 def score_ultra_predictions(predictions_json: str, data_dir: str, val_frames: Sequence,
                             class_names: Sequence[str] = ("drone",)) -> dict:
-    """pycocotools metrics (utils.evaluator.coco_metrics) of Ultralytics' predictions.json on val_frames."""
-    from utils.evaluator import coco_ground_truth, coco_metrics
+    """pycocotools metrics (evaluation.evaluator.coco_metrics) of Ultralytics' predictions.json on val_frames."""
+    from evaluation.evaluator import coco_ground_truth, coco_metrics
 
     positions = json.loads((Path(data_dir) / "val_names.json").read_text())
     shapes = [_image_shape(f.image) for f in val_frames]
@@ -178,8 +178,8 @@ def _image_shape(path: str) -> tuple[int, int]:
 
 def ensure_generated(root: str, sequences: int, frames: int, size: tuple[int, int], seed: int = 0,
                      workers: int = 1) -> tuple[dict, float]:
-    """A generated FRED tree at root (datasets.synthetic), reused when its manifest matches; (manifest, seconds)."""
-    from datasets.synthetic import MANIFEST_NAME, generate_fred
+    """A generated FRED tree at root (tools.synthetic), reused when its manifest matches; (manifest, seconds)."""
+    from tools.synthetic import MANIFEST_NAME, generate_fred
 
     path = Path(root) / MANIFEST_NAME
     if path.is_file():

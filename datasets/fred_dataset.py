@@ -7,7 +7,7 @@ image letterboxed and warped by the same kind of affine in a single warp; then M
 cropped below min_box_size pixels, below 10% of their area or beyond aspect 20 are dropped.
 Validation sample (train=False): letterbox only.
 Images are read with datasets.image_io.read_image (path-safe; a truncated or corrupt file is refused): one that cannot
-be used is replaced by the next readable frame and logged. With a frame_cache (datasets/frame_cache.py) images come
+be used is replaced by the next readable frame and logged. With a frame_cache (speed/frame_cache.py) images come
 pre-resized from the cache instead; ratio, pad and orig_shape still refer to the original image, so boxes and the
 evaluator's mapping are unchanged. Images stay BGR (as OpenCV decodes them) through all steps and become RGB once,
 in the final CHW copy.
@@ -30,8 +30,8 @@ from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
 if TYPE_CHECKING:
-    from datasets.frame_cache import FrameCache
     from datasets.fred_index import Frame
+    from speed.frame_cache import FrameCache
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ CACHE_VERSION = 2  # 2: boxes far outside the image are dropped, not clipped
 BOX_TOLERANCE = 0.01  # a box centre or size this far outside [0, 1] is a rounding error (clipped); further: dropped
 MAX_PLAUSIBLE_BOXES = 100  # a frame with more boxes than this is reported as a suspicious label file
 SCAN_THREADS = 8  # threads listing and parsing sequence folders (I/O bound; helps most on network storage)
-GENERATE_HINT = "generate a sample with: python -m datasets.synthetic --out DIR"
+GENERATE_HINT = "generate a sample with: python -m tools.synthetic --out DIR"
 GET_FRED_HINT = ('FRED ("FRED: The Florence RGB-Event Drone Dataset", Magrini et al., ACM MM 2025) is the Hugging Face '
                  "dataset GabrieleMagrini/FRED (GitHub: miccunifi/FRED), one zip per sequence, train/<id>.zip and "
                  "test/<id>.zip: unzip the ones you want under one folder")

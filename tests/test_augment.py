@@ -13,7 +13,7 @@ from datasets.augment import (apply_affine, augment_hsv, box_candidates, clip_bo
                               transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
-from utils import engine
+from training import engine
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 NO_HSV = (0.0, 0.0, 0.0)

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.check_data import SUMMARY_KEYS, check_data, format_summary, usable
 from datasets.fred_dataset import FredDataset
 from datasets.fred_index import build_fred_index
 from datasets.image_io import read_image
-from datasets.synthetic import generate_fred
 from tests.test_fred_index import BOX, make_sequence, make_tree
+from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable
+from tools.synthetic import generate_fred
 
 TWO_BOXES = BOX + "0 0.2 0.2 0.05 0.05\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def test_read_image_reads_what_imread_reads_and_names_the_damage(tmp_path):
 
 
 def test_summary_of_a_generated_tree_equals_its_truth(tmp_path):
-    from datasets.synthetic import generate_fred
+    from tools.synthetic import generate_fred
     truth = generate_fred(str(tmp_path), sequences=3, frames=5, seed=1, size=(36, 64))["totals"]["event"]
     summary = check_data(build_fred_index(str(tmp_path), "event"), progress=False)
     assert summary["train_frames"] + summary["val_frames"] == truth["annotated"]
@@ -170,9 +170,9 @@ def test_empty_sequence_folder_is_reported(tmp_path):
 
 NON_UTF8_SCRIPT = """
 import json, sys
-from datasets.check_data import SUMMARY_KEYS, check_data, format_summary
 from datasets.fred_dataset import FredDataset
 from datasets.fred_index import build_fred_index
+from tools.check_data import SUMMARY_KEYS, check_data, format_summary
 root, log = sys.argv[1:]
 build_fred_index(root, "event")
 index = build_fred_index(root, "event")  # from the index cache

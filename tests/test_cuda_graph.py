@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from nets import build_model, freeze_backbone
-from utils import engine
-from utils.cuda_graph import GraphedTrainLoss
-from utils.ema import ModelEMA
-from utils.loss import DetectionLoss
-from utils.optim import build_optimizer
+from nets.loss import DetectionLoss
+from speed.cuda_graph import GraphedTrainLoss
+from training import engine
+from training.ema import ModelEMA
+from training.optim import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -154,7 +154,7 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
 @pytest.fixture(scope="module")
 def tiny_fred(tmp_path_factory):
     """4 event+rgb sequences x 8 frames at 180x320."""
-    from datasets.synthetic import generate_fred
+    from tools.synthetic import generate_fred
     root = tmp_path_factory.mktemp("fred_cuda")
     generate_fred(str(root), sequences=4, frames=8, seed=0, size=(180, 320))
     return str(root)

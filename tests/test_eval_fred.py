@@ -13,10 +13,10 @@ import torch
 
 import eval_fred
 from datasets.fred_index import build_fred_index
-from datasets.synthetic import generate_fred
+from evaluation.evaluator import coco_metrics
 from nets import build_model
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
-from utils.evaluator import coco_metrics
+from tools.synthetic import generate_fred
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--modality", "event", "--split", "random:0.5:0", "--set", "INPUT_SHAPE=[64,64]", "--device", "cpu",

@@ -14,9 +14,9 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.fred_index import build_fred_index
-from datasets.synthetic import generate_fred
-from utils import coco_arrays, evaluator
-from utils.evaluator import coco_ground_truth, coco_metrics, evaluate, fitness, per_sequence_metrics
+from evaluation import coco_arrays, evaluator
+from evaluation.evaluator import coco_ground_truth, coco_metrics, evaluate, fitness, per_sequence_metrics
+from tools.synthetic import generate_fred
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 STATS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5, "AR100": 8}
@@ -448,8 +448,8 @@ def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channel
 
 def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
     """One pass for mAP and val loss: the loss equals engine.evaluate_loss's, the metrics those without it."""
-    from utils.engine import evaluate_loss
-    from utils.loss import DetectionLoss
+    from nets.loss import DetectionLoss
+    from training.engine import evaluate_loss
     root = tmp_path / "fred"
     generate_fred(str(root), sequences=3, frames=6, seed=2, size=(96, 160))
     idx = build_fred_index(str(root), "event", split="random:0.5:0")

@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import train_fred
-from datasets import frame_cache as fc
-from datasets.frame_cache import build_frame_cache
 from datasets.fred_dataset import FredDataset, collate_fred
-from datasets.synthetic import generate_fred
+from speed import frame_cache as fc
+from speed.frame_cache import build_frame_cache
+from tools.synthetic import generate_fred
 from utils.letterbox import letterbox_params
 
 shutil_usage = type(shutil.disk_usage("/"))
@@ -207,7 +207,7 @@ def test_crash_during_build_leaves_no_usable_cache_and_next_build_is_complete(fr
 
 def test_killed_build_leaves_an_orphan_that_the_next_build_removes(frames, tmp_path):
     cache_dir = str(tmp_path / "c")
-    script = ("import os, sys; from datasets import frame_cache as fc; orig = fc._load_resized\n"
+    script = ("import os, sys; from speed import frame_cache as fc; orig = fc._load_resized\n"
               "def load(p, s):\n"
               "    if p.endswith('f005.png'): os._exit(9)\n"
               "    return orig(p, s)\n"
@@ -334,7 +334,7 @@ def test_training_with_the_cache_across_dataloader_workers(frames, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- train_fred.py
 def test_train_fred_builds_the_caches_once_and_reuses_them(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="datasets.frame_cache")
+    caplog.set_level(logging.INFO, logger="speed.frame_cache")
     root = str(tmp_path / "fred")
     generate_fred(root, sequences=4, frames=4, seed=0, size=(90, 160))
     cache_dir = os.path.join(root, ".fred_frame_cache")

@@ -344,7 +344,7 @@ def test_empty_train_or_val_is_an_error(tmp_path):
 
 
 def test_no_sequences_message_says_where_it_looked(tmp_path):
-    with pytest.raises(FredDataError, match=rf"no FRED sequences found under {tmp_path}.*datasets.synthetic"):
+    with pytest.raises(FredDataError, match=rf"no FRED sequences found under {tmp_path}.*tools.synthetic"):
         build_fred_index(str(tmp_path), "event")
     with pytest.raises(FredDataError, match="is not a folder"):
         build_fred_index(str(tmp_path / "absent"), "event")
@@ -407,7 +407,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, caplog):
 
 @pytest.mark.parametrize("modality", ["rgb", "event"])
 def test_counts_equal_the_generators_truth(tmp_path, modality):
-    from datasets.synthetic import generate_fred
+    from tools.synthetic import generate_fred
     manifest = generate_fred(str(tmp_path), sequences=4, frames=6, seed=3, size=(36, 64))
     index = build_fred_index(str(tmp_path), modality)
     assert sorted(index.train_sequences + index.val_sequences, key=int) == [str(i) for i in manifest["ids"]]

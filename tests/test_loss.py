@@ -7,9 +7,9 @@ from ultralytics.utils import tal as ul_tal
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou
 
-from utils.assigner import TaskAlignedAssigner
+from nets.assigner import TaskAlignedAssigner
+from nets.loss import DetectionLoss, pad_targets, total_loss
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, dist2bbox, make_anchors
-from utils.loss import DetectionLoss, pad_targets, total_loss
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16

@@ -3,7 +3,7 @@ import pytest
 import torch
 from ultralytics.utils.nms import non_max_suppression as ul_non_max_suppression
 
-from utils.postprocess import non_max_suppression
+from evaluation.postprocess import non_max_suppression
 
 
 def make_prediction(batch: int, nc: int, num_boxes: int, seed: int) -> torch.Tensor:

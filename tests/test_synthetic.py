@@ -1,4 +1,4 @@
-"""Generated FRED (datasets/synthetic.py): layout and names of released FRED, counts, determinism, exact boxes."""
+"""Generated FRED (tools/synthetic.py): layout and names of released FRED, counts, determinism, exact boxes."""
 import hashlib
 import re
 from pathlib import Path
@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets import synthetic
-from datasets.synthetic import (DRONE_MODELS, EVENT_PALETTE, MANIFEST_NAME, default_ids, generate_fred, main,
-                                plan_sequence, render_sequence)
+from tools import synthetic
+from tools.synthetic import (DRONE_MODELS, EVENT_PALETTE, MANIFEST_NAME, default_ids, generate_fred, main,
+                             plan_sequence, render_sequence)
 
 SIZE = (96, 160)     # (height, width)
 FRAMES = 24

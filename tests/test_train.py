@@ -28,15 +28,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import config_fred
 import train_fred
 from datasets.fred_index import build_fred_index
-from datasets.synthetic import generate_fred
 from nets import build_model, load_weights
+from nets.loss import DetectionLoss
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
-from utils import engine
-from utils.config import config_dict
+from tools.synthetic import generate_fred
+from training import engine
+from training.ema import ModelEMA
+from training.optim import build_optimizer, lr_at, scale_lr_for_batch
 from utils.checkpoint import atomic_save, load_checkpoint
-from utils.ema import ModelEMA
-from utils.loss import DetectionLoss
-from utils.optim import build_optimizer, lr_at, scale_lr_for_batch
+from utils.config import config_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from utils.loss import LOSS_PARTS, pad_targets
+from nets.loss import LOSS_PARTS, pad_targets
 
 
 class _TrainLoss(nn.Module):

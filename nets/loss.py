@@ -3,7 +3,7 @@
 Numerically the loss of Ultralytics' v8DetectionLoss (tests/test_loss.py compares part by part, gradients included),
 computed without host syncs or loops over images: the box and DFL terms are summed over all anchors with the
 (zero on background) target-score weight instead of gathering the foreground with a boolean mask, and the targets
-stay one flat list (see utils/assigner.py) instead of a tensor padded to the per-image maximum count.
+stay one flat list (see nets/assigner.py) instead of a tensor padded to the per-image maximum count.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from utils.assigner import TaskAlignedAssigner
+from nets.assigner import TaskAlignedAssigner
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, dist2bbox, make_anchors
 
 LOSS_PARTS = ("box", "cls", "dfl")  # names of the loss parts, in the order they are stacked

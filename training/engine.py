@@ -11,8 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from datasets.augment import hsv_jitter_rgb
-from utils.ema import ModelEMA
-from utils.loss import LOSS_PARTS
+from nets.loss import LOSS_PARTS
+from training.ema import ModelEMA
 
 LOGGER = logging.getLogger(__name__)
 SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums

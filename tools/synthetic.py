@@ -34,6 +34,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from datasets.splits import NAMED_SPLITS
+
 # FRED event-frame colours, RGB order (cv2 writes BGR: reverse before writing).
 EVENT_BACKGROUND = (30, 37, 52)
 EVENT_POSITIVE = (255, 255, 255)
@@ -47,7 +49,7 @@ SUPERSAMPLE = 4           # sprites are drawn at 4x and averaged down (sub-pixel
 REFERENCE_WIDTH = 1280.0  # pixel sizes and speeds below are given for FRED's 1280x720 frames
 CONDITIONS = ("clear", "night", "overcast", "rain", "sunset")
 BACKGROUNDS = ("treeline", "buildings", "field", "sky")
-SPLIT_DIR = Path(__file__).resolve().parent / "splits" / "canonical"
+SPLIT_DIR = Path(NAMED_SPLITS["canonical"])
 
 
 @dataclass(frozen=True)
@@ -715,11 +717,11 @@ def _prepare_out(out: Path, ids: list[int]) -> None:
         try:
             ours = {str(i) for i in json.loads(manifest.read_text())["ids"]}
         except (ValueError, KeyError, TypeError) as exc:
-            raise FileExistsError(f"{manifest} is not a manifest of datasets.synthetic ({exc}); "
+            raise FileExistsError(f"{manifest} is not a manifest of tools.synthetic ({exc}); "
                                   "remove it or choose another --out") from exc
     clash = [str(i) for i in ids if (out / str(i)).exists() and str(i) not in ours]
     if clash:
-        raise FileExistsError(f"{out} already holds sequence folders {', '.join(clash)} that datasets.synthetic did "
+        raise FileExistsError(f"{out} already holds sequence folders {', '.join(clash)} that tools.synthetic did "
                               "not write; choose an empty --out")
     for name in sorted(ours):
         if (out / name).is_dir():
@@ -749,7 +751,7 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
     root.mkdir(parents=True, exist_ok=True)
     _prepare_out(root, ids)
     # claim the folders first, so that a run cut short can be cleared by the next one
-    (root / MANIFEST_NAME).write_text(json.dumps({"generator": "datasets.synthetic", "complete": False, "ids": ids}))
+    (root / MANIFEST_NAME).write_text(json.dumps({"generator": "tools.synthetic", "complete": False, "ids": ids}))
     plans = [plan_sequence(sid, i, frames, seed, (h, w)) for i, sid in enumerate(ids)]
     if workers > 1 and len(plans) > 1:
         with ProcessPoolExecutor(min(workers, len(plans))) as pool:
@@ -757,7 +759,7 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
     else:
         entries = [_write_sequence(p, str(root)) for p in plans]
     totals = {m: {key: sum(e[m][key] for e in entries) for key in _counts()} for m in ("rgb", "event")}
-    manifest = {"generator": "datasets.synthetic", "complete": True, "seed": seed, "size": [h, w], "frames": frames,
+    manifest = {"generator": "tools.synthetic", "complete": True, "seed": seed, "size": [h, w], "frames": frames,
                 "ids": ids, "sequences": {str(p.seq_id): e for p, e in zip(plans, entries)}, "totals": totals}
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -765,7 +767,7 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write a generated FRED tree and print a one-line summary."""
-    ap = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output root; sequence folders <id>/ are written inside")
     ap.add_argument("--sequences", type=int, help="number of sequences (default: the number of --ids)")
     ap.add_argument("--frames", type=int, required=True, help="RGB frames kept per sequence (event frames: a few more)")

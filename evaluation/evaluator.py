@@ -7,7 +7,7 @@ COCO conventions used throughout:
 - image id = position of the frame in the ``frames`` list the loader's dataset was built from;
 - category id = class id + 1 (COCO ids start at 1; FRED's class 0 "drone" is category 1);
 - boxes [x, y, w, h] in original-image pixels.
-Metrics are pycocotools' COCOeval(bbox) stats (matching and accumulation vectorized in utils/coco_arrays.py, same
+Metrics are pycocotools' COCOeval(bbox) stats (matching and accumulation vectorized in evaluation/coco_arrays.py, same
 numbers); -1 means "undefined" as in pycocotools (no ground truth in that size range, or no ground truth at all).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from utils.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
-                               summarize)
-from utils.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
+from evaluation.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
+                                    summarize)
+from evaluation.postprocess import non_max_suppression
+from training.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
 from utils.letterbox import boxes_xyxy_letterbox_to_original
-from utils.postprocess import non_max_suppression
 
 LOGGER = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def coco_eval(gt: dict, detections: Sequence[dict] | np.ndarray) -> tuple[dict, 
     """pycocotools bbox evaluation: (metrics dict, COCOeval precision array [T, R, K, A, M]).
 
     detections: COCO results dicts or float64 [N, 7] rows image_id, x, y, w, h, score, category_id. The matching
-    and accumulation run vectorized (utils/coco_arrays.py) with pycocotools' numbers.
+    and accumulation run vectorized (evaluation/coco_arrays.py) with pycocotools' numbers.
     """
     if not gt["images"]:
         raise ValueError("no images to evaluate: the ground truth holds no images")

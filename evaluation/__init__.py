@@ -1,0 +1,1 @@
+"""Evaluation: batched inference, NMS, COCO metrics (pycocotools' numbers) and the evaluation plots."""

@@ -1,0 +1,1 @@
+"""Speed machinery, each part behind its config key: CUDA graph, shared-memory batch ring, decoded-frame cache."""

@@ -1,0 +1,1 @@
+"""Tools beside the training code: the FRED-shaped data generator and the data check."""
