@@ -21,7 +21,8 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import config_fred
 from utils.config import apply_overrides, config_dict
@@ -60,32 +61,24 @@ if __name__ == "__main__":  # --help, argument and --set errors answer before to
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
 
-from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
-from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
-from datasets.loader import build_loader, capped_workers  # noqa: E402
-from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
-from nets import build_model, freeze_backbone, load_weights  # noqa: E402
+import build_fred  # noqa: E402
+from datasets.fred_dataset import FredDataset  # noqa: E402
+from datasets.fred_index import FredDataError, FredIndex  # noqa: E402
+from datasets.loader import capped_workers  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
-from speed.cuda_graph import GraphedTrainLoss  # noqa: E402
-from speed.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
 from training import engine  # noqa: E402
 from training.ema import ModelEMA  # noqa: E402
-from training.optim import build_optimizer, lr_at, scale_lr_for_batch, set_lr  # noqa: E402
+from training.epoch_end import EpochEnd, NonFiniteError, nonfinite_tensor  # noqa: E402
+from training.optim import build_optimizer, lr_at, set_lr  # noqa: E402
 from training.run_log import RunLog  # noqa: E402
 from utils import dist  # noqa: E402
 from utils.checkpoint import (DiskFullError, atomic_save, load_checkpoint, remove_temporaries,  # noqa: E402
                               restore_training_state, training_state)
 
 EXIT_BAD_CONFIG, EXIT_BAD_DATA, EXIT_OOM, EXIT_NAN, EXIT_DISK_FULL = 2, 2, 3, 4, 5  # the module docstring's list
-IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
-RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 DATA_WAIT_HINT_PCT = 25.0  # an epoch (not a phase's first) waiting for data longer than this share prints advice
-RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration",
-               "epoch_sums")  # kept in last.pth only
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -133,86 +126,6 @@ def resolve_config(args: argparse.Namespace, resume_state: Optional[dict], cuda:
     return cfg
 
 
-def _whole(lo: int) -> tuple[Callable[[object], bool], str]:
-    """Rule: an int (not a bool) >= lo."""
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"a whole number >= {lo}"
-
-
-def _number(lo: float, hi: float = math.inf, above_lo: bool = False, below_hi: bool = False,
-            text: str = "") -> tuple[Callable[[object], bool], str]:
-    """Rule: a finite int or float in [lo, hi] (open at lo / hi when above_lo / below_hi)."""
-    def ok(v: object) -> bool:
-        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                and (v > lo if above_lo else v >= lo) and (v < hi if below_hi else v <= hi))
-    return ok, text or f"a number {'>' if above_lo else '>='} {lo:g}"
-
-
-def _choice(*options: str) -> tuple[Callable[[object], bool], str]:
-    """Rule: one of options."""
-    return (lambda v: isinstance(v, str) and v in options), "one of " + ", ".join(map(repr, options))
-
-
-def _formats_with_modality(v: object) -> bool:
-    """Whether v is a str whose only {} field is {modality}."""
-    try:
-        return isinstance(v, str) and isinstance(v.format(modality="rgb"), str)
-    except (KeyError, IndexError, ValueError):
-        return False
-
-
-_BOOL = (lambda v: isinstance(v, bool), "True or False")
-_STR = (lambda v: isinstance(v, str), "a string")
-_FRACTION = _number(0, 1, text="a number from 0 to 1")
-_BELOW_ONE = _number(0, 1, below_hi=True, text="a number from 0 to below 1")
-# Every key of config_fred.py: (accepts(value), what it accepts). check_config applies them, then the rules that
-# tie keys together.
-CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "DATA_ROOT": _STR, "SPLIT": _STR, "RGB_IMAGE_DIR": _STR, "NUM_CLASSES": _whole(1),
-    "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
-                    "a list of names, one per class (NUM_CLASSES)"),
-    "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
-    "PHI": _choice("n", "s", "m", "l", "x"),
-    "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
-        isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
-        "[height, width], positive multiples of 32"),
-    "MODEL_PATH": _STR, "INIT_EPOCH": _whole(0), "FREEZE_EPOCH": _whole(0), "UNFREEZE_EPOCH": _whole(1),
-    "FREEZE_TRAIN": _BOOL, "FREEZE_BATCH_SIZE": _whole(1), "UNFREEZE_BATCH_SIZE": _whole(1),
-    "INIT_LR": _number(0, above_lo=True), "MIN_LR": _number(0), "OPTIMIZER_TYPE": _choice(*RECOMMENDED_STEPS),
-    "MOMENTUM": _BELOW_ONE, "WEIGHT_DECAY": _number(0), "LR_DECAY_TYPE": _choice("cos", "step"),
-    "WARMUP_EPOCHS": _whole(0), "WARMUP_MIN_ITERS": _whole(0), "GRAD_CLIP": _number(0), "EMA_DECAY": _BELOW_ONE,
-    "WARMUP_BIAS_LR": _number(0), "WARMUP_MOMENTUM": _BELOW_ONE,
-    "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
-    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
-    "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
-    "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
-    "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
-    "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
-    "FRAME_CACHE": _choice("off", "disk"), "FRAME_CACHE_MAX_GB": _number(0), "FRAME_CACHE_DIR": _STR,
-    "SYNC_BN": _BOOL, "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
-    "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
-    "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
-    "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
-}
-
-
-def check_config(cfg: dict, world: int) -> None:
-    """Raise ValueError, naming the key and what it accepts, for a value that cannot work (CONFIG_RULES, then the
-    batch sizes against the process count, CLASS_NAMES against NUM_CLASSES, SGD's momentum)."""
-    for key, (accepts, text) in CONFIG_RULES.items():
-        if not accepts(cfg[key]):
-            raise ValueError(f"{key} must be {text}, got {cfg[key]!r}")
-    for key in ("FREEZE_BATCH_SIZE", "UNFREEZE_BATCH_SIZE"):
-        if cfg[key] < world:
-            raise ValueError(f"{key}={cfg[key]} is the global batch size: it must be at least the number of "
-                             f"processes ({world})")
-    if len(cfg["CLASS_NAMES"]) != cfg["NUM_CLASSES"]:
-        raise ValueError(f"CLASS_NAMES must be a list of names, one per class (NUM_CLASSES={cfg['NUM_CLASSES']}), "
-                         f"got {len(cfg['CLASS_NAMES'])}: {cfg['CLASS_NAMES']!r}")
-    if cfg["OPTIMIZER_TYPE"] == "sgd" and cfg["MOMENTUM"] == 0:
-        raise ValueError("MOMENTUM must be above 0 with OPTIMIZER_TYPE='sgd' (nesterov momentum), got 0")
-
-
 def new_run_dir(save_dir: str) -> str:
     """SAVE_DIR/loss_YYYY_MM_DD_HH_MM_SS (with _2, _3 ... if that exists already)."""
     base = os.path.join(save_dir, datetime.datetime.now().strftime("loss_%Y_%m_%d_%H_%M_%S"))
@@ -253,9 +166,9 @@ def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
             return (f"{path} was trained with {key}={held!r}, this run asks for {asked!r} ({how}). A resumed run "
                     f"keeps the checkpoint's model, classes and optimizer: drop the override, or start a new run "
                     f"from these weights with --weights {path}")
-    if state.get("in_channels", IN_CHANNELS) != IN_CHANNELS:
+    if state.get("in_channels", build_fred.IN_CHANNELS) != build_fred.IN_CHANNELS:
         return (f"{path} holds a model with {state['in_channels']} input channels; train_fred.py trains models with "
-                f"{IN_CHANNELS} input channels (RGB or event frames)")
+                f"{build_fred.IN_CHANNELS} input channels (RGB or event frames)")
     return None
 
 
@@ -267,7 +180,7 @@ def step_advice(cfg: dict, n_train: int, advise: bool = True) -> str:
     per_frozen = max(1, n_train // cfg["FREEZE_BATCH_SIZE"])  # training loaders drop the incomplete last batch
     per_unfrozen = max(1, n_train // cfg["UNFREEZE_BATCH_SIZE"])
     steps = frozen * per_frozen + (total - frozen) * per_unfrozen
-    wanted = RECOMMENDED_STEPS[cfg["OPTIMIZER_TYPE"]]
+    wanted = build_fred.RECOMMENDED_STEPS[cfg["OPTIMIZER_TYPE"]]
     head = (f"{n_train} training frames: {frozen} frozen epochs x {per_frozen} + {total - frozen} unfrozen epochs x "
             f"{per_unfrozen} = {steps} optimizer steps")
     if not advise:
@@ -280,58 +193,6 @@ def step_advice(cfg: dict, n_train: int, advise: bool = True) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- data
-class SkipSampler(Sampler):
-    """The indices of `sampler` after the first `skip`: continue an epoch that was interrupted."""
-
-    def __init__(self, sampler: Sampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.sampler)
-        for _ in range(self.skip):
-            next(it)
-        return it
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
-
-def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
-                seed: int, persistent: bool = True, ring: bool = True) -> DataLoader:
-    """DataLoader of collated uint8 batches: pinned memory on CUDA (with ring and workers, through a shared-memory
-    ring of batches: speed/batch_ring.py), persistent workers, seeded worker RNG.
-
-    Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
-    cuDNN re-tuning, CUDA graphs apply).
-    """
-    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
-                        ring=ring, persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
-                        generator=torch.Generator().manual_seed(seed),
-                        drop_last=dataset.train and len(sampler) >= batch_size)
-
-
-def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
-                  hsv_in_batch: bool = False) -> FredDataset:
-    """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
-                       mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
-                       hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
-                       degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
-                       min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
-
-
-def configured_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
-    """The decoded-frame cache of frames for FRAME_CACHE="disk" (built when absent or stale), else None.
-
-    A cache that cannot be written (disk full, no permission) is reported and training decodes the files instead.
-    """
-    if cfg["FRAME_CACHE"] == "off":
-        return None
-    return open_frame_cache([f.image for f in frames], max(cfg["INPUT_SHAPE"]), cfg["FRAME_CACHE_DIR"],
-                            cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"frame cache ({what})")
-
-
 def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
     """Advice printed once when the training loop waited for its loader wait_pct % of an epoch's time."""
     cpus = os.cpu_count() or 1
@@ -346,26 +207,10 @@ def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
     return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
 
 
-def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
-                 amp_dtype: Optional[torch.dtype], channels_last: bool, world: int) -> Optional[GraphedTrainLoss]:
-    """The CUDA-graphed training forward + loss of this phase's model and batch (CUDA_GRAPH), or None (eager)."""
-    if not cfg["CUDA_GRAPH"] or device.type != "cuda":
-        return None
-    if world > 1:
-        if dist.is_main():
-            print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
-        return None
-    h, w = cfg["INPUT_SHAPE"]
-    sample = torch.empty((per_rank, 3, h, w), device=device,
-                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    model.train()
-    return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"], amp_dtype)
-
-
 def run_check_data(cfg: dict, modality: str) -> int:
     """--check_data: index, decode every image, print the summary and the JSON line; 0 when usable."""
     try:
-        index = build_index(cfg, modality)
+        index = build_fred.build_index(cfg, modality)
     except FredDataError as e:
         print(f"data check failed: {e}{missing_root_hint(cfg, modality)}", file=sys.stderr)
         return EXIT_BAD_DATA
@@ -385,14 +230,6 @@ def missing_root_hint(cfg: dict, modality: str) -> str:
         return ""
     return ("\nno FRED at hand? try the trainer on a generated sample: "
             f"python train_fred.py --modality {modality} --demo")
-
-
-def build_index(cfg: dict, modality: str):
-    """The FRED index for cfg and modality."""
-    return build_fred_index(cfg["DATA_ROOT"], modality, split=cfg["SPLIT"], frame_stride=cfg["FRAME_STRIDE"],
-                            val_frame_stride=cfg["VAL_FRAME_STRIDE"], num_classes=cfg["NUM_CLASSES"],
-                            strict_labels=cfg["STRICT_LABELS"], rgb_image_dir=cfg["RGB_IMAGE_DIR"],
-                            cache_dir=cfg["INDEX_CACHE_DIR"] or None)
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -435,6 +272,14 @@ class StopFlag:
 
 
 # ----------------------------------------------------------------------------------------------- training
+class RunStop(Exception):
+    """Ends the run early with an exit code and the message to print (stderr; empty: nothing more to say)."""
+
+    def __init__(self, code: int, message: str = ""):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
     """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off
     when a training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
@@ -453,206 +298,6 @@ def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, r
             f"lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
-def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str], resume_state: Optional[dict],
-          stop: StopFlag) -> int:
-    """The training run (resume: --resume's path, resume_state: its checkpoint); returns the process exit code.
-
-    The run folder is made (or, resuming, config.json rewritten) once the data, model and weights are ready.
-    """
-    rank, world, main_proc = dist.get_rank(), dist.get_world_size(), dist.is_main()
-    cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = cuda  # fixed input shape: let cuDNN pick the fastest kernels
-    torch.manual_seed(cfg["SEED"])
-    index = build_index(cfg, modality)
-    if main_proc:
-        print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
-              f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
-        on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
-        print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
-
-    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS)
-    if cfg["MODEL_PATH"] and resume_state is None:
-        try:
-            info = load_weights(model, cfg["MODEL_PATH"])
-        except (OSError, ValueError) as e:
-            print(f"MODEL_PATH / --weights {cfg['MODEL_PATH']}: {e}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-        if main_proc:
-            print(f"weights {cfg['MODEL_PATH']}: loaded {info['loaded']}/{info['total']} tensors, skipped "
-                  f"{info['skipped']} of the file's ({', '.join(info['skipped_keys'][:4])}"
-                  f"{' ...' if info['skipped'] > 4 else ''}), {info['missing']} model tensors kept their init")
-    channels_last = cuda and cfg["CHANNELS_LAST"]
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if cfg["SYNC_BN"] and world > 1:
-        if cuda:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif main_proc:
-            print("SYNC_BN needs CUDA: BatchNorm statistics stay per process")
-    ema = ModelEMA(model, cfg["EMA_DECAY"])
-    optimizer = build_optimizer(model, cfg["OPTIMIZER_TYPE"], cfg["INIT_LR"], cfg["MOMENTUM"], cfg["WEIGHT_DECAY"])
-    amp_dtype = autocast_dtype(cfg["AMP_DTYPE"]) if cuda and cfg["FP16"] else None
-    fixed_scale = amp_dtype is not torch.float16  # the scaler then only detects non-finite gradients
-    scaler = torch.amp.GradScaler(device.type, init_scale=1.0 if fixed_scale else 2.0 ** 16)
-    criterion = DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
-
-    start_epoch, start_iter, best, train_seconds = cfg["INIT_EPOCH"], 0, {"fitness": None}, 0.0
-    epoch_sums = None  # loss sums of the first start_iter iterations of an interrupted epoch
-    if resume_state is not None:
-        restore_training_state(resume_state, model, ema, optimizer, scaler)
-        start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
-        epoch_sums = resume_state.get("epoch_sums")
-        best, train_seconds = dict(resume_state["best"]), resume_state.get("train_seconds", 0.0)
-    run_dir = open_run_dir(cfg, modality, resume)
-    total = cfg["UNFREEZE_EPOCH"]
-    if start_epoch >= total:
-        if main_proc:
-            print(f"nothing to do: {start_epoch} epochs done, UNFREEZE_EPOCH={total} "
-                  f"(raise it with --set UNFREEZE_EPOCH=N to train longer)")
-        return finish(run_dir, start_epoch, best, train_seconds, main_proc)
-    frozen_epochs = cfg["FREEZE_EPOCH"] if cfg["FREEZE_TRAIN"] else 0
-    workers = capped_workers(cfg["NUM_WORKERS"])
-    train_cache = val_cache = None
-    if main_proc:  # rank 0 builds the caches, the other processes then open the train one
-        train_cache = configured_frame_cache(cfg, index.train, "train", progress=True)
-        val_cache = configured_frame_cache(cfg, index.val, "val", progress=True)
-    dist.barrier()
-    if not main_proc:
-        train_cache = configured_frame_cache(cfg, index.train, "train", progress=False)
-    train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
-    batch_hsv = engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and cuda)
-    val_loader = None
-    if main_proc:
-        val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
-                              bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
-        val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
-                                 capped_workers(cfg["EVAL_WORKERS"]), device, cfg["SEED"],
-                                 ring=cfg["BATCH_RING"])
-    log = RunLog(run_dir, start_epoch) if main_proc else None
-    first_batch = cfg["FREEZE_BATCH_SIZE"] if frozen_epochs > 0 else cfg["UNFREEZE_BATCH_SIZE"]
-    warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] /
-                 max(1, math.ceil(len(index.train) / world) // (first_batch // world)))
-
-    phase, net, loader, sampler, per_rank, lr_fit, min_fit = None, model, None, None, 0, 0.0, 0.0
-    loss_fn, phase_start, data_hinted = None, start_epoch, False
-    epoch = start_epoch
-    t_start = time.perf_counter() - train_seconds
-    try:
-        for epoch in range(start_epoch, total):
-            if phase != ("frozen" if epoch < frozen_epochs else "unfrozen"):
-                phase, phase_start = ("frozen" if epoch < frozen_epochs else "unfrozen"), epoch
-                batch = cfg["FREEZE_BATCH_SIZE"] if phase == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]
-                per_rank = batch // world
-                freeze_backbone(model, phase == "frozen")
-                lr_fit, min_fit = scale_lr_for_batch(cfg["INIT_LR"], cfg["MIN_LR"], batch, cfg["OPTIMIZER_TYPE"])
-                sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
-                loader = make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank,
-                                     ring=cfg["BATCH_RING"])
-                net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-                       if world > 1 else model)
-                loss_fn = None  # the previous phase's graph holds memory: drop it first
-                try:
-                    loss_fn = graphed_loss(cfg, model, criterion, per_rank, device, amp_dtype, channels_last, world)
-                except torch.cuda.OutOfMemoryError:
-                    print(oom_message(phase, cfg, per_rank, world, "CUDA graph capture", run_dir), file=sys.stderr,
-                          flush=True)
-                    return EXIT_OOM
-                if main_proc:
-                    print(f"phase {phase}: epochs {epoch + 1}-{frozen_epochs if phase == 'frozen' else total}, batch "
-                          f"{batch} ({per_rank} per process x {world}), lr {lr_fit:.3g} -> {min_fit:.3g} "
-                          f"({cfg['OPTIMIZER_TYPE']}, nbs 64 rule), backbone {phase}", flush=True)
-            train_set.set_epoch(epoch, special_aug=epoch < round(cfg["SPECIAL_AUG_RATIO"] * total))
-            sampler.set_epoch(epoch)
-            n_iter = len(loader)
-            epoch_loader = loader if start_iter == 0 else make_loader(
-                train_set, per_rank, SkipSampler(sampler, start_iter * per_rank), workers, device,
-                cfg["SEED"] + 1000 * rank, persistent=False, ring=cfg["BATCH_RING"])
-
-            def lr_for(i: int, e: int = epoch, n: int = n_iter) -> float:
-                t = e + i / n
-                lr = lr_at(t, total, warmup, lr_fit, min_fit, cfg["LR_DECAY_TYPE"])
-                set_lr(optimizer, lr, t / warmup if warmup else 1.0, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"],
-                       cfg["WARMUP_MOMENTUM"])
-                return lr
-
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            try:
-                stats = engine.train_one_epoch(
-                    net, ema if main_proc else None, criterion, optimizer, scaler, epoch_loader, device, lr_for,
-                    amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
-                    stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
-                    desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn,
-                    batch_hsv=batch_hsv, epoch_sums=epoch_sums if start_iter else None)
-            except torch.cuda.OutOfMemoryError:
-                print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
-                return EXIT_OOM
-            train_seconds = time.perf_counter() - t_start
-            if stats["stopped"] == "nan":
-                print(f"stopping: {cfg['NAN_PATIENCE']} optimizer steps in a row had a non-finite loss (each was "
-                      f"skipped) in epoch {epoch + 1}, {stats['skipped']} skipped this epoch. last.pth keeps the "
-                      f"state after epoch {epoch}. Lower INIT_LR, check the data, or try FP16=False / "
-                      "AMP_DTYPE='bf16'.",
-                      file=sys.stderr, flush=True)
-                return EXIT_NAN
-            if stats["stopped"] == "signal":
-                if main_proc:
-                    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
-                    if bad:
-                        print(nonfinite_message(f"the {bad} holds non-finite values", run_dir), file=sys.stderr)
-                        return EXIT_NAN
-                    save(run_dir, "last.pth", training_state(
-                        model, ema, optimizer, scaler, epoch, stats["iteration"], phase, best, cfg,
-                        meta(model, modality, train_seconds), stats["epoch_sums"]))
-                    print(f"saved {os.path.join(run_dir, 'last.pth')} at epoch {epoch + 1}, iteration "
-                          f"{stats['iteration']}/{n_iter}; continue with --resume", file=sys.stderr, flush=True)
-                return 128 + stop.signum
-            start_iter = 0
-            if main_proc:
-                code = end_of_epoch(cfg, modality, run_dir, epoch, phase, stats, t0, model, ema,
-                                    optimizer, scaler, criterion, val_loader, index.val, device, amp_dtype,
-                                    channels_last, best, lambda: time.perf_counter() - t_start, per_rank * world, log)
-                if code:
-                    return code
-                if not data_hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
-                    print(data_wait_hint(cfg, stats["data_wait_pct"], workers, cuda), flush=True)
-                    data_hinted = True
-            train_seconds = time.perf_counter() - t_start
-            dist.barrier()
-            if stop.signum:
-                if main_proc:
-                    print(f"stopped after epoch {epoch + 1}: last.pth saved; continue with --resume", file=sys.stderr)
-                return 128 + stop.signum
-    finally:
-        if log is not None:
-            log.close()
-    return finish(run_dir, total, best, train_seconds, main_proc)
-
-
-def meta(model: torch.nn.Module, modality: str, train_seconds: float) -> dict:
-    """Checkpoint fields that describe the model (what eval_fred.py needs) and the run."""
-    return {"phi": model.phi, "num_classes": model.num_classes, "in_channels": model.in_channels,
-            "modality": modality, "train_seconds": train_seconds}
-
-
-def save(run_dir: str, name: str, state: dict) -> None:
-    """Atomically write state to run_dir/name."""
-    atomic_save(state, os.path.join(run_dir, name))
-
-
-def nonfinite_tensor(modules: dict[str, torch.nn.Module]) -> Optional[str]:
-    """Name of the first floating-point parameter or buffer of modules ({label: module}) holding NaN or inf, or None.
-
-    One fused max-abs pass over all tensors and one host sync: for the end of an epoch, not for every step.
-    """
-    named = [(f"{label} {name}", t) for label, module in modules.items()
-             for name, t in module.state_dict().items() if t.is_floating_point()]
-    finite = torch.stack(torch._foreach_norm([t for _, t in named], math.inf)).isfinite()
-    if bool(finite.all()):
-        return None
-    return named[int((~finite).nonzero()[0])][0]
-
-
 def nonfinite_message(what: str, run_dir: str) -> str:
     """Why the run stops on a non-finite model or val loss, what was kept and what to try."""
     last = os.path.join(run_dir, "last.pth")
@@ -662,77 +307,220 @@ def nonfinite_message(what: str, run_dir: str) -> str:
             "check the data, or try FP16=False / AMP_DTYPE='bf16'.")
 
 
-def val_loss_fitness(val: dict) -> float:
-    """Fitness of an epoch by val loss (no mAP): -loss, or -inf when its box part is 0. Then no prediction overlapped
-    any object (no anchor got a target score): an untrained or collapsed model, whose loss is small for that
-    reason, must not become best.pth ahead of epochs that detect something."""
-    return -val["loss"] if val["box"] > 0 else -math.inf
+@dataclass
+class Run:
+    """The objects of one training run: what setup_run() builds and the epoch loop uses."""
+
+    cfg: dict
+    modality: str
+    device: torch.device
+    run_dir: str
+    model: torch.nn.Module
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: DetectionLoss
+    step: dict  # engine.train_one_epoch's step options: amp_dtype, fixed_scale, channels_last, batch_hsv
+    start_epoch: int
+    start_iter: int  # optimizer steps already done in start_epoch (a mid-epoch resume)
+    epoch_sums: Optional[dict]  # and their loss sums
+    best: dict
+    train_seconds: float
+    train_set: Optional[FredDataset] = None  # setup_data() makes these
+    warmup: float = 0.0  # warmup length, epochs
+    log: Optional[RunLog] = None  # rank 0
+    epoch_end: Optional[EpochEnd] = None  # rank 0
+    t_start: float = 0.0
+
+    def elapsed(self) -> float:
+        """Training seconds of the run so far, earlier sessions of a resumed run included."""
+        return time.perf_counter() - self.t_start
+
+    def state(self, epoch: int, iteration: int, phase: str, epoch_sums: Optional[dict] = None) -> dict:
+        """training_state() of the run after `iteration` steps of epoch `epoch` (0 steps: after epoch - 1)."""
+        meta = {"phi": self.model.phi, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels,
+                "modality": self.modality, "train_seconds": self.elapsed()}
+        return training_state(self.model, self.ema, self.optimizer, self.scaler, epoch, iteration, phase, self.best,
+                              self.cfg, meta, epoch_sums)
 
 
-def end_of_epoch(cfg: dict, modality: str, run_dir: str, epoch: int, phase: str, stats: dict, epoch_start: float,
-                 model: torch.nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, criterion: DetectionLoss, val_loader: DataLoader, val_frames: list,
-                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool, best: dict,
-                 elapsed: Callable[[], float], batch: int, log: RunLog) -> int:
-    """Rank 0 after an epoch: val loss, mAP when due, best/last/periodic checkpoints, logs. Returns an exit code.
-
-    A model, EMA or val loss with a non-finite value stops the run (EXIT_NAN) before anything is saved.
-    """
-    done, total = epoch + 1, cfg["UNFREEZE_EPOCH"]
-    bad = nonfinite_tensor({"model": model, "EMA": ema.ema})
-    if bad:
-        print(nonfinite_message(f"after epoch {done} the {bad} holds non-finite values", run_dir), file=sys.stderr,
-              flush=True)
-        return EXIT_NAN
+def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
+              resume_state: Optional[dict]) -> tuple[Run, FredIndex]:
+    """Index, model (weights or resumed state), optimizer, loss and the run folder: (run, index)."""
+    world, main_proc = dist.get_world_size(), dist.is_main()
+    index = build_fred.build_index(cfg, modality)
+    if main_proc:
+        print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
+              f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
+        on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
+        print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
     try:
-        metrics = None
-        if cfg["EVAL_MAP"] and (done % cfg["EVAL_PERIOD"] == 0 or done == total):  # mAP and val loss in one pass
-            result = evaluate(ema.ema, val_loader, val_frames, device, cfg["CONFIDENCE"], cfg["NMS_IOU"],
-                              cfg["MAX_DET"], amp=amp_dtype is not None, amp_dtype=autocast_dtype(cfg["AMP_DTYPE"]),
-                              class_names=cfg["CLASS_NAMES"], data_root=cfg["DATA_ROOT"],
-                              channels_last=channels_last, criterion=criterion)
-            metrics, val = result.metrics, result.loss
-        else:
-            val = engine.evaluate_loss(ema.ema, criterion, val_loader, device, amp_dtype, channels_last)
-    except torch.cuda.OutOfMemoryError:
-        print(oom_message(phase, cfg, cfg["EVAL_BATCH_SIZE"], 1, "evaluation", run_dir), file=sys.stderr,
-              flush=True)
-        return EXIT_OOM
-    if not math.isfinite(val["loss"]):
-        print(nonfinite_message(f"the val loss after epoch {done} is {val['loss']}", run_dir), file=sys.stderr,
-              flush=True)
+        model, info = build_fred.build_train_model(cfg, device, world, weights=resume_state is None)
+    except (OSError, ValueError) as e:
+        raise RunStop(EXIT_BAD_CONFIG, f"MODEL_PATH / --weights {cfg['MODEL_PATH']}: {e}") from None
+    if main_proc and info:
+        print(f"weights {cfg['MODEL_PATH']}: loaded {info['loaded']}/{info['total']} tensors, skipped "
+              f"{info['skipped']} of the file's ({', '.join(info['skipped_keys'][:4])}"
+              f"{' ...' if info['skipped'] > 4 else ''}), {info['missing']} model tensors kept their init")
+    if main_proc and cfg["SYNC_BN"] and world > 1 and device.type != "cuda":
+        print("SYNC_BN needs CUDA: BatchNorm statistics stay per process")
+    ema = ModelEMA(model, cfg["EMA_DECAY"])
+    optimizer = build_optimizer(model, cfg["OPTIMIZER_TYPE"], cfg["INIT_LR"], cfg["MOMENTUM"], cfg["WEIGHT_DECAY"])
+    amp_dtype = build_fred.amp_dtype(cfg, device)
+    fixed_scale = amp_dtype is not torch.float16  # the scaler then only detects non-finite gradients
+    scaler = torch.amp.GradScaler(device.type, init_scale=1.0 if fixed_scale else 2.0 ** 16)
+    start_epoch, start_iter, epoch_sums, best, seconds = cfg["INIT_EPOCH"], 0, None, {"fitness": None}, 0.0
+    if resume_state is not None:
+        restore_training_state(resume_state, model, ema, optimizer, scaler)
+        start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
+        epoch_sums, best = resume_state.get("epoch_sums"), dict(resume_state["best"])
+        seconds = resume_state.get("train_seconds", 0.0)
+    step = {"amp_dtype": amp_dtype, "fixed_scale": fixed_scale, "channels_last": build_fred.channels_last(cfg, device),
+            "batch_hsv": engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and device.type == "cuda")}
+    return Run(cfg, modality, device, open_run_dir(cfg, modality, resume), model, ema, optimizer, scaler,
+               build_fred.build_criterion(cfg, model), step, start_epoch, start_iter, epoch_sums, best, seconds), index
+
+
+def setup_data(run: Run, index: FredIndex) -> None:
+    """The frame caches (rank 0 builds them), the training set, the warmup length and, on rank 0, the val loader,
+    the run log and the end-of-epoch unit."""
+    cfg, device, world = run.cfg, run.device, dist.get_world_size()
+    caches = {}
+    if dist.is_main():  # rank 0 builds the caches, the other processes then open the train one
+        caches = {what: build_fred.build_frame_cache(cfg, frames, what) for what, frames in
+                  (("train", index.train), ("val", index.val))}
+    dist.barrier()
+    if not dist.is_main():
+        caches["train"] = build_fred.build_frame_cache(cfg, index.train, "train", progress=False)
+    run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir, caches["train"],
+                                             cfg["HSV_ON_GPU"] and device.type == "cuda")
+    first = build_fred.phase_name(cfg, 0)  # the warmup follows the run's first phase, a resumed run's too
+    per_rank = (cfg["FREEZE_BATCH_SIZE"] if first == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]) // world
+    run.warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] / max(1, math.ceil(len(index.train) / world)
+                                                                          // per_rank))
+    if dist.is_main():
+        val_set = build_fred.val_dataset(cfg, index.val, caches["val"], os.path.join(run.run_dir, "bad_images.txt"))
+        run.log = RunLog(run.run_dir, run.start_epoch)
+        run.epoch_end = EpochEnd(run.model, run.ema, run.criterion, build_fred.val_loader(cfg, val_set, device),
+                                 index.val, device, build_fred.evaluation_settings(cfg, device),
+                                 run.step["amp_dtype"], run.run_dir, run.log, cfg["UNFREEZE_EPOCH"],
+                                 cfg["EVAL_PERIOD"] if cfg["EVAL_MAP"] else 0, cfg["SAVE_PERIOD"], run.best)
+
+
+def start_phase(run: Run, epoch: int, previous: Optional[build_fred.Phase]) -> build_fred.Phase:
+    """Build the phase that epoch starts and say so (rank 0)."""
+    cfg, world = run.cfg, dist.get_world_size()
+    phase = build_fred.build_phase(cfg, build_fred.phase_name(cfg, epoch), run.model, run.criterion, run.train_set,
+                                   run.device, dist.get_rank(), world, previous)
+    if dist.is_main():
+        if cfg["CUDA_GRAPH"] and run.device.type == "cuda" and world > 1:
+            print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
+        print(f"phase {phase.name}: epochs {epoch + 1}-{phase.last_epoch}, batch {phase.batch} ({phase.per_rank} per "
+              f"process x {world}), lr {phase.lr_max:.3g} -> {phase.lr_min:.3g} ({cfg['OPTIMIZER_TYPE']}, nbs 64 "
+              f"rule), backbone {phase.name}", flush=True)
+    return phase
+
+
+def train_epoch(run: Run, phase: build_fred.Phase, epoch: int, stop: StopFlag) -> dict:
+    """engine.train_one_epoch over epoch (from run.start_iter on a mid-epoch resume); a stop by NaN or signal raises
+    RunStop (a signal after saving last.pth at the iteration reached)."""
+    cfg, total = run.cfg, run.cfg["UNFREEZE_EPOCH"]
+    run.train_set.set_epoch(epoch, special_aug=epoch < round(cfg["SPECIAL_AUG_RATIO"] * total))
+    phase.sampler.set_epoch(epoch)
+    n_iter, start = len(phase.loader), run.start_iter
+    loader = phase.loader if start == 0 else build_fred.resumed_loader(cfg, phase, run.train_set, start, run.device,
+                                                                       dist.get_rank())
+
+    def lr_for(i: int) -> float:
+        t = epoch + i / n_iter
+        lr = lr_at(t, total, run.warmup, phase.lr_max, phase.lr_min, cfg["LR_DECAY_TYPE"])
+        set_lr(run.optimizer, lr, t / run.warmup if run.warmup else 1.0, cfg["WARMUP_BIAS_LR"], cfg["MOMENTUM"],
+               cfg["WARMUP_MOMENTUM"])
+        return lr
+
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    s = run.step
+    stats = engine.train_one_epoch(
+        phase.net, run.ema if dist.is_main() else None, run.criterion, run.optimizer, run.scaler, loader, run.device,
+        lr_for, s["amp_dtype"], s["fixed_scale"], cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start,
+        stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=s["channels_last"],
+        desc=f"epoch {epoch + 1}/{total} {phase.name}", show_progress=dist.is_main(), loss_fn=phase.loss_fn,
+        batch_hsv=s["batch_hsv"], epoch_sums=run.epoch_sums if start else None)
+    run.start_iter, run.epoch_sums = 0, None
+    if stats["stopped"] == "nan":
+        raise RunStop(EXIT_NAN, f"stopping: {cfg['NAN_PATIENCE']} optimizer steps in a row had a non-finite loss "
+                      f"(each was skipped) in epoch {epoch + 1}, {stats['skipped']} skipped this epoch. last.pth "
+                      f"keeps the state after epoch {epoch}. Lower INIT_LR, check the data, or try FP16=False / "
+                      "AMP_DTYPE='bf16'.")
+    if stats["stopped"] == "signal":
+        if dist.is_main():
+            bad = nonfinite_tensor({"model": run.model, "EMA": run.ema.ema})
+            if bad:
+                raise RunStop(EXIT_NAN, nonfinite_message(f"the {bad} holds non-finite values", run.run_dir))
+            atomic_save(run.state(epoch, stats["iteration"], phase.name, stats["epoch_sums"]),
+                        os.path.join(run.run_dir, "last.pth"))
+            print(f"saved {os.path.join(run.run_dir, 'last.pth')} at epoch {epoch + 1}, iteration "
+                  f"{stats['iteration']}/{n_iter}; continue with --resume", file=sys.stderr, flush=True)
+        raise RunStop(128 + stop.signum)
+    return stats
+
+
+def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str], resume_state: Optional[dict],
+          stop: StopFlag) -> int:
+    """The training run (resume: --resume's path, resume_state: its checkpoint); returns the process exit code.
+
+    Setup (the run folder is made, or config.json rewritten, once data, model and weights are ready), then the epoch
+    loop: a new phase when the backbone is unfrozen, one epoch of training, then on rank 0 the epoch's end.
+    """
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shape: let cuDNN pick the fastest kernels
+    torch.manual_seed(cfg["SEED"])
+    run, phase, during, total = None, None, "setup", cfg["UNFREEZE_EPOCH"]
+    try:
+        run, index = setup_run(cfg, modality, device, resume, resume_state)
+        run.t_start = time.perf_counter() - run.train_seconds
+        if run.start_epoch < total:
+            setup_data(run, index)
+        elif dist.is_main():
+            print(f"nothing to do: {run.start_epoch} epochs done, UNFREEZE_EPOCH={total} (raise it with --set "
+                  "UNFREEZE_EPOCH=N to train longer)")
+        hinted = False
+        for epoch in range(run.start_epoch, total):
+            if phase is None or phase.name != build_fred.phase_name(cfg, epoch):
+                during, phase_start = "CUDA graph capture", epoch
+                phase = start_phase(run, epoch, phase)
+            during, t0 = "train", time.perf_counter()
+            stats = train_epoch(run, phase, epoch, stop)
+            during = "evaluation"
+            if dist.is_main():
+                print(run.epoch_end(epoch, phase.name, phase.batch, stats, t0, lambda done: run.state(done, 0,
+                                                                                                       phase.name)),
+                      flush=True)
+                if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], capped_workers(cfg["NUM_WORKERS"]),
+                                         device.type == "cuda"), flush=True)
+                    hinted = True
+            dist.barrier()
+            if stop.signum:
+                raise RunStop(128 + stop.signum, f"stopped after epoch {epoch + 1}: last.pth saved; continue with "
+                                                 "--resume" if dist.is_main() else "")
+    except RunStop as e:
+        if e.message:
+            print(e.message, file=sys.stderr, flush=True)
+        return e.code
+    except NonFiniteError as e:
+        print(nonfinite_message(str(e), run.run_dir), file=sys.stderr, flush=True)
         return EXIT_NAN
-    fitness = metrics["fitness"] if metrics else (None if cfg["EVAL_MAP"] else val_loss_fitness(val))
-    improved = fitness is not None and (best.get("fitness") is None or fitness > best["fitness"])
-    if improved:
-        best.update(fitness=fitness, epoch=done, val_loss=val["loss"],
-                    mAP50=metrics["mAP50"] if metrics else None, mAP50_95=metrics["mAP50_95"] if metrics else None)
-    epoch_s = time.perf_counter() - epoch_start  # training, val loss and mAP
-    state = training_state(model, ema, optimizer, scaler, done, 0, phase, best, cfg,
-                           meta(model, modality, elapsed()))
-    save(run_dir, "last.pth", state)
-    weights = {k: v for k, v in state.items() if k not in RESUME_ONLY}  # best and periodic: EMA weights + meta
-    if improved:
-        save(run_dir, "best.pth", weights)
-    if done % cfg["SAVE_PERIOD"] == 0 or done == total:
-        save(run_dir, f"ep{done:03d}-loss{stats['loss']:.3f}-val_loss{val['loss']:.3f}.pth", weights)
-    log.log_epoch({"epoch": done, "phase": phase, "batch_size": batch, "lr": stats["lr"],
-                   "train_loss": stats["loss"], "train_box": stats["box"], "train_cls": stats["cls"],
-                   "train_dfl": stats["dfl"], "val_loss": val["loss"], "val_box": val["box"], "val_cls": val["cls"],
-                   "val_dfl": val["dfl"], "mAP50": metrics["mAP50"] if metrics else None,
-                   "mAP50_95": metrics["mAP50_95"] if metrics else None, "fitness": fitness,
-                   "img_per_s": stats["img_per_s"], "epoch_s": epoch_s, "gpu_mem_GB": stats["gpu_mem_GB"],
-                   "skipped_steps": stats["skipped"], "data_wait_pct": stats["data_wait_pct"]})
-    line = (f"epoch {done}/{total}: loss {stats['loss']:.4f} (box {stats['box']:.4f} cls {stats['cls']:.4f} "
-            f"dfl {stats['dfl']:.4f}), val loss {val['loss']:.4f}, {stats['img_per_s']:.0f} img/s "
-            f"({stats['data_wait_pct']:.0f}% waiting for data), {epoch_s:.0f} s")
-    if stats["skipped"]:
-        line += f", {stats['skipped']} steps skipped (non-finite loss)"
-    if metrics:
-        log.log_map(done, metrics)
-        line += f"; mAP50 {metrics['mAP50']:.4f} mAP50:95 {metrics['mAP50_95']:.4f}"
-    print(line + (" (best)" if improved else ""), flush=True)
-    return 0
+    except torch.cuda.OutOfMemoryError:
+        name = phase.name if phase else build_fred.phase_name(cfg, run.start_epoch if run else 0)
+        per_rank, world = ((cfg["EVAL_BATCH_SIZE"], 1) if during == "evaluation" else
+                           (phase.per_rank if phase else 0, dist.get_world_size()))
+        print(oom_message(name, cfg, per_rank, world, during, run.run_dir if run else ""), file=sys.stderr, flush=True)
+        return EXIT_OOM
+    finally:
+        if run is not None and run.log is not None:
+            run.log.close()
+    return finish(run.run_dir, max(total, run.start_epoch), run.best, run.elapsed(), dist.is_main())
 
 
 def finish(run_dir: str, epochs: int, best: dict, train_seconds: float, main_proc: bool) -> int:
@@ -789,7 +577,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stop.install()
     try:
         try:
-            check_config(cfg, dist.get_world_size())
+            build_fred.check_config(cfg, dist.get_world_size())
         except ValueError as e:
             print(f"config error: {e}", file=sys.stderr)
             return EXIT_BAD_CONFIG

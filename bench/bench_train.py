@@ -434,20 +434,20 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     augmentation on)."""
     import torch
 
-    import train_fred
+    import build_fred
     from datasets.loader import capped_workers
 
     a = b.a
-    cache = train_fred.configured_frame_cache(cfg, frames, "train", progress=False)
-    dataset = train_fred.train_dataset(cfg, frames, str(b.logs), cache,
+    cache = build_fred.build_frame_cache(cfg, frames, "train", progress=False)
+    dataset = build_fred.train_dataset(cfg, frames, str(b.logs), cache,
                                        hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda")
     dataset.set_epoch(0, special_aug=True)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(a.seed))
     workers = capped_workers(cfg["NUM_WORKERS"])
-    loader = train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed, ring=cfg["BATCH_RING"])
+    loader = build_fred.make_loader(dataset, a.frozen_batch, sampler, workers, device, a.seed, ring=cfg["BATCH_RING"])
     timed = _time_loader(loader, a.data_batches)
     del loader
-    unpinned = _time_loader(train_fred.make_loader(dataset, a.frozen_batch, sampler, workers, torch.device("cpu"),
+    unpinned = _time_loader(build_fred.make_loader(dataset, a.frozen_batch, sampler, workers, torch.device("cpu"),
                                                    a.seed), a.data_batches)
     n = 2 * a.frozen_batch
     for i in range(a.frozen_batch):  # warm: page cache, frame cache mapping

@@ -25,6 +25,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import build_fred
 import config_fred
 import train_fred
 from datasets.fred_index import build_fred_index
@@ -34,6 +35,7 @@ from tests.bad_checkpoints import REASONS, make_bad_checkpoint
 from tools.synthetic import generate_fred
 from training import engine
 from training.ema import ModelEMA
+from training.epoch_end import val_loss_fitness
 from training.optim import build_optimizer, lr_at, scale_lr_for_batch
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.config import config_dict
@@ -371,7 +373,7 @@ def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(
     ckpt = load_checkpoint(os.path.join(run_dir, "best.pth"))
     row = next(csv.DictReader(open(os.path.join(run_dir, "results.csv"))))
     val = {"loss": ckpt["best"]["val_loss"], "box": float(row["val_box"])}
-    assert ckpt["best_fitness"] == train_fred.val_loss_fitness(val)
+    assert ckpt["best_fitness"] == val_loss_fitness(val)
 
     assert train_fred.main(tiny_args(data, tmp_path / "s", epochs=1) + ["--phi", "s", "--weights", best]) == 2
     err = capsys.readouterr().err
@@ -389,9 +391,9 @@ def test_oom_advice_names_the_phase_batch_and_the_graph():
 
 
 def test_val_loss_fitness_puts_epochs_without_box_loss_last():
-    degenerate = train_fred.val_loss_fitness({"loss": 0.008, "box": 0.0})  # nothing overlapped any object
-    trained = train_fred.val_loss_fitness({"loss": 4.0, "box": 1.2})
-    assert trained == -4.0 and degenerate < trained and degenerate == train_fred.val_loss_fitness({"loss": 9.0,
+    degenerate = val_loss_fitness({"loss": 0.008, "box": 0.0})  # nothing overlapped any object
+    trained = val_loss_fitness({"loss": 4.0, "box": 1.2})
+    assert trained == -4.0 and degenerate < trained and degenerate == val_loss_fitness({"loss": 9.0,
                                                                                                     "box": 0.0})
 
 
@@ -615,7 +617,7 @@ def test_bad_config_values_exit_2_naming_the_key_and_what_it_accepts(data, tmp_p
 
 
 def test_every_config_key_is_checked():
-    assert set(train_fred.CONFIG_RULES) == set(config_dict(config_fred))
+    assert set(build_fred.CONFIG_RULES) == set(config_dict(config_fred))
 
 
 def test_a_run_without_warmup_trains(data, tmp_path, capsys):
@@ -826,7 +828,7 @@ import sys, types
 from multiprocessing.pool import ThreadPool
 import cv2, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
-import train_fred
+import build_fred
 from datasets.fred_dataset import FredDataset
 paths = []
 for k in range(8):
@@ -837,7 +839,7 @@ with ThreadPool(4) as pool:  # OpenCV's own thread pool now has threads in this 
     pool.map(lambda _: cv2.resize(big, (640, 360)), range(16))
 frames = [types.SimpleNamespace(image=p, boxes=np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)) for p in paths]
 ds = FredDataset(frames, (64, 64), train=True)
-loader = train_fred.make_loader(ds, 4, torch.utils.data.RandomSampler(ds), 2, torch.device("cpu"), 0)
+loader = build_fred.make_loader(ds, 4, torch.utils.data.RandomSampler(ds), 2, torch.device("cpu"), 0)
 print("batches", sum(1 for _ in loader), flush=True)
 """
 

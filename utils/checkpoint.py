@@ -176,6 +176,15 @@ def training_state(model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer
             "config": dict(config), "rng": rng_state(), "epoch_sums": epoch_sums, **meta}
 
 
+RESUME_ONLY = ("model_raw", "optimizer", "scaler", "rng", "ema_updates", "iteration", "epoch_sums")
+
+
+def weights_only(state: dict) -> dict:
+    """training_state() without what only a resume needs (RESUME_ONLY): the EMA weights and the run's description,
+    as best.pth and the periodic checkpoints hold them."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY}
+
+
 def restore_training_state(state: dict, model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer,
                            scaler) -> None:
     """Load weights, EMA, optimizer, scaler and RNG states from training_state() into the given objects."""

@@ -1,0 +1,296 @@
+"""Turn a config (config_fred.py's keys) into what train_fred.py, eval_fred.py and the benches run.
+
+One build path: the config checks, the FRED index, the frame caches, the datasets and loaders, the model with its
+weights, the loss, the evaluation settings, and a training phase (frozen or unfrozen: sampler, loader, model
+wrapper, loss function, batch size, learning-rate range). The two scripts read the config and call these; the code
+below them gets plain values. Only this module chooses the speed machinery (speed/: frame cache, batch ring, CUDA
+graph); with every speed key off, what it returns is the plain PyTorch loop's objects.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+
+from datasets.fred_dataset import FredDataset, worker_init
+from datasets.fred_index import FredIndex, build_fred_index
+from datasets.loader import build_loader, capped_workers
+from evaluation.evaluator import autocast_dtype
+from nets import build_model, freeze_backbone, load_weights
+from nets.loss import DetectionLoss
+from speed.cuda_graph import GraphedTrainLoss
+from speed.frame_cache import FrameCache, open_frame_cache
+from training.optim import scale_lr_for_batch
+
+RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
+IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
+
+
+# ----------------------------------------------------------------------------------------------- config checks
+def _whole(lo: int) -> tuple[Callable[[object], bool], str]:
+    """Rule: an int (not a bool) >= lo."""
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"a whole number >= {lo}"
+
+
+def _number(lo: float, hi: float = math.inf, above_lo: bool = False, below_hi: bool = False,
+            text: str = "") -> tuple[Callable[[object], bool], str]:
+    """Rule: a finite int or float in [lo, hi] (open at lo / hi when above_lo / below_hi)."""
+    def ok(v: object) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and (v > lo if above_lo else v >= lo) and (v < hi if below_hi else v <= hi))
+    return ok, text or f"a number {'>' if above_lo else '>='} {lo:g}"
+
+
+def _choice(*options: str) -> tuple[Callable[[object], bool], str]:
+    """Rule: one of options."""
+    return (lambda v: isinstance(v, str) and v in options), "one of " + ", ".join(map(repr, options))
+
+
+def _formats_with_modality(v: object) -> bool:
+    """Whether v is a str whose only {} field is {modality}."""
+    try:
+        return isinstance(v, str) and isinstance(v.format(modality="rgb"), str)
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
+_STR = (lambda v: isinstance(v, str), "a string")
+_FRACTION = _number(0, 1, text="a number from 0 to 1")
+_BELOW_ONE = _number(0, 1, below_hi=True, text="a number from 0 to below 1")
+# Every key of config_fred.py: (accepts(value), what it accepts). check_config applies them, then the rules that
+# tie keys together.
+CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "DATA_ROOT": _STR, "SPLIT": _STR, "RGB_IMAGE_DIR": _STR, "NUM_CLASSES": _whole(1),
+    "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
+                    "a list of names, one per class (NUM_CLASSES)"),
+    "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
+    "PHI": _choice("n", "s", "m", "l", "x"),
+    "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
+        "[height, width], positive multiples of 32"),
+    "MODEL_PATH": _STR, "INIT_EPOCH": _whole(0), "FREEZE_EPOCH": _whole(0), "UNFREEZE_EPOCH": _whole(1),
+    "FREEZE_TRAIN": _BOOL, "FREEZE_BATCH_SIZE": _whole(1), "UNFREEZE_BATCH_SIZE": _whole(1),
+    "INIT_LR": _number(0, above_lo=True), "MIN_LR": _number(0), "OPTIMIZER_TYPE": _choice(*RECOMMENDED_STEPS),
+    "MOMENTUM": _BELOW_ONE, "WEIGHT_DECAY": _number(0), "LR_DECAY_TYPE": _choice("cos", "step"),
+    "WARMUP_EPOCHS": _whole(0), "WARMUP_MIN_ITERS": _whole(0), "GRAD_CLIP": _number(0), "EMA_DECAY": _BELOW_ONE,
+    "WARMUP_BIAS_LR": _number(0), "WARMUP_MOMENTUM": _BELOW_ONE,
+    "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
+    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+    "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
+    "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
+    "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
+    "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
+    "FRAME_CACHE": _choice("off", "disk"), "FRAME_CACHE_MAX_GB": _number(0), "FRAME_CACHE_DIR": _STR,
+    "SYNC_BN": _BOOL, "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
+    "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
+    "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
+    "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
+}
+
+
+def check_config(cfg: dict, world: int = 1) -> None:
+    """Raise ValueError, naming the key and what it accepts, for a value that cannot work (CONFIG_RULES, then the
+    batch sizes against the process count, CLASS_NAMES against NUM_CLASSES, SGD's momentum)."""
+    for key, (accepts, text) in CONFIG_RULES.items():
+        if not accepts(cfg[key]):
+            raise ValueError(f"{key} must be {text}, got {cfg[key]!r}")
+    for key in ("FREEZE_BATCH_SIZE", "UNFREEZE_BATCH_SIZE"):
+        if cfg[key] < world:
+            raise ValueError(f"{key}={cfg[key]} is the global batch size: it must be at least the number of "
+                             f"processes ({world})")
+    if len(cfg["CLASS_NAMES"]) != cfg["NUM_CLASSES"]:
+        raise ValueError(f"CLASS_NAMES must be a list of names, one per class (NUM_CLASSES={cfg['NUM_CLASSES']}), "
+                         f"got {len(cfg['CLASS_NAMES'])}: {cfg['CLASS_NAMES']!r}")
+    if cfg["OPTIMIZER_TYPE"] == "sgd" and cfg["MOMENTUM"] == 0:
+        raise ValueError("MOMENTUM must be above 0 with OPTIMIZER_TYPE='sgd' (nesterov momentum), got 0")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def build_index(cfg: dict, modality: str, val_only: bool = False) -> FredIndex:
+    """The FRED index of DATA_ROOT for modality and SPLIT (val_only: scan the val sequences only)."""
+    return build_fred_index(cfg["DATA_ROOT"], modality, split=cfg["SPLIT"], frame_stride=cfg["FRAME_STRIDE"],
+                            val_frame_stride=cfg["VAL_FRAME_STRIDE"], num_classes=cfg["NUM_CLASSES"],
+                            strict_labels=cfg["STRICT_LABELS"], rgb_image_dir=cfg["RGB_IMAGE_DIR"],
+                            cache_dir=cfg["INDEX_CACHE_DIR"] or None, val_only=val_only)
+
+
+def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True) -> Optional[FrameCache]:
+    """The decoded-frame cache of frames for FRAME_CACHE="disk" (built when absent or stale), else None.
+
+    A cache that cannot be written (disk full, no permission) is reported and the files are decoded instead.
+    """
+    if cfg["FRAME_CACHE"] == "off":
+        return None
+    return open_frame_cache([f.image for f in frames], max(cfg["INPUT_SHAPE"]), cfg["FRAME_CACHE_DIR"],
+                            cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"frame cache ({what})")
+
+
+def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
+                  hsv_in_batch: bool = False) -> FredDataset:
+    """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
+                       mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
+                       hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
+                       degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
+                       min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
+                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
+
+
+def val_dataset(cfg: dict, frames: list, frame_cache: Optional[FrameCache] = None,
+                bad_image_log: Optional[str] = None) -> FredDataset:
+    """Letterboxed validation samples at INPUT_SHAPE."""
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=False, bad_image_log=bad_image_log,
+                       frame_cache=frame_cache)
+
+
+class SkipSampler(Sampler):
+    """The indices of `sampler` after the first `skip`: continue an epoch that was interrupted."""
+
+    def __init__(self, sampler: Sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it)
+        return it
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
+                seed: int, persistent: bool = True, ring: bool = True) -> DataLoader:
+    """DataLoader of collated uint8 batches: pinned memory on CUDA (with ring and workers, through a shared-memory
+    ring of batches: speed/batch_ring.py), persistent workers, seeded worker RNG.
+
+    Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
+    cuDNN re-tuning, CUDA graphs apply).
+    """
+    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
+                        ring=ring, persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
+                        generator=torch.Generator().manual_seed(seed),
+                        drop_last=dataset.train and len(sampler) >= batch_size)
+
+
+def val_loader(cfg: dict, dataset: Dataset, device: torch.device, workers: Optional[int] = None,
+               batch: Optional[int] = None, persistent: bool = True) -> DataLoader:
+    """The evaluation loader of dataset, in order: EVAL_BATCH_SIZE and EVAL_WORKERS unless given."""
+    return make_loader(dataset, batch or cfg["EVAL_BATCH_SIZE"], SequentialSampler(dataset),
+                       capped_workers(cfg["EVAL_WORKERS"] if workers is None else workers), device, cfg["SEED"],
+                       persistent=persistent, ring=cfg["BATCH_RING"])
+
+
+# ----------------------------------------------------------------------------------------------- model
+def amp_dtype(cfg: dict, device: torch.device) -> Optional[torch.dtype]:
+    """The training autocast dtype (FP16 and AMP_DTYPE, CUDA only), or None for full precision."""
+    return autocast_dtype(cfg["AMP_DTYPE"]) if device.type == "cuda" and cfg["FP16"] else None
+
+
+def channels_last(cfg: dict, device: torch.device) -> bool:
+    """Whether model and batches use the NHWC layout (CHANNELS_LAST, CUDA only)."""
+    return device.type == "cuda" and cfg["CHANNELS_LAST"]
+
+
+def build_train_model(cfg: dict, device: torch.device, world: int, weights: bool = True
+                      ) -> tuple[torch.nn.Module, Optional[dict]]:
+    """YOLOv8 PHI for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN under torchrun on
+    CUDA), with MODEL_PATH's weights when weights and a path is set: (model, load_weights() report or None).
+    A weights file that cannot be read raises OSError / ValueError."""
+    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS)
+    info = load_weights(model, cfg["MODEL_PATH"]) if weights and cfg["MODEL_PATH"] else None
+    model.to(device, memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
+    if cfg["SYNC_BN"] and world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, info
+
+
+def build_criterion(cfg: dict, model: torch.nn.Module) -> DetectionLoss:
+    """The v8 detection loss for the model's classes, strides and DFL bins."""
+    return DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+
+
+def evaluation_settings(cfg: dict, device: torch.device) -> dict:
+    """evaluation.evaluator.evaluate()'s keyword arguments from cfg: thresholds, AMP, class names, data root, layout
+    (the same for the in-training mAP and eval_fred.py)."""
+    names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
+    names += [f"class{i}" for i in range(len(names), cfg["NUM_CLASSES"])]
+    return {"conf_thres": cfg["CONFIDENCE"], "iou_thres": cfg["NMS_IOU"], "max_det": cfg["MAX_DET"],
+            "amp": cfg["FP16"], "amp_dtype": autocast_dtype(cfg["AMP_DTYPE"]), "class_names": names,
+            "data_root": cfg["DATA_ROOT"], "channels_last": channels_last(cfg, device)}
+
+
+# ----------------------------------------------------------------------------------------------- phases
+@dataclass
+class Phase:
+    """One training phase: frozen backbone (FREEZE_BATCH_SIZE) or the whole network (UNFREEZE_BATCH_SIZE)."""
+
+    name: str  # "frozen" | "unfrozen"
+    last_epoch: int  # the phase runs up to this epoch (1-based, inclusive)
+    batch: int  # global batch size, images
+    per_rank: int  # images per process and step
+    sampler: DistributedSampler
+    loader: DataLoader
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    loss_fn: Optional[GraphedTrainLoss]  # the CUDA-graphed forward + loss, or None (eager)
+    lr_max: float  # learning rates after the nbs-64 batch rule
+    lr_min: float
+
+
+def phase_name(cfg: dict, epoch: int) -> str:
+    """Which phase epoch (0-based) belongs to."""
+    return "frozen" if cfg["FREEZE_TRAIN"] and epoch < cfg["FREEZE_EPOCH"] else "unfrozen"
+
+
+def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
+                 world: int) -> Optional[GraphedTrainLoss]:
+    """The CUDA-graphed training forward + loss of this phase's model and batch (CUDA_GRAPH, one GPU), or None."""
+    if not cfg["CUDA_GRAPH"] or device.type != "cuda" or world > 1:
+        return None
+    h, w = cfg["INPUT_SHAPE"]
+    sample = torch.empty((per_rank, IN_CHANNELS, h, w), device=device,
+                         memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
+    model.train()
+    return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
+                            amp_dtype(cfg, device))
+
+
+def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: DetectionLoss, train_set: FredDataset,
+                device: torch.device, rank: int, world: int, previous: Optional[Phase] = None) -> Phase:
+    """Freeze or unfreeze the backbone and make the phase's sampler, loader, model wrapper and loss function.
+
+    previous: the phase before, whose CUDA graph is released first (it holds GPU memory)."""
+    if previous is not None:
+        previous.loss_fn = None
+    batch = cfg["FREEZE_BATCH_SIZE"] if name == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]
+    per_rank = batch // world
+    freeze_backbone(model, name == "frozen")
+    lr_max, lr_min = scale_lr_for_batch(cfg["INIT_LR"], cfg["MIN_LR"], batch, cfg["OPTIMIZER_TYPE"])
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
+    loader = train_loader(cfg, train_set, per_rank, sampler, device, rank)
+    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world > 1 else model)
+    last_epoch = cfg["FREEZE_EPOCH"] if name == "frozen" else cfg["UNFREEZE_EPOCH"]
+    return Phase(name, last_epoch, batch, per_rank, sampler, loader, net,
+                 graphed_loss(cfg, model, criterion, per_rank, device, world), lr_max, lr_min)
+
+
+def train_loader(cfg: dict, train_set: FredDataset, per_rank: int, sampler: Sampler, device: torch.device,
+                 rank: int, persistent: bool = True) -> DataLoader:
+    """The training loader of one process: NUM_WORKERS (capped), seeded per rank."""
+    return make_loader(train_set, per_rank, sampler, capped_workers(cfg["NUM_WORKERS"]), device,
+                       cfg["SEED"] + 1000 * rank, persistent=persistent, ring=cfg["BATCH_RING"])
+
+
+def resumed_loader(cfg: dict, phase: Phase, train_set: FredDataset, start_iter: int, device: torch.device,
+                   rank: int) -> DataLoader:
+    """The rest of an interrupted epoch: phase's loader without its first start_iter batches (a one-epoch loader)."""
+    return train_loader(cfg, train_set, phase.per_rank, SkipSampler(phase.sampler, start_iter * phase.per_rank),
+                        device, rank, persistent=False)
