@@ -103,17 +103,15 @@ if __name__ == "__main__":  # --help, argument and --set errors answer before to
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import SequentialSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from datasets.fred_dataset import FredDataset  # noqa: E402
-from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
-from datasets.loader import build_loader, capped_workers  # noqa: E402
+
+import build_fred  # noqa: E402
+from datasets.fred_index import FredDataError  # noqa: E402
 from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
-from evaluation.evaluator import autocast_dtype, evaluate, per_sequence_metrics  # noqa: E402
+from evaluation.evaluator import evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
 from nets import build_model, load_weights  # noqa: E402
 from nets.weights import checkpoint_info, read_state_dict  # noqa: E402
-from speed.frame_cache import open_frame_cache  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 
 
@@ -230,65 +228,53 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def eval_config(trained: dict, sets: list[str]) -> dict:
+FLAG_KEYS = {"data_root": "DATA_ROOT", "split": "SPLIT", "conf": "CONFIDENCE", "iou": "NMS_IOU", "max_det": "MAX_DET",
+             "batch": "EVAL_BATCH_SIZE", "workers": "EVAL_WORKERS"}  # the command line's flags for config keys
+
+
+def eval_config(trained: dict, args: argparse.Namespace) -> dict:
     """config_fred.py's defaults, then the values the checkpoint was trained with that evaluation depends on
-    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set."""
+    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set, then the flags; checked
+    like train_fred.py's (EvalError naming the key)."""
     cfg = config_dict(config_fred)
     cfg.update({k: v for k, v in trained.items() if k in FROM_CHECKPOINT and k in cfg})
-    return apply_overrides(cfg, sets)
+    try:
+        cfg = apply_overrides(cfg, args.sets)
+        cfg.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
+        build_fred.check_config(cfg)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    return cfg
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate every checkpoint; print the table (and per-sequence tables); return the last one's metrics."""
     cv2.setNumThreads(0)  # no OpenCV thread pool: the DataLoader workers fill the cores (see train_fred.main)
     checkpoints = [read_checkpoint(path, args.phi) for path in args.weights]  # fail before the long part
-    try:
-        cfg = eval_config(checkpoints[0]["config"], args.sets)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
-    input_shape = tuple(int(v) for v in cfg["INPUT_SHAPE"])
-    if len(input_shape) != 2 or any(v <= 0 or v % 32 for v in input_shape):
-        raise EvalError(f"INPUT_SHAPE must be [height, width], multiples of 32; got {cfg['INPUT_SHAPE']}")
-    if cfg["FRAME_CACHE"] not in ("off", "disk"):
-        raise EvalError(f"FRAME_CACHE must be off or disk, got {cfg['FRAME_CACHE']!r}")
+    cfg = eval_config(checkpoints[0]["config"], args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.modality = resolve_modality(args.modality, args.weights, checkpoints, args.allow_modality_mismatch)
-    data_root = args.data_root or cfg["DATA_ROOT"]
     try:
-        index = build_fred_index(data_root, args.modality, args.split or cfg["SPLIT"], cfg["FRAME_STRIDE"],
-                                 cfg["VAL_FRAME_STRIDE"], cfg["NUM_CLASSES"], cfg["STRICT_LABELS"],
-                                 cfg["RGB_IMAGE_DIR"], cfg["INDEX_CACHE_DIR"] or None, val_only=True)
+        index = build_fred.build_index(cfg, args.modality, val_only=True)
     except FredDataError as e:
         raise EvalError(str(e)) from None
     frames = index.val
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
-                len(index.val_sequences), data_root)
-    workers = capped_workers(args.workers if args.workers is not None else cfg["EVAL_WORKERS"])
-    cache = None
-    if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
-        cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,
-                                 cfg["FRAME_CACHE_MAX_GB"] * 1e9, desc="frame cache (val)")
-    dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
-    batch = args.batch if args.batch is not None else cfg["EVAL_BATCH_SIZE"]
-    loader = build_loader(dataset, batch, SequentialSampler(dataset), workers,
-                          device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])
-    class_names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
-    class_names += [f"class{i}" for i in range(len(class_names), cfg["NUM_CLASSES"])]
-    channels_last = device.type == "cuda" and cfg["CHANNELS_LAST"]
+                len(index.val_sequences), cfg["DATA_ROOT"])
+    # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
+    dataset = build_fred.val_dataset(cfg, frames, build_fred.build_frame_cache(cfg, frames, "val"))
+    loader = build_fred.val_loader(cfg, dataset, device, persistent=False)
+    settings = build_fred.evaluation_settings(cfg, device)
     rows, per_sequence = [], []
     for path, ckpt, folder in zip(args.weights, checkpoints, output_dirs(args)):
         trained_shape = ckpt["config"].get("INPUT_SHAPE")
-        if trained_shape is not None and tuple(trained_shape) != input_shape:
+        if trained_shape is not None and list(trained_shape) != list(cfg["INPUT_SHAPE"]):
             LOGGER.warning("%s was trained at INPUT_SHAPE %s; evaluating at %s", path, list(trained_shape),
-                           list(input_shape))
+                           list(cfg["INPUT_SHAPE"]))
         batches = iter(loader)  # the workers start now and load while the model is built
-        model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, channels_last)
+        model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, settings["channels_last"])
         result = evaluate(model, tqdm(batches, total=len(loader), desc=os.path.basename(path), leave=False), frames,
-                          device, conf_thres=args.conf if args.conf is not None else cfg["CONFIDENCE"],
-                          iou_thres=args.iou if args.iou is not None else cfg["NMS_IOU"],
-                          max_det=args.max_det if args.max_det is not None else cfg["MAX_DET"], amp=cfg["FP16"],
-                          amp_dtype=autocast_dtype(cfg["AMP_DTYPE"]),
-                          class_names=class_names, data_root=data_root, channels_last=channels_last)
+                          device, **settings)
         rows.append((path, result.metrics))
         if args.per_sequence:
             per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.results, frames)))

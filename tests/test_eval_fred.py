@@ -213,6 +213,15 @@ def test_bad_set_and_bad_data_root(fred, tmp_path, capsys):
     assert status == 2 and str(tmp_path / "empty") in err
 
 
+@pytest.mark.parametrize("item, key", [("EVAL_BATCH_SIZE=0", "EVAL_BATCH_SIZE"), ("CONFIDENCE=2.0", "CONFIDENCE"),
+                                       ("INPUT_SHAPE=[64]", "INPUT_SHAPE"), ("NUM_CLASSES=0", "NUM_CLASSES")])
+def test_set_values_are_checked_like_train_fred(fred, item, key, capsys):
+    """A --set value outside what the key accepts exits 2 naming the key (train_fred.py's rules, one build path)."""
+    status, _, err = run_main(["--modality", "event", "--split", "random:0.5:0", "--device", "cpu", "--workers", "0",
+                               "--data_root", fred["root"], "--weights", fred["ckpt"], "--set", item], capsys)
+    assert status == 2 and f"{key} must be" in err and "Traceback" not in err, err[-2000:]
+
+
 def test_training_time_map_equals_eval_fred(tmp_path, capsys):
     """train_fred.py's in-training mAP and eval_fred.py on its best.pth are the same number (same data, settings).
 
