@@ -7,6 +7,10 @@ pycocotools' own maskUtils.iou, accumulate()'s precision envelope is a reversed 
 pycocotools' own. For COCOeval's default bbox parameters every number equals pycocotools' (tests/test_evaluator.py
 compares precision arrays with plain pycocotools).
 
+Kept rather than faster-coco-eval (1.8.0, C++ COCOeval, equal to 1 ulp): from our rows it still builds a dict per
+detection (loadRes) and computes IoUs per image in Python. bench/bench_coco_eval.py, 2-core CPU, 5,000 images:
+0.39 s here, 1.5 s faster-coco-eval, 5.3 s pycocotools (109k detections); 1.9 / 14 / 30 s (1.5M detections).
+
 Results rows are loadRes' array form: float64 [N, 7] image_id, x, y, w, h, score, category_id (original pixels).
 """
 from __future__ import annotations
