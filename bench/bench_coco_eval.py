@@ -1,4 +1,4 @@
-"""COCOeval(bbox) three ways on the same detections: pycocotools, ours (utils/coco_arrays.py), faster-coco-eval.
+"""COCOeval(bbox) three ways on the same detections: pycocotools, ours (evaluation/coco_arrays.py), faster-coco-eval.
 
     python bench/bench_coco_eval.py [--images 627 5000 20000] [--models trained untrained] [--repeats 3]
     python bench/bench_coco_eval.py --quick          # 627 images, one repeat
@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The two project modules measured (the only project imports: change here if they move).
-from utils import coco_arrays, evaluator  # noqa: E402
+from evaluation import coco_arrays, evaluator  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 720
 MAX_DET = 300
@@ -117,7 +117,7 @@ def run_pycocotools(gt: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def run_ours(gt: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(stats [12], precision, recall, seconds) of utils/coco_arrays.py, as evaluator.coco_eval runs it."""
+    """(stats [12], precision, recall, seconds) of evaluation/coco_arrays.py, as evaluator.coco_eval runs it."""
     start = time.perf_counter()
     matches = coco_arrays.match_results(gt, rows)
     precision, recall = coco_arrays.accumulate(matches, [im["id"] for im in gt["images"]],
