@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
     if cfg["FRAME_CACHE"] == "disk":  # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
         cache = open_frame_cache([f.image for f in frames], max(input_shape), cfg["FRAME_CACHE_DIR"], data_root,
                                  cfg["FRAME_CACHE_MAX_GB"] * 1e9, desc="frame cache (val)")
-    dataset = FredDataset(frames, input_shape, train=False, frame_cache=cache)
+    dataset = FredDataset(frames, input_shape, frame_cache=cache)
     batch = args.batch if args.batch is not None else cfg["EVAL_BATCH_SIZE"]
     loader = build_loader(dataset, batch, SequentialSampler(dataset), workers,
                           device.type == "cuda", (*input_shape, 3), ring=cfg["BATCH_RING"])

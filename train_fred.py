@@ -63,6 +63,7 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler, Sampler  # noqa: E402
 
+from datasets.augment import Augmentation  # noqa: E402
 from datasets.fred_dataset import FredDataset, worker_init  # noqa: E402
 from datasets.fred_index import FredDataError, build_fred_index  # noqa: E402
 from datasets.loader import build_loader, capped_workers  # noqa: E402
@@ -310,15 +311,19 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
                         drop_last=dataset.train and len(sampler) >= batch_size)
 
 
+def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:
+    """The training augmentation of cfg; hsv_in_batch leaves the HSV jitter to the batch transform."""
+    return Augmentation(mosaic=cfg["MOSAIC"], mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"],
+                        mixup_prob=cfg["MIXUP_PROB"], hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]),
+                        flip_lr=cfg["FLIP_LR"], degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"],
+                        scale=cfg["SCALE"], min_box_size=cfg["MIN_BOX_SIZE"], hsv_in_batch=hsv_in_batch)
+
+
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
                   hsv_in_batch: bool = False) -> FredDataset:
     """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
-                       mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
-                       hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
-                       degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
-                       min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), augmentation(cfg, hsv_in_batch), frame_cache=frame_cache,
+                       bad_image_log=os.path.join(run_dir, "bad_images.txt"), seed=cfg["SEED"])
 
 
 def configured_frame_cache(cfg: dict, frames: list, what: str, progress: bool) -> Optional[FrameCache]:
@@ -522,8 +527,8 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
     batch_hsv = engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and cuda)
     val_loader = None
     if main_proc:
-        val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), train=False,
-                              bad_image_log=os.path.join(run_dir, "bad_images.txt"), frame_cache=val_cache)
+        val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), frame_cache=val_cache,
+                              bad_image_log=os.path.join(run_dir, "bad_images.txt"))
         val_loader = make_loader(val_set, cfg["EVAL_BATCH_SIZE"], torch.utils.data.SequentialSampler(val_set),
                                  capped_workers(cfg["EVAL_WORKERS"]), device, cfg["SEED"],
                                  ring=cfg["BATCH_RING"])

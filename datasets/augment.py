@@ -7,12 +7,38 @@ converts to OpenCV's pixel-centre convention, so boxes and pixels move exactly t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 PAD_VALUE = 114  # grey used for every area that no image covers
+HSV_KEY = "hsv"  # a training item's (and batch's) HSV draw, left to the batch transform (Augmentation.hsv_in_batch)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation of FredDataset (defaults: config_fred.py's). Mosaic with probability mosaic_prob,
+    Mixup with probability mixup_prob (while special augmentation is on), a random affine (rotation +/- degrees,
+    translation +/- translate of the input, scale gain 1 +/- scale), HSV jitter of +/- hsv (hue, saturation, value),
+    horizontal flip with probability flip_lr; boxes left under min_box_size pixels are dropped. hsv_in_batch: the
+    samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it."""
+
+    mosaic: bool = True
+    mosaic_prob: float = 0.5
+    mixup: bool = False
+    mixup_prob: float = 0.0
+    hsv: tuple[float, float, float] = (0.015, 0.7, 0.4)
+    flip_lr: float = 0.5
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    min_box_size: float = 2.0
+    hsv_in_batch: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "hsv", tuple(float(g) for g in self.hsv))
 
 
 def random_affine_matrix(rng: np.random.Generator, src_center: tuple[float, float], out_shape: tuple[int, int],

@@ -1,5 +1,6 @@
 """Training samples with augmentation: boxes stay on the drones through Mosaic, Mixup, affine and flip; tiny boxes
 are dropped; validation letterbox; bad images; collate; set_epoch across persistent DataLoader workers; randomness."""
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -8,12 +9,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.augment import (apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy, flip_horizontal, hsv_draw,
-                              hsv_jitter_rgb, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
+import config_fred
+import train_fred
+from datasets.augment import (Augmentation, apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy,
+                              flip_horizontal, hsv_draw, hsv_jitter_rgb, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
                               transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from training import engine
+from utils.config import config_dict
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 NO_HSV = (0.0, 0.0, 0.0)
@@ -156,14 +160,14 @@ def test_training_boxes_cover_drone_pixels(frames, rect_frames, name, kwargs, in
     frames = rect_frames if shapes == "rectangles" else frames
     total = missed = n_boxes = 0
     for seed in range(30):
-        ds = FredDataset(frames, input_shape, train=True, hsv=NO_HSV, flip_lr=0.5, translate=0.2, scale=0.5,
-                         seed=seed, **kwargs)
+        ds = FredDataset(frames, input_shape, Augmentation(hsv=NO_HSV, flip_lr=0.5, translate=0.2, scale=0.5,
+                                                                   **kwargs), seed=seed)
         for i in (seed % len(frames), (seed * 7 + 3) % len(frames)):
             item = ds[i]
             assert item["image"].shape == (3, *input_shape) and item["image"].dtype == torch.uint8
             assert item["boxes"].dtype == torch.float32 and item["boxes"].shape[1] == 5
             boxes = _xyxy(item["boxes"])
-            assert (item["boxes"][:, 3:] >= ds.min_box_size).all()
+            assert (item["boxes"][:, 3:] >= ds.augmentation.min_box_size).all()
             t, m = _check_boxes_on_drones(_hwc(item), boxes, rgb=True, tight=tight, max_dropped_area=MAX_DROPPED)
             total, missed, n_boxes = total + t, missed + m, n_boxes + len(boxes)
     assert n_boxes > 40 and total > 2000  # the check saw real drones
@@ -248,15 +252,15 @@ def test_mosaic_crop_drops_slivers(tmp_path):
     frames = _make_frames(tmp_path, 6, seed=3)
     widths = []
     for seed in range(40):
-        ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, hsv=NO_HSV, translate=0.3, scale=0.5,
-                         min_box_size=4.0, seed=seed)
+        ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=1.0, hsv=NO_HSV, translate=0.3, scale=0.5,
+                                                      min_box_size=4.0), seed=seed)
         boxes = ds[seed % 6]["boxes"]
         widths.append(boxes[:, 3:].min().item() if len(boxes) else np.inf)
     assert min(widths) >= 4.0
 
 
 def test_validation_sample_is_exact_letterbox(frames):
-    ds = FredDataset(frames, (64, 96), train=False)
+    ds = FredDataset(frames, (64, 96))
     for i in range(len(frames)):
         item = ds[i]
         img = cv2.imread(frames[i].image)
@@ -278,7 +282,7 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
            FakeFrame(str(corrupt), np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32))]
     mixed = [frames[0]] + bad + list(frames[1:4])
     log = tmp_path / "bad_images.txt"
-    val = FredDataset(mixed, (64, 64), train=False, bad_image_log=str(log))
+    val = FredDataset(mixed, (64, 64), bad_image_log=str(log))
     item = val[1]
     assert item["index"] == 3  # both bad frames skipped, the next readable one returned
     reference = val[3]
@@ -288,7 +292,7 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
     assert all(len(line.split("\t")[1]) > 0 for line in lines)
     assert "missing.png" in caplog.text
 
-    train = FredDataset(mixed, (64, 64), train=True, mosaic_prob=1.0, mixup=True, mixup_prob=1.0, bad_image_log=None)
+    train = FredDataset(mixed, (64, 64), Augmentation(mosaic_prob=1.0, mixup=True, mixup_prob=1.0), bad_image_log=None)
     for seed in range(20):  # mosaic and mixup partners hit the bad frames too
         train.seed = seed
         assert train[seed % len(mixed)]["image"].shape == (3, 64, 64)
@@ -296,14 +300,14 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
 
 def test_only_bad_images_raise_naming_the_path(tmp_path):
     bad = [FakeFrame(str(tmp_path / f"gone_{i}.png"), np.zeros((0, 5), np.float32)) for i in range(3)]
-    ds = FredDataset(bad, (64, 64), train=True, bad_image_log=str(tmp_path / "log.txt"))
+    ds = FredDataset(bad, (64, 64), Augmentation(), bad_image_log=str(tmp_path / "log.txt"))
     with pytest.raises(RuntimeError, match="gone_1.png"):
         ds[2]
     assert len((tmp_path / "log.txt").read_text().splitlines()) == 3
 
 
 def test_collate_shapes_and_dtypes(frames):
-    ds = FredDataset(frames, (64, 96), train=False)
+    ds = FredDataset(frames, (64, 96))
     items = [ds[i] for i in range(5)]
     batch = collate_fred(items)
     assert batch["images"].shape == (5, 3, 64, 96) and batch["images"].dtype == torch.uint8
@@ -348,8 +352,8 @@ def _frames_seen(images: torch.Tensor, colours: np.ndarray) -> list[int]:
 
 def test_set_epoch_reaches_persistent_workers(tmp_path):
     frames, colours = _solid_frames(tmp_path, 8)
-    ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, hsv=NO_HSV, flip_lr=0.0, translate=0.0,
-                     scale=0.0)
+    ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=1.0, hsv=NO_HSV, flip_lr=0.0, translate=0.0,
+                                                  scale=0.0))
     loader = DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=collate_fred)
     seen = {}
     for epoch, special in [(0, True), (1, False), (2, True)]:
@@ -361,7 +365,7 @@ def test_set_epoch_reaches_persistent_workers(tmp_path):
 
 def test_randomness_is_seeded_per_epoch_without_global_state(frames):
     def sample(seed: int, epoch: int) -> torch.Tensor:
-        ds = FredDataset(frames, (64, 64), train=True, mixup=True, mixup_prob=0.5, degrees=5.0, seed=seed)
+        ds = FredDataset(frames, (64, 64), Augmentation(mixup=True, mixup_prob=0.5, degrees=5.0), seed=seed)
         ds.set_epoch(epoch, True)
         return torch.stack([ds[i]["image"] for i in range(4)])
 
@@ -376,7 +380,7 @@ def test_randomness_is_seeded_per_epoch_without_global_state(frames):
 def test_a_samples_randomness_depends_on_seed_epoch_and_index_only(frames):
     """Sample i (its mosaic and Mixup partners included) is the same whatever came before it, in any order and from
     any number of DataLoader workers: a run resumed in mid-epoch hands the rest of the epoch to other workers."""
-    ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=0.5, mixup=True, mixup_prob=0.5, degrees=5.0, seed=3)
+    ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=0.5, mixup=True, mixup_prob=0.5, degrees=5.0), seed=3)
     ds.set_epoch(2, True)
     order = [5, 0, 7, 3, 11, 1, 8, 2]
     reference = collate_fred([ds[i] for i in order])
@@ -429,8 +433,8 @@ def test_hsv_jitter_on_batches_matches_opencv(gains):
 
 def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
     kwargs = dict(mosaic=True, mosaic_prob=0.5, hsv=(0.015, 0.7, 0.4), flip_lr=0.5, translate=0.2, scale=0.5)
-    cpu = FredDataset(frames, (64, 64), train=True, seed=5, **kwargs)
-    gpu = FredDataset(frames, (64, 64), train=True, seed=5, hsv_in_batch=True, **kwargs)
+    cpu = FredDataset(frames, (64, 64), Augmentation(**kwargs), seed=5)
+    gpu = FredDataset(frames, (64, 64), Augmentation(hsv_in_batch=True, **kwargs), seed=5)
     items_cpu, items_gpu = [cpu[i] for i in range(6)], [gpu[i] for i in range(6)]
     assert all("hsv" not in it for it in items_cpu)
     batch = collate_fred(items_gpu)
@@ -568,14 +572,37 @@ def test_resize_axis_aligned_equals_warp_of_the_matrix_it_returns():
     np.testing.assert_array_equal(gray, resize_axis_aligned(img, np.diag([1.3, 0.7, 1.0]), out_shape)[0][..., :1])
 
 
+def test_augmentation_defaults_are_the_configs_and_every_setting_comes_from_its_key():
+    """Augmentation() holds config_fred.py's defaults; train_fred.augmentation() reads each field from the config."""
+    cfg = config_dict(config_fred)
+    assert train_fred.augmentation(cfg) == Augmentation()
+    other = {**cfg, "MOSAIC": False, "MOSAIC_PROB": 0.25, "MIXUP": True, "MIXUP_PROB": 0.75, "HSV_H": 0.1,
+             "HSV_S": 0.2, "HSV_V": 0.3, "FLIP_LR": 0.0, "DEGREES": 7.0, "TRANSLATE": 0.05, "SCALE": 0.25,
+             "MIN_BOX_SIZE": 3.0}
+    aug = train_fred.augmentation(other, hsv_in_batch=True)
+    unchanged = [f.name for f in dataclasses.fields(Augmentation) if getattr(aug, f.name) == f.default]
+    assert not unchanged, unchanged
+    assert aug.hsv == (0.1, 0.2, 0.3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        aug.mosaic = True
+
+
+def test_a_dataset_with_augmentation_makes_training_samples_and_without_it_validation_samples(frames):
+    val, train = FredDataset(frames, (64, 64)), FredDataset(frames, (64, 64), Augmentation(), seed=1)
+    assert not val.train and train.train
+    assert val[0]["index"] == 0 and not torch.equal(val[0]["image"], train[0]["image"])
+    with pytest.raises(TypeError):
+        FredDataset(frames, (64, 64), Augmentation(), None)  # frame_cache, bad_image_log, seed: by keyword only
+
+
 def test_unaugmented_training_sample_equals_validation_letterbox(frames):
     """With every random transform off, the training path (one warp) gives the validation letterbox.
 
     Boxes agree within 0.5 px: training scales each axis like cv2.resize did (n_w / w0, n_h / h0), validation
     maps boxes with the one ratio of the contract, off by at most half a pixel of rounding at the far edge."""
     off = dict(mosaic=False, hsv=NO_HSV, flip_lr=0.0, degrees=0.0, translate=0.0, scale=0.0)
-    train = FredDataset(frames, (64, 96), train=True, **off)
-    val = FredDataset(frames, (64, 96), train=False)
+    train = FredDataset(frames, (64, 96), Augmentation(**off))
+    val = FredDataset(frames, (64, 96))
     for i in range(len(frames)):
         t, v = train[i], val[i]
         diff = (t["image"].int() - v["image"].int()).abs().float()

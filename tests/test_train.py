@@ -827,6 +827,7 @@ from multiprocessing.pool import ThreadPool
 import cv2, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import train_fred
+from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset
 paths = []
 for k in range(8):
@@ -836,7 +837,7 @@ big = np.zeros((720, 1280, 3), np.uint8)
 with ThreadPool(4) as pool:  # OpenCV's own thread pool now has threads in this (the parent) process
     pool.map(lambda _: cv2.resize(big, (640, 360)), range(16))
 frames = [types.SimpleNamespace(image=p, boxes=np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)) for p in paths]
-ds = FredDataset(frames, (64, 64), train=True)
+ds = FredDataset(frames, (64, 64), Augmentation())
 loader = train_fred.make_loader(ds, 4, torch.utils.data.RandomSampler(ds), 2, torch.device("cpu"), 0)
 print("batches", sum(1 for _ in loader), flush=True)
 """
