@@ -70,6 +70,7 @@ from datasets.loader import build_loader, capped_workers  # noqa: E402
 from evaluation.evaluator import autocast_dtype, evaluate  # noqa: E402
 from nets import build_model, freeze_backbone, load_weights  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
+from speed.compiled import build_batch_transform  # noqa: E402
 from speed.cuda_graph import GraphedTrainLoss  # noqa: E402
 from speed.frame_cache import FrameCache, open_frame_cache  # noqa: E402
 from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
@@ -524,7 +525,7 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
     if not main_proc:
         train_cache = configured_frame_cache(cfg, index.train, "train", progress=False)
     train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
-    batch_hsv = engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and cuda)
+    batch_transform = build_batch_transform(train_set.augmentation, compiled=cfg["HSV_COMPILE"] and cuda)
     val_loader = None
     if main_proc:
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), frame_cache=val_cache,
@@ -588,7 +589,7 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                     amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
                     stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
                     desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn,
-                    batch_hsv=batch_hsv, epoch_sums=epoch_sums if start_iter else None)
+                    batch_transform=batch_transform, epoch_sums=epoch_sums if start_iter else None)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM

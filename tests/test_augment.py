@@ -11,11 +11,14 @@ from torch.utils.data import DataLoader
 
 import config_fred
 import train_fred
-from datasets.augment import (Augmentation, apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy,
-                              flip_horizontal, hsv_draw, hsv_jitter_rgb, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
+from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy,
+                              flip_horizontal, hsv_draw, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
                               transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.gpu_augment import BatchHSV, hsv_jitter_rgb, jittered_float
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from speed import compiled
+from speed.compiled import build_batch_transform
 from training import engine
 from utils.config import config_dict
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
@@ -436,15 +439,32 @@ def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
     cpu = FredDataset(frames, (64, 64), Augmentation(**kwargs), seed=5)
     gpu = FredDataset(frames, (64, 64), Augmentation(hsv_in_batch=True, **kwargs), seed=5)
     items_cpu, items_gpu = [cpu[i] for i in range(6)], [gpu[i] for i in range(6)]
-    assert all("hsv" not in it for it in items_cpu)
+    assert all(HSV_KEY not in it for it in items_cpu)
     batch = collate_fred(items_gpu)
-    assert batch["hsv"].shape == (6, 3) and batch["hsv"].abs().sum() > 0
-    images, targets = engine.to_device(batch, torch.device("cpu"), channels_last=False)
+    assert batch[HSV_KEY].shape == (6, 3) and batch[HSV_KEY].abs().sum() > 0
+    transform = build_batch_transform(gpu.augmentation, compiled=False)
+    assert isinstance(transform, BatchHSV) and build_batch_transform(cpu.augmentation, compiled=True) is None
+    images, targets = engine.to_device(batch, torch.device("cpu"), False, transform)
     ref_images, ref_targets = engine.to_device(collate_fred(items_cpu), torch.device("cpu"), channels_last=False)
     assert torch.equal(targets, ref_targets)  # the same random draws: the same crops, flips and boxes
     diff = (images - ref_images).abs() * 255
     assert diff.mean() < 1.0 and diff.max() <= 8.5
     assert (images - batch["images"].float() / 255).abs().mean() * 255 > 2  # the jitter was applied
+
+
+def test_the_engine_and_evaluator_leave_augmentation_to_the_batch_transform():
+    """Nothing of the augmentation (nor of speed/) is imported by the training loop or the evaluator, and no HSV key
+    is looked for there: the batch half of the augmentation comes in as a callable."""
+    import ast
+    import inspect
+
+    from evaluation import evaluator
+    for module in (engine, evaluator):
+        source = inspect.getsource(module)
+        imported = [n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith(("datasets", "speed"))], (module.__name__, imported)
+        assert "hsv" not in source.lower(), module.__name__
 
 
 def _uint8_batch_and_jitter(device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,35 +475,40 @@ def _uint8_batch_and_jitter(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(device), jitter.to(device)
 
 
+def _compiled_hsv() -> BatchHSV:
+    """The batch transform of HSV_ON_GPU with HSV_COMPILE."""
+    return build_batch_transform(Augmentation(hsv_in_batch=True), compiled=True)
+
+
 def test_compiled_batch_hsv_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
     calls = []
 
     def broken_compile(fn, **kwargs):
-        def compiled(*args):
+        def compiled_fn(*args):
             calls.append(kwargs)
             raise RuntimeError("Cannot find a working triton installation")
-        return compiled
+        return compiled_fn
 
-    monkeypatch.setattr(engine.torch, "compile", broken_compile)
-    batch_hsv = engine.build_batch_hsv(compiled=True)
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    batch_hsv = _compiled_hsv()
     images, jitter = _uint8_batch_and_jitter("cpu")
-    expected = engine.jittered_float(images, jitter, True)
+    expected = jittered_float(images, jitter, True)
     for _ in range(2):
-        out = batch_hsv(images, jitter, True)
+        out = batch_hsv({"images": images, HSV_KEY: jitter}, torch.device("cpu"), True)
         assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
     assert calls == [{"dynamic": False}]  # tried once, then eager for good
     assert "torch.compile of jittered_float failed, running it eagerly: RuntimeError: Cannot find" in caplog.text
-    assert engine.build_batch_hsv(compiled=False) is engine.jittered_float
+    assert build_batch_transform(Augmentation(hsv_in_batch=True), compiled=False).fn is jittered_float
 
 
 def test_compiled_batch_hsv_falls_back_when_torch_compile_itself_refuses(monkeypatch, caplog):
     def refuse(fn, **kwargs):
         raise RuntimeError("torch.compile is not supported on this Python")
 
-    monkeypatch.setattr(engine.torch, "compile", refuse)
-    batch_hsv = engine.build_batch_hsv(compiled=True)  # building never raises: compiling waits for the first call
+    monkeypatch.setattr(compiled.torch, "compile", refuse)
+    batch_hsv = _compiled_hsv()  # building never raises: compiling waits for the first call
     images, jitter = _uint8_batch_and_jitter("cpu")
-    assert torch.equal(batch_hsv(images, jitter, False), engine.jittered_float(images, jitter, False))
+    assert torch.equal(batch_hsv.fn(images, jitter, False), jittered_float(images, jitter, False))
     assert "running it eagerly: RuntimeError: torch.compile is not supported" in caplog.text
 
 
@@ -491,18 +516,18 @@ def test_compiled_batch_hsv_falls_back_when_torch_compile_itself_refuses(monkeyp
 def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch, wrapped):
     """An OOM, raised directly or wrapped by the compiler (as its cause), propagates; compiling is not given up."""
     def compile_oom(fn, **kwargs):
-        def compiled(*args):
+        def compiled_fn(*args):
             oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
             if wrapped:
                 raise RuntimeError("backend compiler failed") from oom
             raise oom
-        return compiled
+        return compiled_fn
 
-    monkeypatch.setattr(engine.torch, "compile", compile_oom)
-    batch_hsv = engine.build_batch_hsv(compiled=True)
+    monkeypatch.setattr(compiled.torch, "compile", compile_oom)
+    batch_hsv = _compiled_hsv()
     for _ in range(2):
         with pytest.raises((torch.cuda.OutOfMemoryError, RuntimeError)) as info:
-            batch_hsv(*_uint8_batch_and_jitter("cpu"), True)
+            batch_hsv.fn(*_uint8_batch_and_jitter("cpu"), True)
         assert isinstance(info.value if not wrapped else info.value.__cause__, torch.cuda.OutOfMemoryError)
 
 
@@ -510,8 +535,8 @@ def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch, wrapped):
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_compiled_batch_hsv_equals_eager_on_cuda(channels_last, caplog):
     images, jitter = _uint8_batch_and_jitter("cuda")
-    out = engine.build_batch_hsv(compiled=True)(images, jitter, channels_last)
-    expected = engine.jittered_float(images, jitter, channels_last)
+    out = _compiled_hsv()({"images": images, HSV_KEY: jitter}, torch.device("cuda"), channels_last)
+    expected = jittered_float(images, jitter, channels_last)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert out.stride() == expected.stride()
     assert "failed" not in caplog.text  # really compiled, no fallback

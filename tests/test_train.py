@@ -27,6 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import config_fred
 import train_fred
+from datasets.augment import HSV_KEY
 from datasets.fred_index import build_fred_index
 from nets import build_model, load_weights
 from nets.loss import DetectionLoss
@@ -893,10 +894,9 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     seen = []
     to_device = engine.to_device
 
-    def spy(batch, device, channels_last, batch_hsv):
-        seen.append("hsv" in batch)
-        assert batch_hsv is engine.jittered_float  # HSV_COMPILE is for CUDA only
-        return to_device(batch, device, channels_last, batch_hsv)
+    def spy(batch, device, channels_last, transform=None):
+        seen.append((HSV_KEY in batch, transform))
+        return to_device(batch, device, channels_last, transform)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine, "to_device", spy)
@@ -906,7 +906,7 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     assert rc == 0
     rows = open(os.path.join(only_run_dir(tmp_path), "results.csv")).read().splitlines()
     assert len(rows) == 3 and rows[0].endswith("data_wait_pct")
-    assert seen and not any(seen)
+    assert seen and seen == [(False, None)] * len(seen)  # no jitter left in the batches, no batch transform
 
 
 def test_data_wait_hint_names_the_keys_that_help():

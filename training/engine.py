@@ -1,6 +1,5 @@
 """One training epoch and the validation loss, with explicit arguments (torchvision references style)."""
 import contextlib
-import logging
 import math
 import time
 from typing import Callable, Iterable, Iterator, Optional
@@ -10,79 +9,38 @@ from torch import distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from datasets.augment import hsv_jitter_rgb
 from nets.loss import LOSS_PARTS
 from training.ema import ModelEMA
+from utils.images import uint8_to_float
 
-LOGGER = logging.getLogger(__name__)
 SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums
-BatchHSV = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (uint8 images, jitter, channels_last) -> float
-
-
-def uint8_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> float 0..1 on the same device, NHWC (channels_last) or NCHW in memory."""
-    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return images.float().div_(255.0)
+# What turns a host batch into the network's input, on the device: (collate_fred batch, device, channels_last) ->
+# float images [B, C, H, W] in 0..1. The training loop takes one (the batch half of the augmentation, built with the
+# data); without one, the batch's uint8 images are copied and converted (images_to_device()).
+BatchTransform = Callable[[dict, torch.device, bool], torch.Tensor]
 
 
 def images_to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] (any memory layout) -> uint8_to_float() on device; the copy keeps the host layout
+    """uint8 [B, C, H, W] (any memory layout) -> uint8_to_float() on device; the copy keeps the host layout
     (collate_fred's NHWC: no transposing copy when channels_last) and the rest runs there."""
     return uint8_to_float(images.to(device, non_blocking=True), channels_last)
 
 
-def jittered_float(images: torch.Tensor, jitter: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8_to_float() of images [B,3,H,W] then hsv_jitter_rgb() with jitter float [B,3], on their device."""
-    return hsv_jitter_rgb(uint8_to_float(images, channels_last), jitter)
-
-
-class CompiledOrEager:
-    """fn compiled by torch.compile (one shape each, no dynamic shapes); if compiling or running the compiled code
-    fails (no Triton, no C compiler), a warning says why and fn runs eagerly from then on."""
-
-    def __init__(self, fn: Callable):
-        self.fn, self._compiled, self._failed = fn, None, False
-
-    def __call__(self, *args):
-        """fn(*args), compiled while that works."""
-        if not self._failed:
-            try:
-                if self._compiled is None:  # some builds refuse torch.compile itself (e.g. newer Pythons)
-                    self._compiled = torch.compile(self.fn, dynamic=False)
-                return self._compiled(*args)
-            except Exception as e:  # torch.compile's backends raise many types (missing Triton, compiler errors)
-                if isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e.__cause__, torch.cuda.OutOfMemoryError):
-                    raise
-                LOGGER.warning("torch.compile of %s failed, running it eagerly: %s: %s", self.fn.__name__,
-                               type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                self._failed = True
-        return self.fn(*args)
-
-
-def build_batch_hsv(compiled: bool) -> BatchHSV:
-    """jittered_float, or jittered_float fused by torch.compile into one kernel (about 40 eager kernels otherwise:
-    1.30 -> 0.13 ms for a batch of 16 at 640 on an H200, measured)."""
-    return CompiledOrEager(jittered_float) if compiled else jittered_float
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool,
-              batch_hsv: BatchHSV = jittered_float
+def to_device(batch: dict, device: torch.device, channels_last: bool, transform: Optional[BatchTransform] = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch images -> float on device (images_to_device(), or batch_hsv() when the batch holds its "hsv" jitter);
-    targets [M,6] -> device."""
-    if "hsv" in batch:
-        images = batch_hsv(batch["images"].to(device, non_blocking=True),
-                           batch["hsv"].to(device, non_blocking=True), channels_last)
-    else:
+    """A collate_fred batch on device: its float images (transform(), or without one images_to_device()) and its
+    targets [M, 6]."""
+    if transform is None:
         images = images_to_device(batch["images"], device, channels_last)
+    else:
+        images = transform(batch, device, channels_last)
     return images, batch["targets"].to(device, non_blocking=True)
 
 
 def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool,
-                   batch_hsv: BatchHSV = jittered_float
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   transform: Optional[BatchTransform] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream (prefetched())."""
-    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, batch_hsv)):
+    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, transform)):
         yield tensors
 
 
@@ -137,7 +95,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
                     grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
                     stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
                     desc: str = "", show_progress: bool = True, loss_fn: Optional[Callable] = None,
-                    batch_hsv: BatchHSV = jittered_float, epoch_sums: Optional[dict] = None) -> dict:
+                    batch_transform: Optional[BatchTransform] = None, epoch_sums: Optional[dict] = None) -> dict:
     """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
 
     set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
@@ -149,8 +107,8 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     gpu_mem_GB, data_wait_pct (share of the loop's time spent waiting for the loader's next batch: well above 0,
     the data pipeline is the limit), iteration (steps done in this epoch, counting from 0) and stopped (None,
     "nan" or "signal"). loss_fn(images, targets) -> unweighted loss parts replaces criterion(model(images), targets,
-    input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). batch_hsv makes
-    the float images of batches that carry their HSV jitter (build_batch_hsv()). The result's "epoch_sums" (CPU
+    input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). batch_transform
+    makes the float images of each batch (see BatchTransform). The result's "epoch_sums" (CPU
     tensors) holds the loss sums and non-finite step counts so far; passed back as epoch_sums with start_iter, the
     epoch's loss means and skipped count cover its first start_iter iterations too (a resume in mid-epoch).
     """
@@ -167,7 +125,7 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     t0, n_total = time.perf_counter(), start_iter + len(loader)
     clock = {"t0": t0, "waited": 0.0, "ready": t0}  # host seconds spent waiting for batches
     loss_fn = loss_fn or (lambda images, targets: criterion(model(images), targets, tuple(images.shape[2:])))
-    bar = tqdm(device_batches(loader, device, channels_last, batch_hsv), desc=desc, total=len(loader),
+    bar = tqdm(device_batches(loader, device, channels_last, batch_transform), desc=desc, total=len(loader),
                disable=not show_progress, dynamic_ncols=True, leave=True)
     for i, (images, targets) in enumerate(bar, start_iter):
         clock["waited"] += time.perf_counter() - clock["ready"]
