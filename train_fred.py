@@ -526,6 +526,9 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
         train_cache = configured_frame_cache(cfg, index.train, "train", progress=False)
     train_set = train_dataset(cfg, index.train, run_dir, train_cache, hsv_in_batch=cfg["HSV_ON_GPU"] and cuda)
     batch_transform = build_batch_transform(train_set.augmentation, compiled=cfg["HSV_COMPILE"] and cuda)
+    step_options = engine.StepOptions(log_interval=cfg["LOG_INTERVAL"], nan_patience=cfg["NAN_PATIENCE"],
+                                      amp_dtype=amp_dtype, grad_clip=cfg["GRAD_CLIP"], channels_last=channels_last,
+                                      batch_transform=batch_transform)
     val_loader = None
     if main_proc:
         val_set = FredDataset(index.val, tuple(cfg["INPUT_SHAPE"]), frame_cache=val_cache,
@@ -586,10 +589,9 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
             try:
                 stats = engine.train_one_epoch(
                     net, ema if main_proc else None, criterion, optimizer, scaler, epoch_loader, device, lr_for,
-                    amp_dtype, fixed_scale, cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start_iter,
-                    stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=channels_last,
+                    step_options, start_iter, stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]),
                     desc=f"epoch {epoch + 1}/{total} {phase}", show_progress=main_proc, loss_fn=loss_fn,
-                    batch_transform=batch_transform, epoch_sums=epoch_sums if start_iter else None)
+                    epoch_sums=epoch_sums if start_iter else None)
             except torch.cuda.OutOfMemoryError:
                 print(oom_message(phase, cfg, per_rank, world, "train", run_dir), file=sys.stderr, flush=True)
                 return EXIT_OOM

@@ -868,7 +868,8 @@ class _SlowLoader:
             yield b
 
 
-def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
+def _tiny_step() -> tuple:
+    """(model, criterion, optimizer, scaler, batch) for a few CPU steps of phi n at 64x64, batch 2."""
     torch.manual_seed(0)
     model = build_model("n", 1)
     criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
@@ -876,16 +877,41 @@ def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = {"images": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
              "targets": torch.tensor([[0, 0, 32.0, 32.0, 12.0, 10.0]])}
+    return model, criterion, optimizer, scaler, batch
+
+
+def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
+    model, criterion, optimizer, scaler, batch = _tiny_step()
+    options = engine.StepOptions(log_interval=2, nan_patience=100, grad_clip=10.0)
 
     def wait_pct(delay: float) -> dict:
         return engine.train_one_epoch(model, None, criterion, optimizer, scaler, _SlowLoader([batch] * 4, delay),
-                                      torch.device("cpu"), lambda i: 0.01, None, True, 10.0, 2, 100,
-                                      show_progress=False)
+                                      torch.device("cpu"), lambda i: 0.01, options, show_progress=False)
 
     fast = wait_pct(0.0)
     step_s = 2 / fast["img_per_s"]  # a step's time on this machine, however loaded
     slow = wait_pct(3 * step_s + 0.05)  # the loader takes 3 steps' time per batch: about 75 % waiting
     assert 0.0 <= fast["data_wait_pct"] < 30.0 < 50.0 < slow["data_wait_pct"] <= 100.0, (fast, slow)
+
+
+def test_train_one_epoch_takes_each_batchs_images_from_the_step_options_batch_transform():
+    """StepOptions.batch_transform makes every batch's float images (the whole host batch reaches it); the scaler's
+    scale is held at 1 for all but fp16; the options cannot change under a running loop (frozen)."""
+    model, criterion, optimizer, scaler, batch = _tiny_step()
+    seen = []
+
+    def transform(host_batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
+        seen.append((host_batch["mark"], device.type, channels_last))
+        return engine.images_to_device(host_batch["images"], device, channels_last)
+
+    options = engine.StepOptions(log_interval=2, nan_patience=100, channels_last=True, batch_transform=transform)
+    stats = engine.train_one_epoch(model, None, criterion, optimizer, scaler, [{**batch, "mark": k} for k in range(3)],
+                                   torch.device("cpu"), lambda i: 0.01, options, show_progress=False)
+    assert seen == [(0, "cpu", True), (1, "cpu", True), (2, "cpu", True)] and stats["iteration"] == 3
+    assert options.fixed_scale and engine.StepOptions(1, 1, amp_dtype=torch.bfloat16).fixed_scale
+    assert not engine.StepOptions(1, 1, amp_dtype=torch.float16).fixed_scale
+    with pytest.raises(AttributeError):
+        options.grad_clip = 1.0
 
 
 def test_run_with_the_speed_options_on(data, tmp_path):
