@@ -306,7 +306,7 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
     cuDNN re-tuning, CUDA graphs apply).
     """
-    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
+    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", dataset.image_shape,
                         ring=ring, persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(seed),
                         drop_last=dataset.train and len(sampler) >= batch_size)
@@ -362,7 +362,7 @@ def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, pe
             print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
         return None
     h, w = cfg["INPUT_SHAPE"]
-    sample = torch.empty((per_rank, 3, h, w), device=device,
+    sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.train()
     return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"], amp_dtype)

@@ -67,14 +67,16 @@ def scale_translate_matrix(scale_x: float, scale_y: float, pad: tuple[float, flo
 
 
 def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE) -> np.ndarray:
-    """Warp a uint8 HWC image with a 3x3 affine (continuous coordinates) to out_shape (h, w); bilinear, grey border."""
+    """Warp a uint8 HWC image (any channel count) with a 3x3 affine (continuous coordinates) to out_shape (h, w);
+    bilinear, grey border."""
     a = matrix[:2, :2]
     # continuous x maps to a x + t; a pixel centre is x + 0.5, so OpenCV's matrix has t + a (0.5, 0.5) - 0.5
     t = matrix[:2, 2] + 0.5 * a.sum(axis=1) - 0.5
     m = np.concatenate([a, t[:, None]], axis=1)
     h, w = out_shape
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(border,) * 3)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(border,) * 4)  # all four of OpenCV's Scalar: every channel, any count
+    return out.reshape(out.shape[:2] + img.shape[2:])  # OpenCV drops a single channel axis
 
 
 def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tuple[int, int, int, int]:

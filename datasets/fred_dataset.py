@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
                               random_affine_matrix, scale_translate_matrix)
-from datasets.image_io import printable, read_image
+from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
@@ -68,6 +68,12 @@ class FredDataset(Dataset):
     def __len__(self) -> int:
         """Number of frames."""
         return len(self.frames)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every item's image in HWC memory order (what a batch ring's slots hold): the input shape and
+        the channels of the decoded frames (the frame cache holds them as decoded)."""
+        return (*self.input_shape, CHANNELS)
 
     def set_epoch(self, epoch: int, special_aug: bool) -> None:
         """special_aug False turns mosaic/mixup off. Call before iterating the DataLoader for that epoch."""
@@ -222,9 +228,10 @@ def worker_init(_: int) -> None:
 
 
 def collate_fred(batch: list[dict]) -> dict:
-    """Stack items: images uint8 [B, 3, H, W] (NHWC in memory) and collate_labels()' entries."""
+    """Stack items: images uint8 [B, C, H, W] (NHWC in memory; C: the items' channels) and collate_labels()'
+    entries."""
     # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it);
-    # the HWC images stack into [B, H, W, 3], seen as [B, 3, H, W]
+    # the HWC images stack into [B, H, W, C], seen as [B, C, H, W]
     images = default_collate([item["image"].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2)
     return {"images": images, **collate_labels(batch)}
 

@@ -314,6 +314,7 @@ def test_collate_shapes_and_dtypes(frames):
     items = [ds[i] for i in range(5)]
     batch = collate_fred(items)
     assert batch["images"].shape == (5, 3, 64, 96) and batch["images"].dtype == torch.uint8
+    assert ds.image_shape == (64, 96, 3) == tuple(items[0]["image"].permute(1, 2, 0).shape)  # what a batch ring holds
     assert batch["images"].is_contiguous(memory_format=torch.channels_last)  # NHWC: no transposing copy
     assert torch.equal(batch["images"], torch.stack([it["image"] for it in items]))
     lb = cv2.cvtColor(letterbox(cv2.imread(str(frames[2].image)), (64, 96))[0], cv2.COLOR_BGR2RGB)
@@ -637,6 +638,26 @@ def test_unaugmented_training_sample_equals_validation_letterbox(frames):
         torch.testing.assert_close(t["boxes"], v["boxes"], rtol=0, atol=0.5)
         for key in ("index", "orig_shape", "ratio", "pad"):
             assert t[key] == v[key]
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_the_geometric_steps_keep_any_channel_count_and_pad_every_channel(channels):
+    """Warp (rotated and axis-aligned), mosaic and letterbox take images of any channel count [H, W, C]: the channels
+    come through as they are, and what no image covers is PAD_VALUE in each of them."""
+    rng = np.random.default_rng(channels)
+    img = rng.integers(0, 256, (40, 60, channels), dtype=np.uint8)
+    img[0] = 7  # a row of 7 in every channel: its pixels stay equal across channels through any interpolation
+    box = np.array([[0, 10.0, 10.0, 30.0, 20.0]])
+    for matrix in (random_affine_matrix(rng, (30.0, 20.0), (64, 64), 30.0, 0.2, 0.2),
+                   np.array([[0.8, 0.0, 20.0], [0.0, 0.8, 20.0], [0.0, 0.0, 1.0]])):
+        out, _ = apply_affine(img, matrix, (64, 64), box, box[:, 1:], 2.0)
+        assert out.shape == (64, 64, channels) and out.dtype == np.uint8
+        assert (out[0, 0] == 114).all() and (out[-1, -1] == 114).all()  # corners: border, in every channel
+    canvas, _, _ = mosaic4([img] * 4, [np.zeros((0, 5))] * 4, (64, 64), rng)
+    assert canvas.shape == (128, 128, channels)
+    padded, _, (left, top) = letterbox(img, (64, 64))
+    assert padded.shape == (64, 64, channels) and (padded[:int(top)] == 114).all()
+    np.testing.assert_array_equal(padded[int(top), :, 0], padded[int(top), :, -1])  # the row of 7, in all channels
 
 
 def test_rotated_boxes_are_clipped_as_parallelograms():

@@ -93,6 +93,25 @@ def test_cache_holds_the_letterbox_resize_of_each_frame(frames, tmp_path, long_s
     np.testing.assert_array_equal(again.get(5), cache.get(5))
 
 
+@pytest.mark.parametrize("channels", [1, 5])
+def test_frames_of_any_channel_count_are_cached_and_checked_whole(tmp_path, monkeypatch, caplog, channels):
+    """The cache stores what the decoder gives, whatever its channel count: read back unchanged, and its checksums
+    pass when the cache is opened again."""
+    rng = np.random.default_rng(channels)
+    images = {str(tmp_path / f"f{i}.raw"): rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+              for i, shape in enumerate([(60, 90), (90, 45), (30, 90), (90, 90)])}
+    for path in images:
+        open(path, "wb").close()
+    monkeypatch.setattr(fc, "read_image", lambda path: (images[path], ""))
+    cache = build_frame_cache(list(images), 90, str(tmp_path / "c"), progress=False)  # 90: the long side, no resize
+    assert cache.built and not cache.bad
+    for i, img in enumerate(images.values()):
+        np.testing.assert_array_equal(cache.get(i), img)
+    again = build_frame_cache(list(images), 90, str(tmp_path / "c"), progress=False)
+    assert not again.built and "building it again" not in caplog.text
+    np.testing.assert_array_equal(again.get(2), images[str(tmp_path / "f2.raw")])
+
+
 def test_reused_when_nothing_changed_rebuilt_when_a_file_changes(frames, tmp_path, monkeypatch):
     cache_dir = str(tmp_path / "c")
     decoded = []
