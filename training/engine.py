@@ -1,4 +1,5 @@
-"""One training epoch and the validation loss, with explicit arguments (torchvision references style)."""
+"""One training epoch and the validation loss (torchvision references style): what changes per epoch as arguments,
+how each step is taken as one StepOptions."""
 import contextlib
 import math
 import time
