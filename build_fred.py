@@ -17,14 +17,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
+from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredIndex, build_fred_index
 from datasets.loader import build_loader, capped_workers
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
 from nets.loss import DetectionLoss
+from speed.compiled import build_batch_transform
 from speed.cuda_graph import GraphedTrainLoss
 from speed.frame_cache import FrameCache, open_frame_cache
+from training.engine import StepOptions
 from training.optim import scale_lr_for_batch
 
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
@@ -132,22 +135,25 @@ def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True)
                             cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"frame cache ({what})")
 
 
+def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:
+    """The training augmentation of cfg; hsv_in_batch leaves the HSV jitter to the batch transform."""
+    return Augmentation(mosaic=cfg["MOSAIC"], mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"],
+                        mixup_prob=cfg["MIXUP_PROB"], hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]),
+                        flip_lr=cfg["FLIP_LR"], degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"],
+                        scale=cfg["SCALE"], min_box_size=cfg["MIN_BOX_SIZE"], hsv_in_batch=hsv_in_batch)
+
+
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
                   hsv_in_batch: bool = False) -> FredDataset:
     """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=True, mosaic=cfg["MOSAIC"],
-                       mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"], mixup_prob=cfg["MIXUP_PROB"],
-                       hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]), flip_lr=cfg["FLIP_LR"],
-                       degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"], scale=cfg["SCALE"],
-                       min_box_size=cfg["MIN_BOX_SIZE"], bad_image_log=os.path.join(run_dir, "bad_images.txt"),
-                       seed=cfg["SEED"], frame_cache=frame_cache, hsv_in_batch=hsv_in_batch)
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), augmentation(cfg, hsv_in_batch), frame_cache=frame_cache,
+                       bad_image_log=os.path.join(run_dir, "bad_images.txt"), seed=cfg["SEED"])
 
 
 def val_dataset(cfg: dict, frames: list, frame_cache: Optional[FrameCache] = None,
                 bad_image_log: Optional[str] = None) -> FredDataset:
     """Letterboxed validation samples at INPUT_SHAPE."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), train=False, bad_image_log=bad_image_log,
-                       frame_cache=frame_cache)
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), frame_cache=frame_cache, bad_image_log=bad_image_log)
 
 
 class SkipSampler(Sampler):
@@ -174,7 +180,7 @@ def make_loader(dataset: FredDataset, batch_size: int, sampler: Sampler, workers
     Training loaders drop the last incomplete batch, when there is a complete one (every step has one shape: no
     cuDNN re-tuning, CUDA graphs apply).
     """
-    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", (*dataset.input_shape, 3),
+    return build_loader(dataset, batch_size, sampler, workers, device.type == "cuda", dataset.image_shape,
                         ring=ring, persistent_workers=persistent and workers > 0, worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(seed),
                         drop_last=dataset.train and len(sampler) >= batch_size)
@@ -217,6 +223,17 @@ def build_criterion(cfg: dict, model: torch.nn.Module) -> DetectionLoss:
     return DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
 
 
+def step_options(cfg: dict, device: torch.device, train_set: FredDataset) -> StepOptions:
+    """How train_one_epoch takes its steps: AMP, gradient clipping, log interval, NaN patience, layout, and the
+    batch transform that makes the float images on the device (the GPU part of train_set's augmentation, compiled
+    with HSV_COMPILE on CUDA), or None."""
+    return StepOptions(log_interval=cfg["LOG_INTERVAL"], nan_patience=cfg["NAN_PATIENCE"],
+                       amp_dtype=amp_dtype(cfg, device), grad_clip=cfg["GRAD_CLIP"],
+                       channels_last=channels_last(cfg, device),
+                       batch_transform=build_batch_transform(train_set.augmentation,
+                                                             compiled=cfg["HSV_COMPILE"] and device.type == "cuda"))
+
+
 def evaluation_settings(cfg: dict, device: torch.device) -> dict:
     """evaluation.evaluator.evaluate()'s keyword arguments from cfg: thresholds, AMP, class names, data root, layout
     (the same for the in-training mAP and eval_fred.py)."""
@@ -255,7 +272,7 @@ def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, pe
     if not cfg["CUDA_GRAPH"] or device.type != "cuda" or world > 1:
         return None
     h, w = cfg["INPUT_SHAPE"]
-    sample = torch.empty((per_rank, IN_CHANNELS, h, w), device=device,
+    sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
                          memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     model.train()
     return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],

@@ -320,13 +320,13 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: DetectionLoss
-    step: dict  # engine.train_one_epoch's step options: amp_dtype, fixed_scale, channels_last, batch_hsv
     start_epoch: int
     start_iter: int  # optimizer steps already done in start_epoch (a mid-epoch resume)
     epoch_sums: Optional[dict]  # and their loss sums
     best: dict
     train_seconds: float
     train_set: Optional[FredDataset] = None  # setup_data() makes these
+    step: Optional[engine.StepOptions] = None  # how train_one_epoch takes its steps
     warmup: float = 0.0  # warmup length, epochs
     log: Optional[RunLog] = None  # rank 0
     epoch_end: Optional[EpochEnd] = None  # rank 0
@@ -375,10 +375,8 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
         start_epoch, start_iter = resume_state["epoch"], resume_state["iteration"]
         epoch_sums, best = resume_state.get("epoch_sums"), dict(resume_state["best"])
         seconds = resume_state.get("train_seconds", 0.0)
-    step = {"amp_dtype": amp_dtype, "fixed_scale": fixed_scale, "channels_last": build_fred.channels_last(cfg, device),
-            "batch_hsv": engine.build_batch_hsv(cfg["HSV_COMPILE"] and cfg["HSV_ON_GPU"] and device.type == "cuda")}
     return Run(cfg, modality, device, open_run_dir(cfg, modality, resume), model, ema, optimizer, scaler,
-               build_fred.build_criterion(cfg, model), step, start_epoch, start_iter, epoch_sums, best, seconds), index
+               build_fred.build_criterion(cfg, model), start_epoch, start_iter, epoch_sums, best, seconds), index
 
 
 def setup_data(run: Run, index: FredIndex) -> None:
@@ -394,6 +392,7 @@ def setup_data(run: Run, index: FredIndex) -> None:
         caches["train"] = build_fred.build_frame_cache(cfg, index.train, "train", progress=False)
     run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir, caches["train"],
                                              cfg["HSV_ON_GPU"] and device.type == "cuda")
+    run.step = build_fred.step_options(cfg, device, run.train_set)
     first = build_fred.phase_name(cfg, 0)  # the warmup follows the run's first phase, a resumed run's too
     per_rank = (cfg["FREEZE_BATCH_SIZE"] if first == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]) // world
     run.warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] / max(1, math.ceil(len(index.train) / world)
@@ -403,7 +402,7 @@ def setup_data(run: Run, index: FredIndex) -> None:
         run.log = RunLog(run.run_dir, run.start_epoch)
         run.epoch_end = EpochEnd(run.model, run.ema, run.criterion, build_fred.val_loader(cfg, val_set, device),
                                  index.val, device, build_fred.evaluation_settings(cfg, device),
-                                 run.step["amp_dtype"], run.run_dir, run.log, cfg["UNFREEZE_EPOCH"],
+                                 run.step.amp_dtype, run.run_dir, run.log, cfg["UNFREEZE_EPOCH"],
                                  cfg["EVAL_PERIOD"] if cfg["EVAL_MAP"] else 0, cfg["SAVE_PERIOD"], run.best)
 
 
@@ -440,13 +439,11 @@ def train_epoch(run: Run, phase: build_fred.Phase, epoch: int, stop: StopFlag) -
 
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
-    s = run.step
     stats = engine.train_one_epoch(
         phase.net, run.ema if dist.is_main() else None, run.criterion, run.optimizer, run.scaler, loader, run.device,
-        lr_for, s["amp_dtype"], s["fixed_scale"], cfg["GRAD_CLIP"], cfg["LOG_INTERVAL"], cfg["NAN_PATIENCE"], start,
-        stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]), channels_last=s["channels_last"],
+        lr_for, run.step, start, stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]),
         desc=f"epoch {epoch + 1}/{total} {phase.name}", show_progress=dist.is_main(), loss_fn=phase.loss_fn,
-        batch_hsv=s["batch_hsv"], epoch_sums=run.epoch_sums if start else None)
+        epoch_sums=run.epoch_sums if start else None)
     run.start_iter, run.epoch_sums = 0, None
     if stats["stopped"] == "nan":
         raise RunStop(EXIT_NAN, f"stopping: {cfg['NAN_PATIENCE']} optimizer steps in a row had a non-finite loss "

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.augment import Augmentation  # noqa: E402
 from datasets.fred_dataset import FredDataset, collate_fred  # noqa: E402
 from datasets.fred_index import build_fred_index  # noqa: E402
 from speed.frame_cache import build_frame_cache  # noqa: E402
@@ -31,7 +32,7 @@ from tools.synthetic import generate_fred  # noqa: E402
 def loader_img_per_s(frames: list, cache, input_size: int, workers: int, batch: int, batches: int,
                      warmup: int) -> float:
     """Images per second of the training DataLoader over `batches` batches after `warmup` untimed ones."""
-    ds = FredDataset(frames, (input_size, input_size), train=True, mosaic=True, mosaic_prob=0.5, frame_cache=cache)
+    ds = FredDataset(frames, (input_size, input_size), Augmentation(mosaic=True, mosaic_prob=0.5), frame_cache=cache)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + batches) * batch,
                                              generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_fred,

@@ -535,11 +535,13 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     loss_fn = (GraphedTrainLoss(model, criterion, torch.empty(images.shape, device=device, memory_format=fmt),
                                 batch * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, amp_dtype) if graph else None)
 
+    options = engine.StepOptions(log_interval=50, nan_patience=100, amp_dtype=amp_dtype, grad_clip=10.0,
+                                 channels_last=cuda)
+
     def run_engine(n: int) -> float:
         stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler,
                                        [{"images": images, "targets": targets}] * n, device, lambda i: 0.01,
-                                       amp_dtype, not cuda, 10.0, 50, 100, channels_last=cuda, show_progress=False,
-                                       loss_fn=loss_fn)
+                                       options, show_progress=False, loss_fn=loss_fn)
         return stats["img_per_s"]
 
     def run_bare(n: int) -> float:

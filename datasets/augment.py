@@ -1,4 +1,5 @@
-"""Per-sample augmentations on uint8 HWC images with pixel boxes: random affine, box filtering, HSV jitter, flip.
+"""Per-sample augmentations on uint8 HWC images with pixel boxes: random affine, box filtering, HSV jitter, flip;
+and their settings (Augmentation). The HSV jitter may instead run per batch on the device: datasets/gpu_augment.py.
 
 Boxes here are numpy [N, 5] float: cls, x1, y1, x2, y2 in pixels of the image they go with (continuous coordinates:
 pixel (i, j) covers [j, j+1) x [i, i+1)). Affine matrices are 3x3 in those continuous coordinates; warp_affine()
@@ -7,12 +8,37 @@ converts to OpenCV's pixel-centre convention, so boxes and pixels move exactly t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 PAD_VALUE = 114  # grey used for every area that no image covers
+HSV_KEY = "hsv"  # a training item's (and batch's) HSV draw, left to the batch transform (Augmentation.hsv_in_batch)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation of FredDataset (defaults: config_fred.py's). Mosaic with probability mosaic_prob,
+    Mixup with probability mixup_prob (while special augmentation is on), a random affine (rotation +/- degrees,
+    translation +/- translate of the input, scale gain 1 +/- scale), HSV jitter of +/- hsv (hue, saturation, value),
+    horizontal flip with probability flip_lr; boxes left under min_box_size pixels are dropped. hsv_in_batch: the
+    samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it."""
+
+    mosaic: bool = True
+    mosaic_prob: float = 0.5
+    mixup: bool = False
+    mixup_prob: float = 0.0
+    hsv: tuple[float, float, float] = (0.015, 0.7, 0.4)
+    flip_lr: float = 0.5
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    min_box_size: float = 2.0
+    hsv_in_batch: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "hsv", tuple(float(g) for g in self.hsv))
 
 
 def random_affine_matrix(rng: np.random.Generator, src_center: tuple[float, float], out_shape: tuple[int, int],
@@ -41,14 +67,16 @@ def scale_translate_matrix(scale_x: float, scale_y: float, pad: tuple[float, flo
 
 
 def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE) -> np.ndarray:
-    """Warp a uint8 HWC image with a 3x3 affine (continuous coordinates) to out_shape (h, w); bilinear, grey border."""
+    """Warp a uint8 HWC image (any channel count) with a 3x3 affine (continuous coordinates) to out_shape (h, w);
+    bilinear, grey border."""
     a = matrix[:2, :2]
     # continuous x maps to a x + t; a pixel centre is x + 0.5, so OpenCV's matrix has t + a (0.5, 0.5) - 0.5
     t = matrix[:2, 2] + 0.5 * a.sum(axis=1) - 0.5
     m = np.concatenate([a, t[:, None]], axis=1)
     h, w = out_shape
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(border,) * 3)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(border,) * 4)  # all four of OpenCV's Scalar: every channel, any count
+    return out.reshape(out.shape[:2] + img.shape[2:])  # OpenCV drops a single channel axis
 
 
 def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tuple[int, int, int, int]:
@@ -202,7 +230,8 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
     """Random hue shift (+/- gains[0] of the hue circle), saturation and value gains (1 +/- gains[1:]); a new image.
 
     img_bgr: uint8 [H, W, 3] BGR; one lookup table per channel, applied by cv2.LUT in HSV space. All gains 0: img_bgr
-    itself is returned (an HSV round trip is not lossless). hsv_jitter_rgb() is the same on float batches.
+    itself is returned (an HSV round trip is not lossless). datasets/gpu_augment.py's hsv_jitter_rgb() is the same on
+    float batches.
     """
     if not any(gains):
         return img_bgr
@@ -216,30 +245,6 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
     hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
     cv2.LUT(hsv, lut.reshape(256, 1, 3), dst=hsv)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-
-def hsv_jitter_rgb(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
-    """augment_hsv() for a batch on its device: images float [B, 3, H, W] RGB in 0..1, jitter float [B, 3] as from
-    hsv_draw() (hue shift, saturation and value gain offsets); returns a new batch in images' memory format.
-
-    HSV in float (OpenCV's 8-bit HSV quantises hue to 180 steps): results differ from augment_hsv() by rounding.
-    """
-    dh, gs, gv = (j.to(images.dtype)[:, None, None] for j in jitter.unbind(1))
-    r, g, b = images.unbind(1)
-    v = torch.maximum(torch.maximum(r, g), b)
-    delta = v - torch.minimum(torch.minimum(r, g), b)
-    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
-    d = delta.clamp_min(1e-12)
-    h = torch.where(v == r, (g - b) / d, torch.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h))
-    h = torch.remainder(h + dh, 1.0) * 6.0
-    s = (s * (1.0 + gs)).clamp(0.0, 1.0)
-    v = (v * (1.0 + gv)).clamp(0.0, 1.0)
-    k = torch.stack([torch.remainder(5.0 + h, 6.0), torch.remainder(3.0 + h, 6.0), torch.remainder(1.0 + h, 6.0)], 1)
-    rgb = v[:, None] - (v * s)[:, None] * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-        return rgb.contiguous(memory_format=torch.channels_last)
-    return rgb
 
 
 def flip_horizontal(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

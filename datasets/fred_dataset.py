@@ -1,11 +1,12 @@
 """FredDataset: letterboxed uint8 samples with boxes in input pixels, augmented for training; and collate_fred.
 
-Training sample: with probability mosaic_prob (mosaic on and special augmentation on) a 4-image mosaic cropped back
-to input_shape by a random affine (scale 1 +/- scale, translate +/- translate, rotate +/- degrees), otherwise one
-image letterboxed and warped by the same kind of affine in a single warp; then Mixup with another sample
-(probability mixup_prob, special augmentation on), HSV jitter, horizontal flip. Boxes move with the pixels; boxes
-cropped below min_box_size pixels, below 10% of their area or beyond aspect 20 are dropped.
-Validation sample (train=False): letterbox only.
+Training sample (an Augmentation given, datasets/augment.py): with probability mosaic_prob (mosaic on and special
+augmentation on) a 4-image mosaic cropped back to input_shape by a random affine (scale 1 +/- scale, translate +/-
+translate, rotate +/- degrees), otherwise one image letterboxed and warped by the same kind of affine in a single
+warp; then Mixup with another sample (probability mixup_prob, special augmentation on), HSV jitter (or its draw,
+left to the batch transform), horizontal flip. Boxes move with the pixels; boxes cropped below min_box_size pixels,
+below 10% of their area or beyond aspect 20 are dropped.
+Validation sample (no augmentation): letterbox only.
 Images are read with datasets.image_io.read_image (path-safe; a truncated or corrupt file is refused): one that cannot
 be used is replaced by the next readable frame and logged. With a frame_cache (speed/frame_cache.py) images come
 pre-resized from the cache instead; ratio, pad and orig_shape still refer to the original image, so boxes and the
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from datasets.augment import (apply_affine, augment_hsv, flip_horizontal, hsv_draw, random_affine_matrix,
-                              scale_translate_matrix)
-from datasets.image_io import printable, read_image
+from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
+                              random_affine_matrix, scale_translate_matrix)
+from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 
@@ -41,15 +42,12 @@ MAX_CONSECUTIVE_BAD_IMAGES = 100  # this many unreadable images in a row is a da
 class FredDataset(Dataset):
     """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
 
-    def __init__(self, frames: list[Frame], input_shape: tuple[int, int], train: bool, mosaic: bool = True,
-                 mosaic_prob: float = 0.5, mixup: bool = False, mixup_prob: float = 0.0,
-                 hsv: tuple = (0.015, 0.7, 0.4), flip_lr: float = 0.5, degrees: float = 0.0,
-                 translate: float = 0.1, scale: float = 0.5, min_box_size: float = 2.0,
-                 bad_image_log: str | None = None, seed: int = 0, frame_cache: FrameCache | None = None,
-                 hsv_in_batch: bool = False):
+    def __init__(self, frames: list[Frame], input_shape: tuple[int, int], augmentation: Augmentation | None = None,
+                 *, frame_cache: FrameCache | None = None, bad_image_log: str | None = None, seed: int = 0):
         """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised);
+        augmentation: training samples augmented so, or None for validation samples (letterbox only);
         frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files;
-        hsv_in_batch: leave the HSV jitter to the consumer (hsv_jitter_rgb on the GPU): training items carry it."""
+        bad_image_log: file that unreadable images are appended to; seed: of every sample's random draws."""
         if len(frames) == 0:
             raise ValueError("FredDataset got no frames: check the data root, modality and split")
         if frame_cache is not None and not frame_cache.matches([str(f.image) for f in frames]):
@@ -58,18 +56,8 @@ class FredDataset(Dataset):
         self.frame_cache = frame_cache
         self.frames = frames
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
-        self.train = train
-        self.mosaic = mosaic
-        self.mosaic_prob = mosaic_prob
-        self.mixup = mixup
-        self.mixup_prob = mixup_prob
-        self.hsv = tuple(float(g) for g in hsv)
-        self.hsv_in_batch = hsv_in_batch
-        self.flip_lr = flip_lr
-        self.degrees = degrees
-        self.translate = translate
-        self.scale = scale
-        self.min_box_size = min_box_size
+        self.augmentation = augmentation
+        self.train = augmentation is not None
         self.bad_image_log = bad_image_log
         self.seed = seed
         # [epoch, special_aug] in shared memory: DataLoader workers (persistent ones too) hold copies of this
@@ -80,6 +68,12 @@ class FredDataset(Dataset):
     def __len__(self) -> int:
         """Number of frames."""
         return len(self.frames)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every item's image in HWC memory order (what a batch ring's slots hold): the input shape and
+        the channels of the decoded frames (the frame cache holds them as decoded)."""
+        return (*self.input_shape, CHANNELS)
 
     def set_epoch(self, epoch: int, special_aug: bool) -> None:
         """special_aug False turns mosaic/mixup off. Call before iterating the DataLoader for that epoch."""
@@ -147,10 +141,11 @@ class FredDataset(Dataset):
         Also returns (index, orig_shape, ratio, pad) of the first image used, letterbox values for that image.
         """
         h, w = self.input_shape
+        aug = self.augmentation
         img, j, orig_shape = self._read(i)
         ratio, (nw, nh), pad = letterbox_params(orig_shape, self.input_shape)
         meta = (j, orig_shape, float(ratio), (float(pad[0]), float(pad[1])))
-        if special and self.mosaic and rng.random() < self.mosaic_prob:
+        if special and aug.mosaic and rng.random() < aug.mosaic_prob:
             images, labels = [img], [self._labels(j)]
             for k in rng.integers(0, len(self.frames), 3):
                 im, kk, _ = self._read(int(k))
@@ -158,7 +153,7 @@ class FredDataset(Dataset):
                 labels.append(self._labels(kk))
             src, boxes, uncropped = mosaic4(images, labels, self.input_shape, rng)
             matrix = random_affine_matrix(rng, (float(w), float(h)), self.input_shape,
-                                          self.degrees, self.translate, self.scale)
+                                          aug.degrees, aug.translate, aug.scale)
         else:
             src = img
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
@@ -167,8 +162,8 @@ class FredDataset(Dataset):
             # (nw, nh, pad are the original image's: a cached, pre-resized image lands on the same place)
             letterbox_map = scale_translate_matrix(nw / img.shape[1], nh / img.shape[0], pad)
             matrix = random_affine_matrix(rng, (w / 2, h / 2), self.input_shape,
-                                          self.degrees, self.translate, self.scale) @ letterbox_map
-        out, boxes = apply_affine(src, matrix, self.input_shape, boxes, uncropped, self.min_box_size)
+                                          aug.degrees, aug.translate, aug.scale) @ letterbox_map
+        out, boxes = apply_affine(src, matrix, self.input_shape, boxes, uncropped, aug.min_box_size)
         return out, boxes, meta
 
     def __getitem__(self, i: int) -> dict:
@@ -177,7 +172,7 @@ class FredDataset(Dataset):
         Returns {"image": uint8 [3, H, W] RGB, "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
         "index": frame index used, "orig_shape": (h, w), "ratio": float, "pad": (pad_w, pad_h)}; orig_shape, ratio
         and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
-        With hsv_in_batch, training items also hold "hsv": float32 [3], the HSV jitter still to apply.
+        With augmentation.hsv_in_batch, training items also hold HSV_KEY: float32 [3], the HSV jitter still to apply.
         """
         if not self.train:
             img, j, orig_shape = self._read(i)
@@ -189,21 +184,20 @@ class FredDataset(Dataset):
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
             boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
             return _item(img_lb, boxes, j, orig_shape, ratio, pad)
-        rng = self._generator(i)
-        special = self.special_aug
+        aug, rng, special = self.augmentation, self._generator(i), self.special_aug
         img, boxes, (j, orig_shape, ratio, pad) = self._train_sample(i, rng, special)
-        if special and self.mixup and rng.random() < self.mixup_prob:
+        if special and aug.mixup and rng.random() < aug.mixup_prob:
             img2, boxes2, _ = self._train_sample(int(rng.integers(0, len(self.frames))), rng, special)
             img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
-        if self.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
-            jitter = hsv_draw(self.hsv, rng)
+        if aug.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
+            jitter = hsv_draw(aug.hsv, rng)
         else:
-            img = augment_hsv(img, self.hsv, rng)
-        if self.flip_lr and rng.random() < self.flip_lr:
+            img = augment_hsv(img, aug.hsv, rng)
+        if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
         item = _item(img, boxes, j, orig_shape, ratio, pad)
-        if self.hsv_in_batch:
-            item["hsv"] = torch.from_numpy(jitter.astype(np.float32))
+        if aug.hsv_in_batch:
+            item[HSV_KEY] = torch.from_numpy(jitter.astype(np.float32))
         return item
 
 
@@ -234,9 +228,10 @@ def worker_init(_: int) -> None:
 
 
 def collate_fred(batch: list[dict]) -> dict:
-    """Stack items: images uint8 [B, 3, H, W] (NHWC in memory) and collate_labels()' entries."""
+    """Stack items: images uint8 [B, C, H, W] (NHWC in memory; C: the items' channels) and collate_labels()'
+    entries."""
     # default_collate stacks straight into shared memory inside a DataLoader worker (no extra copy to send it);
-    # the HWC images stack into [B, H, W, 3], seen as [B, 3, H, W]
+    # the HWC images stack into [B, H, W, C], seen as [B, C, H, W]
     images = default_collate([item["image"].permute(1, 2, 0) for item in batch]).permute(0, 3, 1, 2)
     return {"images": images, **collate_labels(batch)}
 
@@ -252,6 +247,6 @@ def collate_labels(batch: list[dict]) -> dict:
            "orig_shapes": torch.tensor([item["orig_shape"] for item in batch], dtype=torch.long),
            "ratios": torch.tensor([item["ratio"] for item in batch], dtype=torch.float32),
            "pads": torch.tensor([item["pad"] for item in batch], dtype=torch.float32)}
-    if "hsv" in batch[0]:
-        out["hsv"] = torch.stack([item["hsv"] for item in batch])
+    if HSV_KEY in batch[0]:
+        out[HSV_KEY] = torch.stack([item[HSV_KEY] for item in batch])
     return out

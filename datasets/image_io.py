@@ -15,6 +15,7 @@ import numpy as np
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHANNELS = 3  # of every image read_image() returns: it decodes in colour (cv2.IMREAD_COLOR), BGR
 
 
 def printable(text: str) -> str:
@@ -53,7 +54,7 @@ def image_damage(data: bytes) -> str:
 
 
 def read_image(path: str) -> tuple[np.ndarray | None, str]:
-    """(BGR uint8 [h, w, 3] image, "") of the image file at path, or (None, why it is unusable); never raises."""
+    """(BGR uint8 [h, w, CHANNELS] image, "") of the image file at path, or (None, why it is unusable); never raises."""
     try:
         with open(path, "rb") as f:
             data = f.read()

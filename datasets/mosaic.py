@@ -29,20 +29,20 @@ def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Place 4 images (top-left, top-right, bottom-left, bottom-right) around a random centre of a 2H x 2W canvas.
 
-    images: 4 uint8 [h, w, 3]; labels: 4 [N, 5] cls, cx, cy, w, h normalised to their image; out_shape (H, W).
-    Each image is resized (cv2.INTER_LINEAR, aspect kept) to fit H x W; the centre is uniform in
-    [H/2, 3H/2] x [W/2, 3W/2]. Returns (canvas uint8 [2H, 2W, 3], boxes [N, 5] cls, xyxy of the part each object
+    images: 4 uint8 [h, w, C] (one channel count C); labels: 4 [N, 5] cls, cx, cy, w, h normalised to their image;
+    out_shape (H, W). Each image is resized (cv2.INTER_LINEAR, aspect kept) to fit H x W; the centre is uniform in
+    [H/2, 3H/2] x [W/2, 3W/2]. Returns (canvas uint8 [2H, 2W, C], boxes [N, 5] cls, xyxy of the part each object
     shows on the canvas, boxes_uncropped [N, 4] xyxy of the whole object in canvas pixels).
     """
     h, w = out_shape
     yc = int(rng.uniform(h / 2, 3 * h / 2))
     xc = int(rng.uniform(w / 2, 3 * w / 2))
-    canvas = np.full((2 * h, 2 * w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas = np.full((2 * h, 2 * w) + images[0].shape[2:], PAD_VALUE, dtype=np.uint8)
     visible, whole = [], []
     for k, (img, lab) in enumerate(zip(images, labels)):
         _, (nw, nh), _ = letterbox_params(img.shape[:2], out_shape)
         if (nw, nh) != (img.shape[1], img.shape[0]):
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape((nh, nw) + img.shape[2:])
         ox = xc - nw if k in (0, 2) else xc  # canvas position of the image's top-left corner
         oy = yc - nh if k in (0, 1) else yc
         x1, y1 = max(ox, 0), max(oy, 0)  # canvas area the image covers

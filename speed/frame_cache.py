@@ -6,7 +6,7 @@ Each frame is resized (cv2.INTER_LINEAR, aspect kept) so that its long side is `
 letterbox does for a square input of that size, so a validation sample read from the cache is the same image.
 
 Files in cache_dir, per list of frames (a "slot": hash of format version, long side and image paths):
-  frames-<slot>.bin   the resized BGR frames back to back, HxWx3 uint8 each
+  frames-<slot>.bin   the resized frames as decoded (BGR) back to back, HxWxC uint8 each
   frames-<slot>.json  format version, key, per frame byte offset, cached (h, w), original (h, w), CRC-32 of the
                       cached bytes; bad frames + reason; the .bin's mtime_ns when it was written
 The key hashes the slot and every image's mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A
@@ -54,7 +54,7 @@ VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
 
 
 class FrameCache:
-    """Read side of a built cache: get(i) -> the cached BGR uint8 [h, w, 3] view of frame i (None when bad)."""
+    """Read side of a built cache: get(i) -> the cached uint8 [h, w, C] view of frame i (None when bad)."""
 
     def __init__(self, bin_path: str, meta: dict, built: bool = False):
         """bin_path: the .bin file; meta: its parsed .json; built: whether this process just built it."""
@@ -62,6 +62,7 @@ class FrameCache:
         self.long_side = int(meta["long_side"])
         self.paths_digest = str(meta["paths_digest"])
         self.offsets = np.asarray(meta["offsets"], dtype=np.int64)
+        self.sizes = _frame_sizes(meta)
         self.shapes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)
         self.orig_shapes = np.asarray(meta["orig_shapes"], dtype=np.int64).reshape(-1, 2)
         self.bad = {int(k): str(v) for k, v in meta["bad"].items()}
@@ -92,14 +93,15 @@ class FrameCache:
         return len(self.offsets)
 
     def get(self, i: int) -> np.ndarray | None:
-        """Frame i as a read-only BGR uint8 [h, w, 3] view into the mapped file, or None when it did not decode."""
+        """Frame i as a read-only uint8 [h, w, C] view into the mapped file (C: the decoded image's channels, BGR
+        for colour), or None when it did not decode."""
         if self._data is None:
             self._data = self._open()
         h, w = self.shapes[i]
         if h == 0:
             return None
         start = self.offsets[i]
-        return self._data[start:start + h * w * 3].reshape(h, w, 3)
+        return self._data[start:start + self.sizes[i]].reshape(h, w, -1)
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""
@@ -162,6 +164,13 @@ def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[i
     return np.ascontiguousarray(img), orig, ""
 
 
+def _frame_sizes(meta: dict) -> np.ndarray:
+    """Bytes of each frame in the .bin: frames lie back to back in order (a bad one takes none), so each runs from
+    its offset to the next frame's (the last one's to the end of the file)."""
+    offsets = np.asarray(meta["offsets"], dtype=np.int64)
+    return np.diff(offsets, append=np.int64(meta["nbytes"]))
+
+
 def _read_meta(json_path: str, bin_path: str, key: str) -> dict | None:
     """The cache's metadata when .json and .bin exist, belong together and match key; else None."""
     try:
@@ -181,13 +190,13 @@ def _damage(bin_path: str, meta: dict) -> str | None:
     try:
         if os.stat(bin_path).st_mtime_ns != meta["bin_mtime_ns"]:
             return "was written to after it was built"
-        shapes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)
+        shapes, sizes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2), _frame_sizes(meta)
         good = np.flatnonzero(shapes[:, 0] > 0)
         picks = good[np.unique(np.linspace(0, len(good) - 1, min(VERIFY_SAMPLE, len(good))).round().astype(int))]
         with open(bin_path, "rb") as f:
             for i in picks.tolist():
                 f.seek(meta["offsets"][i])
-                if zlib.crc32(f.read(int(shapes[i, 0] * shapes[i, 1] * 3))) != meta["crc32"][i]:
+                if zlib.crc32(f.read(int(sizes[i]))) != meta["crc32"][i]:
                     return f"is damaged: frame {i} does not match its checksum"
     except OSError as e:
         return f"cannot be read ({e})"

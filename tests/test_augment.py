@@ -1,5 +1,6 @@
 """Training samples with augmentation: boxes stay on the drones through Mosaic, Mixup, affine and flip; tiny boxes
 are dropped; validation letterbox; bad images; collate; set_epoch across persistent DataLoader workers; randomness."""
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -8,12 +9,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.augment import (apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy, flip_horizontal, hsv_draw,
-                              hsv_jitter_rgb, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
+import config_fred
+import build_fred
+from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy,
+                              flip_horizontal, hsv_draw, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
                               transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.gpu_augment import BatchHSV, hsv_jitter_rgb, jittered_float
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from speed import compiled
+from speed.compiled import build_batch_transform
 from training import engine
+from utils.config import config_dict
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
 NO_HSV = (0.0, 0.0, 0.0)
@@ -156,14 +163,14 @@ def test_training_boxes_cover_drone_pixels(frames, rect_frames, name, kwargs, in
     frames = rect_frames if shapes == "rectangles" else frames
     total = missed = n_boxes = 0
     for seed in range(30):
-        ds = FredDataset(frames, input_shape, train=True, hsv=NO_HSV, flip_lr=0.5, translate=0.2, scale=0.5,
-                         seed=seed, **kwargs)
+        ds = FredDataset(frames, input_shape, Augmentation(hsv=NO_HSV, flip_lr=0.5, translate=0.2, scale=0.5,
+                                                                   **kwargs), seed=seed)
         for i in (seed % len(frames), (seed * 7 + 3) % len(frames)):
             item = ds[i]
             assert item["image"].shape == (3, *input_shape) and item["image"].dtype == torch.uint8
             assert item["boxes"].dtype == torch.float32 and item["boxes"].shape[1] == 5
             boxes = _xyxy(item["boxes"])
-            assert (item["boxes"][:, 3:] >= ds.min_box_size).all()
+            assert (item["boxes"][:, 3:] >= ds.augmentation.min_box_size).all()
             t, m = _check_boxes_on_drones(_hwc(item), boxes, rgb=True, tight=tight, max_dropped_area=MAX_DROPPED)
             total, missed, n_boxes = total + t, missed + m, n_boxes + len(boxes)
     assert n_boxes > 40 and total > 2000  # the check saw real drones
@@ -248,15 +255,15 @@ def test_mosaic_crop_drops_slivers(tmp_path):
     frames = _make_frames(tmp_path, 6, seed=3)
     widths = []
     for seed in range(40):
-        ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, hsv=NO_HSV, translate=0.3, scale=0.5,
-                         min_box_size=4.0, seed=seed)
+        ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=1.0, hsv=NO_HSV, translate=0.3, scale=0.5,
+                                                      min_box_size=4.0), seed=seed)
         boxes = ds[seed % 6]["boxes"]
         widths.append(boxes[:, 3:].min().item() if len(boxes) else np.inf)
     assert min(widths) >= 4.0
 
 
 def test_validation_sample_is_exact_letterbox(frames):
-    ds = FredDataset(frames, (64, 96), train=False)
+    ds = FredDataset(frames, (64, 96))
     for i in range(len(frames)):
         item = ds[i]
         img = cv2.imread(frames[i].image)
@@ -278,7 +285,7 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
            FakeFrame(str(corrupt), np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32))]
     mixed = [frames[0]] + bad + list(frames[1:4])
     log = tmp_path / "bad_images.txt"
-    val = FredDataset(mixed, (64, 64), train=False, bad_image_log=str(log))
+    val = FredDataset(mixed, (64, 64), bad_image_log=str(log))
     item = val[1]
     assert item["index"] == 3  # both bad frames skipped, the next readable one returned
     reference = val[3]
@@ -288,7 +295,7 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
     assert all(len(line.split("\t")[1]) > 0 for line in lines)
     assert "missing.png" in caplog.text
 
-    train = FredDataset(mixed, (64, 64), train=True, mosaic_prob=1.0, mixup=True, mixup_prob=1.0, bad_image_log=None)
+    train = FredDataset(mixed, (64, 64), Augmentation(mosaic_prob=1.0, mixup=True, mixup_prob=1.0), bad_image_log=None)
     for seed in range(20):  # mosaic and mixup partners hit the bad frames too
         train.seed = seed
         assert train[seed % len(mixed)]["image"].shape == (3, 64, 64)
@@ -296,17 +303,18 @@ def test_bad_image_is_replaced_and_logged(tmp_path, frames, caplog):
 
 def test_only_bad_images_raise_naming_the_path(tmp_path):
     bad = [FakeFrame(str(tmp_path / f"gone_{i}.png"), np.zeros((0, 5), np.float32)) for i in range(3)]
-    ds = FredDataset(bad, (64, 64), train=True, bad_image_log=str(tmp_path / "log.txt"))
+    ds = FredDataset(bad, (64, 64), Augmentation(), bad_image_log=str(tmp_path / "log.txt"))
     with pytest.raises(RuntimeError, match="gone_1.png"):
         ds[2]
     assert len((tmp_path / "log.txt").read_text().splitlines()) == 3
 
 
 def test_collate_shapes_and_dtypes(frames):
-    ds = FredDataset(frames, (64, 96), train=False)
+    ds = FredDataset(frames, (64, 96))
     items = [ds[i] for i in range(5)]
     batch = collate_fred(items)
     assert batch["images"].shape == (5, 3, 64, 96) and batch["images"].dtype == torch.uint8
+    assert ds.image_shape == (64, 96, 3) == tuple(items[0]["image"].permute(1, 2, 0).shape)  # what a batch ring holds
     assert batch["images"].is_contiguous(memory_format=torch.channels_last)  # NHWC: no transposing copy
     assert torch.equal(batch["images"], torch.stack([it["image"] for it in items]))
     lb = cv2.cvtColor(letterbox(cv2.imread(str(frames[2].image)), (64, 96))[0], cv2.COLOR_BGR2RGB)
@@ -348,8 +356,8 @@ def _frames_seen(images: torch.Tensor, colours: np.ndarray) -> list[int]:
 
 def test_set_epoch_reaches_persistent_workers(tmp_path):
     frames, colours = _solid_frames(tmp_path, 8)
-    ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, hsv=NO_HSV, flip_lr=0.0, translate=0.0,
-                     scale=0.0)
+    ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=1.0, hsv=NO_HSV, flip_lr=0.0, translate=0.0,
+                                                  scale=0.0))
     loader = DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=collate_fred)
     seen = {}
     for epoch, special in [(0, True), (1, False), (2, True)]:
@@ -361,7 +369,7 @@ def test_set_epoch_reaches_persistent_workers(tmp_path):
 
 def test_randomness_is_seeded_per_epoch_without_global_state(frames):
     def sample(seed: int, epoch: int) -> torch.Tensor:
-        ds = FredDataset(frames, (64, 64), train=True, mixup=True, mixup_prob=0.5, degrees=5.0, seed=seed)
+        ds = FredDataset(frames, (64, 64), Augmentation(mixup=True, mixup_prob=0.5, degrees=5.0), seed=seed)
         ds.set_epoch(epoch, True)
         return torch.stack([ds[i]["image"] for i in range(4)])
 
@@ -376,7 +384,7 @@ def test_randomness_is_seeded_per_epoch_without_global_state(frames):
 def test_a_samples_randomness_depends_on_seed_epoch_and_index_only(frames):
     """Sample i (its mosaic and Mixup partners included) is the same whatever came before it, in any order and from
     any number of DataLoader workers: a run resumed in mid-epoch hands the rest of the epoch to other workers."""
-    ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=0.5, mixup=True, mixup_prob=0.5, degrees=5.0, seed=3)
+    ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=0.5, mixup=True, mixup_prob=0.5, degrees=5.0), seed=3)
     ds.set_epoch(2, True)
     order = [5, 0, 7, 3, 11, 1, 8, 2]
     reference = collate_fred([ds[i] for i in order])
@@ -429,18 +437,35 @@ def test_hsv_jitter_on_batches_matches_opencv(gains):
 
 def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
     kwargs = dict(mosaic=True, mosaic_prob=0.5, hsv=(0.015, 0.7, 0.4), flip_lr=0.5, translate=0.2, scale=0.5)
-    cpu = FredDataset(frames, (64, 64), train=True, seed=5, **kwargs)
-    gpu = FredDataset(frames, (64, 64), train=True, seed=5, hsv_in_batch=True, **kwargs)
+    cpu = FredDataset(frames, (64, 64), Augmentation(**kwargs), seed=5)
+    gpu = FredDataset(frames, (64, 64), Augmentation(hsv_in_batch=True, **kwargs), seed=5)
     items_cpu, items_gpu = [cpu[i] for i in range(6)], [gpu[i] for i in range(6)]
-    assert all("hsv" not in it for it in items_cpu)
+    assert all(HSV_KEY not in it for it in items_cpu)
     batch = collate_fred(items_gpu)
-    assert batch["hsv"].shape == (6, 3) and batch["hsv"].abs().sum() > 0
-    images, targets = engine.to_device(batch, torch.device("cpu"), channels_last=False)
+    assert batch[HSV_KEY].shape == (6, 3) and batch[HSV_KEY].abs().sum() > 0
+    transform = build_batch_transform(gpu.augmentation, compiled=False)
+    assert isinstance(transform, BatchHSV) and build_batch_transform(cpu.augmentation, compiled=True) is None
+    images, targets = engine.to_device(batch, torch.device("cpu"), False, transform)
     ref_images, ref_targets = engine.to_device(collate_fred(items_cpu), torch.device("cpu"), channels_last=False)
     assert torch.equal(targets, ref_targets)  # the same random draws: the same crops, flips and boxes
     diff = (images - ref_images).abs() * 255
     assert diff.mean() < 1.0 and diff.max() <= 8.5
     assert (images - batch["images"].float() / 255).abs().mean() * 255 > 2  # the jitter was applied
+
+
+def test_the_engine_and_evaluator_leave_augmentation_to_the_batch_transform():
+    """Nothing of the augmentation (nor of speed/) is imported by the training loop or the evaluator, and no HSV key
+    is looked for there: the batch half of the augmentation comes in as a callable."""
+    import ast
+    import inspect
+
+    from evaluation import evaluator
+    for module in (engine, evaluator):
+        source = inspect.getsource(module)
+        imported = [n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith(("datasets", "speed"))], (module.__name__, imported)
+        assert "hsv" not in source.lower(), module.__name__
 
 
 def _uint8_batch_and_jitter(device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,35 +476,40 @@ def _uint8_batch_and_jitter(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(device), jitter.to(device)
 
 
+def _compiled_hsv() -> BatchHSV:
+    """The batch transform of HSV_ON_GPU with HSV_COMPILE."""
+    return build_batch_transform(Augmentation(hsv_in_batch=True), compiled=True)
+
+
 def test_compiled_batch_hsv_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
     calls = []
 
     def broken_compile(fn, **kwargs):
-        def compiled(*args):
+        def compiled_fn(*args):
             calls.append(kwargs)
             raise RuntimeError("Cannot find a working triton installation")
-        return compiled
+        return compiled_fn
 
-    monkeypatch.setattr(engine.torch, "compile", broken_compile)
-    batch_hsv = engine.build_batch_hsv(compiled=True)
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    batch_hsv = _compiled_hsv()
     images, jitter = _uint8_batch_and_jitter("cpu")
-    expected = engine.jittered_float(images, jitter, True)
+    expected = jittered_float(images, jitter, True)
     for _ in range(2):
-        out = batch_hsv(images, jitter, True)
+        out = batch_hsv({"images": images, HSV_KEY: jitter}, torch.device("cpu"), True)
         assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
     assert calls == [{"dynamic": False}]  # tried once, then eager for good
     assert "torch.compile of jittered_float failed, running it eagerly: RuntimeError: Cannot find" in caplog.text
-    assert engine.build_batch_hsv(compiled=False) is engine.jittered_float
+    assert build_batch_transform(Augmentation(hsv_in_batch=True), compiled=False).fn is jittered_float
 
 
 def test_compiled_batch_hsv_falls_back_when_torch_compile_itself_refuses(monkeypatch, caplog):
     def refuse(fn, **kwargs):
         raise RuntimeError("torch.compile is not supported on this Python")
 
-    monkeypatch.setattr(engine.torch, "compile", refuse)
-    batch_hsv = engine.build_batch_hsv(compiled=True)  # building never raises: compiling waits for the first call
+    monkeypatch.setattr(compiled.torch, "compile", refuse)
+    batch_hsv = _compiled_hsv()  # building never raises: compiling waits for the first call
     images, jitter = _uint8_batch_and_jitter("cpu")
-    assert torch.equal(batch_hsv(images, jitter, False), engine.jittered_float(images, jitter, False))
+    assert torch.equal(batch_hsv.fn(images, jitter, False), jittered_float(images, jitter, False))
     assert "running it eagerly: RuntimeError: torch.compile is not supported" in caplog.text
 
 
@@ -487,18 +517,18 @@ def test_compiled_batch_hsv_falls_back_when_torch_compile_itself_refuses(monkeyp
 def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch, wrapped):
     """An OOM, raised directly or wrapped by the compiler (as its cause), propagates; compiling is not given up."""
     def compile_oom(fn, **kwargs):
-        def compiled(*args):
+        def compiled_fn(*args):
             oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
             if wrapped:
                 raise RuntimeError("backend compiler failed") from oom
             raise oom
-        return compiled
+        return compiled_fn
 
-    monkeypatch.setattr(engine.torch, "compile", compile_oom)
-    batch_hsv = engine.build_batch_hsv(compiled=True)
+    monkeypatch.setattr(compiled.torch, "compile", compile_oom)
+    batch_hsv = _compiled_hsv()
     for _ in range(2):
         with pytest.raises((torch.cuda.OutOfMemoryError, RuntimeError)) as info:
-            batch_hsv(*_uint8_batch_and_jitter("cpu"), True)
+            batch_hsv.fn(*_uint8_batch_and_jitter("cpu"), True)
         assert isinstance(info.value if not wrapped else info.value.__cause__, torch.cuda.OutOfMemoryError)
 
 
@@ -506,8 +536,8 @@ def test_compiled_batch_hsv_passes_out_of_memory_on(monkeypatch, wrapped):
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_compiled_batch_hsv_equals_eager_on_cuda(channels_last, caplog):
     images, jitter = _uint8_batch_and_jitter("cuda")
-    out = engine.build_batch_hsv(compiled=True)(images, jitter, channels_last)
-    expected = engine.jittered_float(images, jitter, channels_last)
+    out = _compiled_hsv()({"images": images, HSV_KEY: jitter}, torch.device("cuda"), channels_last)
+    expected = jittered_float(images, jitter, channels_last)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert out.stride() == expected.stride()
     assert "failed" not in caplog.text  # really compiled, no fallback
@@ -568,14 +598,37 @@ def test_resize_axis_aligned_equals_warp_of_the_matrix_it_returns():
     np.testing.assert_array_equal(gray, resize_axis_aligned(img, np.diag([1.3, 0.7, 1.0]), out_shape)[0][..., :1])
 
 
+def test_augmentation_defaults_are_the_configs_and_every_setting_comes_from_its_key():
+    """Augmentation() holds config_fred.py's defaults; build_fred.augmentation() reads each field from the config."""
+    cfg = config_dict(config_fred)
+    assert build_fred.augmentation(cfg) == Augmentation()
+    other = {**cfg, "MOSAIC": False, "MOSAIC_PROB": 0.25, "MIXUP": True, "MIXUP_PROB": 0.75, "HSV_H": 0.1,
+             "HSV_S": 0.2, "HSV_V": 0.3, "FLIP_LR": 0.0, "DEGREES": 7.0, "TRANSLATE": 0.05, "SCALE": 0.25,
+             "MIN_BOX_SIZE": 3.0}
+    aug = build_fred.augmentation(other, hsv_in_batch=True)
+    unchanged = [f.name for f in dataclasses.fields(Augmentation) if getattr(aug, f.name) == f.default]
+    assert not unchanged, unchanged
+    assert aug.hsv == (0.1, 0.2, 0.3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        aug.mosaic = True
+
+
+def test_a_dataset_with_augmentation_makes_training_samples_and_without_it_validation_samples(frames):
+    val, train = FredDataset(frames, (64, 64)), FredDataset(frames, (64, 64), Augmentation(), seed=1)
+    assert not val.train and train.train
+    assert val[0]["index"] == 0 and not torch.equal(val[0]["image"], train[0]["image"])
+    with pytest.raises(TypeError):
+        FredDataset(frames, (64, 64), Augmentation(), None)  # frame_cache, bad_image_log, seed: by keyword only
+
+
 def test_unaugmented_training_sample_equals_validation_letterbox(frames):
     """With every random transform off, the training path (one warp) gives the validation letterbox.
 
     Boxes agree within 0.5 px: training scales each axis like cv2.resize did (n_w / w0, n_h / h0), validation
     maps boxes with the one ratio of the contract, off by at most half a pixel of rounding at the far edge."""
     off = dict(mosaic=False, hsv=NO_HSV, flip_lr=0.0, degrees=0.0, translate=0.0, scale=0.0)
-    train = FredDataset(frames, (64, 96), train=True, **off)
-    val = FredDataset(frames, (64, 96), train=False)
+    train = FredDataset(frames, (64, 96), Augmentation(**off))
+    val = FredDataset(frames, (64, 96))
     for i in range(len(frames)):
         t, v = train[i], val[i]
         diff = (t["image"].int() - v["image"].int()).abs().float()
@@ -585,6 +638,26 @@ def test_unaugmented_training_sample_equals_validation_letterbox(frames):
         torch.testing.assert_close(t["boxes"], v["boxes"], rtol=0, atol=0.5)
         for key in ("index", "orig_shape", "ratio", "pad"):
             assert t[key] == v[key]
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_the_geometric_steps_keep_any_channel_count_and_pad_every_channel(channels):
+    """Warp (rotated and axis-aligned), mosaic and letterbox take images of any channel count [H, W, C]: the channels
+    come through as they are, and what no image covers is PAD_VALUE in each of them."""
+    rng = np.random.default_rng(channels)
+    img = rng.integers(0, 256, (40, 60, channels), dtype=np.uint8)
+    img[0] = 7  # a row of 7 in every channel: its pixels stay equal across channels through any interpolation
+    box = np.array([[0, 10.0, 10.0, 30.0, 20.0]])
+    for matrix in (random_affine_matrix(rng, (30.0, 20.0), (64, 64), 30.0, 0.2, 0.2),
+                   np.array([[0.8, 0.0, 20.0], [0.0, 0.8, 20.0], [0.0, 0.0, 1.0]])):
+        out, _ = apply_affine(img, matrix, (64, 64), box, box[:, 1:], 2.0)
+        assert out.shape == (64, 64, channels) and out.dtype == np.uint8
+        assert (out[0, 0] == 114).all() and (out[-1, -1] == 114).all()  # corners: border, in every channel
+    canvas, _, _ = mosaic4([img] * 4, [np.zeros((0, 5))] * 4, (64, 64), rng)
+    assert canvas.shape == (128, 128, channels)
+    padded, _, (left, top) = letterbox(img, (64, 64))
+    assert padded.shape == (64, 64, channels) and (padded[:int(top)] == 114).all()
+    np.testing.assert_array_equal(padded[int(top), :, 0], padded[int(top), :, -1])  # the row of 7, in all channels
 
 
 def test_rotated_boxes_are_clipped_as_parallelograms():

@@ -20,8 +20,8 @@ from speed.batch_ring import PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, Rin
 class Items(Dataset):
     """Items shaped like FredDataset's: image i is filled with i % 251 (and its row number), i % 3 boxes."""
 
-    def __init__(self, n: int, shape=(24, 32), slow: float = 0.0):
-        self.n, self.shape, self.slow = n, shape, slow
+    def __init__(self, n: int, shape=(24, 32), slow: float = 0.0, channels: int = 3):
+        self.n, self.shape, self.slow, self.channels = n, shape, slow, channels
 
     def __len__(self) -> int:
         return self.n
@@ -30,8 +30,8 @@ class Items(Dataset):
         if self.slow and i % 5 == 0:
             time.sleep(self.slow)  # uneven workers: the others race ahead
         h, w = self.shape
-        img = torch.full((h, w, 3), i % 251, dtype=torch.uint8)
-        img[:, :, 1] = torch.arange(h, dtype=torch.uint8)[:, None]
+        img = torch.full((h, w, self.channels), i % 251, dtype=torch.uint8)
+        img[:, :, -1] = torch.arange(h, dtype=torch.uint8)[:, None]
         boxes = torch.tensor([[0.0, i, 2.0, 3.0, 4.0]] * (i % 3)).reshape(-1, 5)
         return {"image": img.permute(2, 0, 1), "boxes": boxes, "index": i, "orig_shape": (h * 2, w * 2),
                 "ratio": 0.5, "pad": (0.0, float(i)), "hsv": torch.tensor([0.1, 0.2, float(i)])}
@@ -65,6 +65,23 @@ def test_ring_batches_equal_collate_fred_with_workers_racing_ahead(workers):
             _equal(got, collate_fred([ds[i] for i in order[8 * k:8 * k + 8]]))
         assert k == 25 and len(got["index"]) == 203 - 25 * 8
     assert len(slots) == workers * (PREFETCH_FACTOR + 1)  # every slot was used
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_images_of_any_channel_count_go_through_collate_and_the_ring_unchanged(channels):
+    """A sample's image may have other than 3 channels (an event stream, a fused one): collate_fred and the ring's
+    slots, shaped by the image shape they are given, pass its bytes through as they are."""
+    ds = Items(12, channels=channels)
+    items = [ds[i] for i in range(4)]
+    batch = collate_fred(items)
+    assert batch["images"].shape == (4, channels, 24, 32)
+    assert batch["images"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch["images"], torch.stack([it["image"] for it in items]))
+    ring = BatchRing(1, PREFETCH_FACTOR + 1, 4, (24, 32, channels))
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=RingCollate(ring), prefetch_factor=PREFETCH_FACTOR)
+    for k, ring_batch in enumerate(loader):
+        _equal(ring_batch.resolve(pin=False), collate_fred([ds[i] for i in range(4 * k, 4 * k + 4)]))
+    assert k == 2
 
 
 def test_ring_collate_in_the_main_process_is_collate_fred():

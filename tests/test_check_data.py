@@ -150,7 +150,7 @@ def test_truncated_image_is_replaced_and_logged_during_training(rgb_tree, tmp_pa
     frames = build_fred_index(rgb_tree, "rgb").train
     truncate(frames[0].image)
     log = tmp_path / "bad_images.txt"
-    dataset = FredDataset(frames, (64, 64), train=False, bad_image_log=str(log))
+    dataset = FredDataset(frames, (64, 64), bad_image_log=str(log))
     assert dataset[0]["index"] == 1
     assert log.read_text() == f"{frames[0].image}\ttruncated JPEG: the data does not end with the end-of-image " \
                               f"marker FF D9\n"
@@ -180,7 +180,7 @@ summary = check_data(index, workers=1, progress=False)
 print(format_summary(summary))
 print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
 for frames in (index.train, index.val):
-    dataset = FredDataset(frames, (64, 64), train=False, bad_image_log=log)
+    dataset = FredDataset(frames, (64, 64), bad_image_log=log)
     print("items", [dataset[i]["index"] for i in range(len(frames))], index.stats["cached_sequences"])
 """
 

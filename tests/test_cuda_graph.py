@@ -143,9 +143,10 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
         return False
 
     try:
+        options = engine.StepOptions(log_interval=100, nan_patience=100, amp_dtype=torch.float16, grad_clip=10.0,
+                                     channels_last=True)
         stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler, batches, torch.device("cuda"),
-                                       lambda i: 0.01, torch.float16, False, 10.0, 100, 100, stop=stop,
-                                       channels_last=True, show_progress=False, loss_fn=loss_fn)
+                                       lambda i: 0.01, options, stop=stop, show_progress=False, loss_fn=loss_fn)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert stats["iteration"] == 8 and stats["skipped"] <= 1 and torch.isfinite(torch.tensor(stats["loss"]))

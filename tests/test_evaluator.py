@@ -380,12 +380,12 @@ def test_evaluate_duplicate_and_missing_frames():
 
 
 def test_evaluate_with_fred_dataset(tmp_path):
-    """FredDataset(train=False) + collate_fred + evaluate: GT boxes in, GT boxes out (non-square frames)."""
+    """FredDataset (validation samples) + collate_fred + evaluate: GT boxes in, GT boxes out (non-square frames)."""
     generate_fred(str(tmp_path / "fred"), sequences=4, frames=6, seed=1, size=(96, 160))
     index = build_fred_index(str(tmp_path / "fred"), "event", cache_dir=str(tmp_path / "cache"))
     frames = index.val
     assert sum(len(f.boxes) for f in frames) > 0
-    dataset = FredDataset(frames, (64, 64), train=False)
+    dataset = FredDataset(frames, (64, 64))
     model = TargetEcho()
 
     def loader():
@@ -432,7 +432,7 @@ def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channel
     generate_fred(str(tmp_path / "fred"), sequences=4, frames=6, seed=1, size=(96, 160))
     frames = build_fred_index(str(tmp_path / "fred"), "event", cache_dir=str(tmp_path / "cache")).val
     model = ContentEcho()
-    batches = list(torch.utils.data.DataLoader(FredDataset(frames, (64, 64), train=False), batch_size=3,
+    batches = list(torch.utils.data.DataLoader(FredDataset(frames, (64, 64)), batch_size=3,
                                                collate_fn=collate_fred))
     for batch in batches:
         model.register(batch)
@@ -454,7 +454,7 @@ def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
     generate_fred(str(root), sequences=3, frames=6, seed=2, size=(96, 160))
     idx = build_fred_index(str(root), "event", split="random:0.5:0")
     frames = idx.train + idx.val
-    loader = torch.utils.data.DataLoader(FredDataset(frames, (96, 160), train=False), batch_size=4,
+    loader = torch.utils.data.DataLoader(FredDataset(frames, (96, 160)), batch_size=4,
                                          collate_fn=collate_fred)
     torch.manual_seed(0)
     from nets import build_model

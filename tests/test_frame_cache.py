@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import train_fred
+from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset, collate_fred
 from speed import frame_cache as fc
 from speed.frame_cache import build_frame_cache
@@ -90,6 +91,25 @@ def test_cache_holds_the_letterbox_resize_of_each_frame(frames, tmp_path, long_s
     again = pickle.loads(pickle.dumps(cache))  # what a spawned DataLoader worker gets: maps the file itself
     assert again._data is None
     np.testing.assert_array_equal(again.get(5), cache.get(5))
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_frames_of_any_channel_count_are_cached_and_checked_whole(tmp_path, monkeypatch, caplog, channels):
+    """The cache stores what the decoder gives, whatever its channel count: read back unchanged, and its checksums
+    pass when the cache is opened again."""
+    rng = np.random.default_rng(channels)
+    images = {str(tmp_path / f"f{i}.raw"): rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+              for i, shape in enumerate([(60, 90), (90, 45), (30, 90), (90, 90)])}
+    for path in images:
+        open(path, "wb").close()
+    monkeypatch.setattr(fc, "read_image", lambda path: (images[path], ""))
+    cache = build_frame_cache(list(images), 90, str(tmp_path / "c"), progress=False)  # 90: the long side, no resize
+    assert cache.built and not cache.bad
+    for i, img in enumerate(images.values()):
+        np.testing.assert_array_equal(cache.get(i), img)
+    again = build_frame_cache(list(images), 90, str(tmp_path / "c"), progress=False)
+    assert not again.built and "building it again" not in caplog.text
+    np.testing.assert_array_equal(again.get(2), images[str(tmp_path / "f2.raw")])
 
 
 def test_reused_when_nothing_changed_rebuilt_when_a_file_changes(frames, tmp_path, monkeypatch):
@@ -249,7 +269,7 @@ def test_bad_image_is_recorded_and_replaced_in_the_dataset(frames, tmp_path, cap
     assert sorted(meta["bad"]) == ["1", "2"] and "No such file" in meta["bad"]["1"]
 
     log = tmp_path / "bad_images.txt"
-    val = FredDataset(mixed, (64, 64), train=False, bad_image_log=str(log), frame_cache=cache)
+    val = FredDataset(mixed, (64, 64), bad_image_log=str(log), frame_cache=cache)
     item = val[1]
     assert item["index"] == 3  # both bad frames skipped, the next readable one returned
     assert torch.equal(item["image"], val[3]["image"])
@@ -257,7 +277,7 @@ def test_bad_image_is_recorded_and_replaced_in_the_dataset(frames, tmp_path, cap
     assert [line.split("\t")[0] for line in lines] == [bad[0].image, bad[1].image]
     assert "frame cache" in lines[0] and "missing.png" in caplog.text
 
-    train = FredDataset(mixed, (64, 64), train=True, mosaic_prob=1.0, mixup=True, mixup_prob=1.0, frame_cache=cache)
+    train = FredDataset(mixed, (64, 64), Augmentation(mosaic_prob=1.0, mixup=True, mixup_prob=1.0), frame_cache=cache)
     for seed in range(10):
         train.seed = seed
         assert train[seed % len(mixed)]["image"].shape == (3, 64, 64)
@@ -266,9 +286,9 @@ def test_bad_image_is_recorded_and_replaced_in_the_dataset(frames, tmp_path, cap
 def test_dataset_refuses_a_cache_of_other_frames(frames, tmp_path):
     cache = build_frame_cache(_paths(frames[:4]), 64, str(tmp_path / "c"), progress=False)
     with pytest.raises(ValueError, match="other frames"):
-        FredDataset(frames, (64, 64), train=False, frame_cache=cache)
+        FredDataset(frames, (64, 64), frame_cache=cache)
     with pytest.raises(ValueError, match="other frames"):
-        FredDataset(frames[:4][::-1], (64, 64), train=False, frame_cache=cache)
+        FredDataset(frames[:4][::-1], (64, 64), frame_cache=cache)
 
 
 @pytest.mark.parametrize("input_shape", [(64, 64), (64, 96), (32, 32)])
@@ -276,8 +296,8 @@ def test_validation_items_from_the_cache_match_the_uncached_ones(frames, tmp_pat
     """Same boxes, ratio, pad and orig_shape; the same pixels when the cache's long side is the input's (square
     input); otherwise a resize of the resize, close to the direct one."""
     cache = build_frame_cache(_paths(frames), max(input_shape), str(tmp_path / "c"), progress=False)
-    plain = FredDataset(frames, input_shape, train=False)
-    cached = FredDataset(frames, input_shape, train=False, frame_cache=cache)
+    plain = FredDataset(frames, input_shape)
+    cached = FredDataset(frames, input_shape, frame_cache=cache)
     batch_a = collate_fred([plain[i] for i in range(len(frames))])
     batch_b = collate_fred([cached[i] for i in range(len(frames))])
     for key in ("targets", "index", "orig_shapes", "ratios", "pads"):
@@ -296,8 +316,8 @@ def test_training_items_use_the_original_geometry(frames, tmp_path):
     uncached dataset makes (the cache holds what mosaic4 would resize to)."""
     cache = build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False)
     still = dict(mosaic=False, hsv=(0.0, 0.0, 0.0), flip_lr=0.0, translate=0.0, scale=0.0)
-    plain = FredDataset(frames, (64, 64), train=True, **still)
-    cached = FredDataset(frames, (64, 64), train=True, frame_cache=cache, **still)
+    plain = FredDataset(frames, (64, 64), Augmentation(**still))
+    cached = FredDataset(frames, (64, 64), Augmentation(**still), frame_cache=cache)
     for i in range(len(frames)):
         a, b = plain[i], cached[i]
         assert (a["index"], a["orig_shape"], a["ratio"], a["pad"]) == (b["index"], b["orig_shape"], b["ratio"],
@@ -305,9 +325,9 @@ def test_training_items_use_the_original_geometry(frames, tmp_path):
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-4, rtol=0)
         assert (a["image"].float() - b["image"].float()).abs().mean() < 2.0
     for seed in range(4):
-        plain = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, degrees=5.0, seed=seed)[seed]
-        cached = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, degrees=5.0, seed=seed,
-                             frame_cache=cache)[seed]
+        aug = Augmentation(mosaic_prob=1.0, degrees=5.0)
+        plain = FredDataset(frames, (64, 64), aug, seed=seed)[seed]
+        cached = FredDataset(frames, (64, 64), aug, seed=seed, frame_cache=cache)[seed]
         assert torch.equal(plain["image"], cached["image"])
         torch.testing.assert_close(plain["boxes"], cached["boxes"], atol=1e-4, rtol=0)
         assert (plain["orig_shape"], plain["ratio"], plain["pad"]) == (cached["orig_shape"], cached["ratio"],
@@ -318,7 +338,7 @@ def test_training_with_the_cache_across_dataloader_workers(frames, tmp_path):
     cache = build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False)
     batches = {}
     for name, c in (("plain", None), ("cached", cache)):
-        ds = FredDataset(frames, (64, 64), train=True, mosaic_prob=1.0, seed=1, frame_cache=c)
+        ds = FredDataset(frames, (64, 64), Augmentation(mosaic_prob=1.0), seed=1, frame_cache=c)
         loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate_fred, persistent_workers=True,
                             generator=torch.Generator().manual_seed(0), shuffle=True)
         batches[name] = []

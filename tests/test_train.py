@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import build_fred
 import config_fred
 import train_fred
+from datasets.augment import HSV_KEY
 from datasets.fred_index import build_fred_index
 from nets import build_model, load_weights
 from nets.loss import DetectionLoss
@@ -829,6 +830,7 @@ from multiprocessing.pool import ThreadPool
 import cv2, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import build_fred
+from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset
 paths = []
 for k in range(8):
@@ -838,7 +840,7 @@ big = np.zeros((720, 1280, 3), np.uint8)
 with ThreadPool(4) as pool:  # OpenCV's own thread pool now has threads in this (the parent) process
     pool.map(lambda _: cv2.resize(big, (640, 360)), range(16))
 frames = [types.SimpleNamespace(image=p, boxes=np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)) for p in paths]
-ds = FredDataset(frames, (64, 64), train=True)
+ds = FredDataset(frames, (64, 64), Augmentation())
 loader = build_fred.make_loader(ds, 4, torch.utils.data.RandomSampler(ds), 2, torch.device("cpu"), 0)
 print("batches", sum(1 for _ in loader), flush=True)
 """
@@ -868,7 +870,8 @@ class _SlowLoader:
             yield b
 
 
-def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
+def _tiny_step() -> tuple:
+    """(model, criterion, optimizer, scaler, batch) for a few CPU steps of phi n at 64x64, batch 2."""
     torch.manual_seed(0)
     model = build_model("n", 1)
     criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
@@ -876,16 +879,41 @@ def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = {"images": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
              "targets": torch.tensor([[0, 0, 32.0, 32.0, 12.0, 10.0]])}
+    return model, criterion, optimizer, scaler, batch
+
+
+def test_train_one_epoch_reports_the_time_spent_waiting_for_data():
+    model, criterion, optimizer, scaler, batch = _tiny_step()
+    options = engine.StepOptions(log_interval=2, nan_patience=100, grad_clip=10.0)
 
     def wait_pct(delay: float) -> dict:
         return engine.train_one_epoch(model, None, criterion, optimizer, scaler, _SlowLoader([batch] * 4, delay),
-                                      torch.device("cpu"), lambda i: 0.01, None, True, 10.0, 2, 100,
-                                      show_progress=False)
+                                      torch.device("cpu"), lambda i: 0.01, options, show_progress=False)
 
     fast = wait_pct(0.0)
     step_s = 2 / fast["img_per_s"]  # a step's time on this machine, however loaded
     slow = wait_pct(3 * step_s + 0.05)  # the loader takes 3 steps' time per batch: about 75 % waiting
     assert 0.0 <= fast["data_wait_pct"] < 30.0 < 50.0 < slow["data_wait_pct"] <= 100.0, (fast, slow)
+
+
+def test_train_one_epoch_takes_each_batchs_images_from_the_step_options_batch_transform():
+    """StepOptions.batch_transform makes every batch's float images (the whole host batch reaches it); the scaler's
+    scale is held at 1 for all but fp16; the options cannot change under a running loop (frozen)."""
+    model, criterion, optimizer, scaler, batch = _tiny_step()
+    seen = []
+
+    def transform(host_batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
+        seen.append((host_batch["mark"], device.type, channels_last))
+        return engine.images_to_device(host_batch["images"], device, channels_last)
+
+    options = engine.StepOptions(log_interval=2, nan_patience=100, channels_last=True, batch_transform=transform)
+    stats = engine.train_one_epoch(model, None, criterion, optimizer, scaler, [{**batch, "mark": k} for k in range(3)],
+                                   torch.device("cpu"), lambda i: 0.01, options, show_progress=False)
+    assert seen == [(0, "cpu", True), (1, "cpu", True), (2, "cpu", True)] and stats["iteration"] == 3
+    assert options.fixed_scale and engine.StepOptions(1, 1, amp_dtype=torch.bfloat16).fixed_scale
+    assert not engine.StepOptions(1, 1, amp_dtype=torch.float16).fixed_scale
+    with pytest.raises(AttributeError):
+        options.grad_clip = 1.0
 
 
 def test_run_with_the_speed_options_on(data, tmp_path):
@@ -894,10 +922,9 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     seen = []
     to_device = engine.to_device
 
-    def spy(batch, device, channels_last, batch_hsv):
-        seen.append("hsv" in batch)
-        assert batch_hsv is engine.jittered_float  # HSV_COMPILE is for CUDA only
-        return to_device(batch, device, channels_last, batch_hsv)
+    def spy(batch, device, channels_last, transform=None):
+        seen.append((HSV_KEY in batch, transform))
+        return to_device(batch, device, channels_last, transform)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine, "to_device", spy)
@@ -907,7 +934,7 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     assert rc == 0
     rows = open(os.path.join(only_run_dir(tmp_path), "results.csv")).read().splitlines()
     assert len(rows) == 3 and rows[0].endswith("data_wait_pct")
-    assert seen and not any(seen)
+    assert seen and seen == [(False, None)] * len(seen)  # no jitter left in the batches, no batch transform
 
 
 def test_data_wait_hint_names_the_keys_that_help():

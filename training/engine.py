@@ -1,8 +1,9 @@
-"""One training epoch and the validation loss, with explicit arguments (torchvision references style)."""
+"""One training epoch and the validation loss (torchvision references style): what changes per epoch as arguments,
+how each step is taken as one StepOptions."""
 import contextlib
-import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -10,79 +11,61 @@ from torch import distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from datasets.augment import hsv_jitter_rgb
 from nets.loss import LOSS_PARTS
 from training.ema import ModelEMA
+from utils.images import uint8_to_float
 
-LOGGER = logging.getLogger(__name__)
 SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums
-BatchHSV = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (uint8 images, jitter, channels_last) -> float
+# What turns a host batch into the network's input, on the device: (collate_fred batch, device, channels_last) ->
+# float images [B, C, H, W] in 0..1. The training loop takes one (the batch half of the augmentation, built with the
+# data); without one, the batch's uint8 images are copied and converted (images_to_device()).
+BatchTransform = Callable[[dict, torch.device, bool], torch.Tensor]
 
 
-def uint8_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> float 0..1 on the same device, NHWC (channels_last) or NCHW in memory."""
-    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return images.float().div_(255.0)
+@dataclass(frozen=True)
+class StepOptions:
+    """How train_one_epoch takes its steps, the same in every epoch of a run.
+
+    log_interval: iterations between reads of the loss from the device (progress bar, NaN check); nan_patience:
+    steps in a row with a non-finite loss that end the epoch; amp_dtype: autocast dtype (None: float32, no
+    autocast); grad_clip: max gradient norm (0: no clipping); channels_last: NHWC float images; batch_transform: makes
+    each batch's float images on the device (None: its uint8 images converted, images_to_device()).
+    """
+
+    log_interval: int
+    nan_patience: int
+    amp_dtype: Optional[torch.dtype] = None
+    grad_clip: float = 0.0
+    channels_last: bool = False
+    batch_transform: Optional[BatchTransform] = None
+
+    @property
+    def fixed_scale(self) -> bool:
+        """Whether the GradScaler's scale is held at 1 (it then only finds non-finite gradients): all but fp16."""
+        return self.amp_dtype is not torch.float16
 
 
 def images_to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] (any memory layout) -> uint8_to_float() on device; the copy keeps the host layout
+    """uint8 [B, C, H, W] (any memory layout) -> uint8_to_float() on device; the copy keeps the host layout
     (collate_fred's NHWC: no transposing copy when channels_last) and the rest runs there."""
     return uint8_to_float(images.to(device, non_blocking=True), channels_last)
 
 
-def jittered_float(images: torch.Tensor, jitter: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8_to_float() of images [B,3,H,W] then hsv_jitter_rgb() with jitter float [B,3], on their device."""
-    return hsv_jitter_rgb(uint8_to_float(images, channels_last), jitter)
-
-
-class CompiledOrEager:
-    """fn compiled by torch.compile (one shape each, no dynamic shapes); if compiling or running the compiled code
-    fails (no Triton, no C compiler), a warning says why and fn runs eagerly from then on."""
-
-    def __init__(self, fn: Callable):
-        self.fn, self._compiled, self._failed = fn, None, False
-
-    def __call__(self, *args):
-        """fn(*args), compiled while that works."""
-        if not self._failed:
-            try:
-                if self._compiled is None:  # some builds refuse torch.compile itself (e.g. newer Pythons)
-                    self._compiled = torch.compile(self.fn, dynamic=False)
-                return self._compiled(*args)
-            except Exception as e:  # torch.compile's backends raise many types (missing Triton, compiler errors)
-                if isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e.__cause__, torch.cuda.OutOfMemoryError):
-                    raise
-                LOGGER.warning("torch.compile of %s failed, running it eagerly: %s: %s", self.fn.__name__,
-                               type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                self._failed = True
-        return self.fn(*args)
-
-
-def build_batch_hsv(compiled: bool) -> BatchHSV:
-    """jittered_float, or jittered_float fused by torch.compile into one kernel (about 40 eager kernels otherwise:
-    1.30 -> 0.13 ms for a batch of 16 at 640 on an H200, measured)."""
-    return CompiledOrEager(jittered_float) if compiled else jittered_float
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool,
-              batch_hsv: BatchHSV = jittered_float
+def to_device(batch: dict, device: torch.device, channels_last: bool, transform: Optional[BatchTransform] = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch images -> float on device (images_to_device(), or batch_hsv() when the batch holds its "hsv" jitter);
-    targets [M,6] -> device."""
-    if "hsv" in batch:
-        images = batch_hsv(batch["images"].to(device, non_blocking=True),
-                           batch["hsv"].to(device, non_blocking=True), channels_last)
-    else:
+    """A collate_fred batch on device: its float images (transform(), or without one images_to_device()) and its
+    targets [M, 6]."""
+    if transform is None:
         images = images_to_device(batch["images"], device, channels_last)
+    else:
+        images = transform(batch, device, channels_last)
     return images, batch["targets"].to(device, non_blocking=True)
 
 
 def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool,
-                   batch_hsv: BatchHSV = jittered_float
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   transform: Optional[BatchTransform] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream (prefetched())."""
-    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, batch_hsv)):
+    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, transform)):
         yield tensors
 
 
@@ -133,26 +116,25 @@ def gpu_mem_gb(device: torch.device) -> float:
 
 def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callable, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, loader: torch.utils.data.DataLoader, device: torch.device,
-                    set_lr: Callable[[int], float], amp_dtype: Optional[torch.dtype], fixed_scale: bool,
-                    grad_clip: float, log_interval: int, nan_patience: int, start_iter: int = 0,
-                    stop: Callable[[int], bool] = lambda i: False, channels_last: bool = False,
-                    desc: str = "", show_progress: bool = True, loss_fn: Optional[Callable] = None,
-                    batch_hsv: BatchHSV = jittered_float, epoch_sums: Optional[dict] = None) -> dict:
-    """Train over loader from iteration start_iter; loss parts stay on the device and are read every log_interval.
+                    set_lr: Callable[[int], float], options: StepOptions, start_iter: int = 0,
+                    stop: Callable[[int], bool] = lambda i: False, desc: str = "", show_progress: bool = True,
+                    loss_fn: Optional[Callable] = None, epoch_sums: Optional[dict] = None) -> dict:
+    """Train over loader from iteration start_iter, each step as options say (StepOptions); loss parts stay on the
+    device and are read every options.log_interval.
 
     set_lr(i) sets the learning rate of iteration i and returns it; ema (None on ranks that keep none) is updated
     after every step. A step whose loss is not finite is skipped (GradScaler finds the non-finite gradients);
-    nan_patience such steps in a row end the epoch with stopped="nan" (noticed at the next log step); stop(i)
-    true ends it before iteration i with stopped="signal". fixed_scale: hold the scaler's scale at 1 (no fp16).
+    options.nan_patience such steps in a row end the epoch with stopped="nan" (noticed at the next log step);
+    stop(i) true ends it before iteration i with stopped="signal".
     The loss back-propagated is sum(weight * part) times the global batch size (Ultralytics' scale).
     Returns the mean weighted loss parts of the finite steps (box, cls, dfl, loss), lr, skipped, img_per_s,
     gpu_mem_GB, data_wait_pct (share of the loop's time spent waiting for the loader's next batch: well above 0,
     the data pipeline is the limit), iteration (steps done in this epoch, counting from 0) and stopped (None,
     "nan" or "signal"). loss_fn(images, targets) -> unweighted loss parts replaces criterion(model(images), targets,
-    input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). batch_hsv makes
-    the float images of batches that carry their HSV jitter (build_batch_hsv()). The result's "epoch_sums" (CPU
-    tensors) holds the loss sums and non-finite step counts so far; passed back as epoch_sums with start_iter, the
-    epoch's loss means and skipped count cover its first start_iter iterations too (a resume in mid-epoch).
+    input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). The result's
+    "epoch_sums" (CPU tensors) holds the loss sums and non-finite step counts so far; passed back as epoch_sums with
+    start_iter, the epoch's loss means and skipped count cover its first start_iter iterations too (a resume in
+    mid-epoch).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -167,8 +149,9 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     t0, n_total = time.perf_counter(), start_iter + len(loader)
     clock = {"t0": t0, "waited": 0.0, "ready": t0}  # host seconds spent waiting for batches
     loss_fn = loss_fn or (lambda images, targets: criterion(model(images), targets, tuple(images.shape[2:])))
-    bar = tqdm(device_batches(loader, device, channels_last, batch_hsv), desc=desc, total=len(loader),
-               disable=not show_progress, dynamic_ncols=True, leave=True)
+    amp_dtype = options.amp_dtype
+    batches = device_batches(loader, device, options.channels_last, options.batch_transform)
+    bar = tqdm(batches, desc=desc, total=len(loader), disable=not show_progress, dynamic_ncols=True, leave=True)
     for i, (images, targets) in enumerate(bar, start_iter):
         clock["waited"] += time.perf_counter() - clock["ready"]
         if stop(i):
@@ -181,10 +164,10 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         finite = torch.isfinite(loss)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        if options.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, options.grad_clip, foreach=True)
         scaler.step(optimizer)
-        scaler.update(1.0 if fixed_scale else None)
+        scaler.update(1.0 if options.fixed_scale else None)
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.update(model)
@@ -193,12 +176,12 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         run = (run + 1) * (~finite)
         max_run = torch.maximum(max_run, run)
         images_seen += images.shape[0]
-        if (i + 1) % log_interval == 0 or i + 1 == n_total:
+        if (i + 1) % options.log_interval == 0 or i + 1 == n_total:
             out = _read_stats(sums, finite_steps, i + 1 - counted_from, images_seen, clock, lr, device)
             bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in out.items() if k in LOSS_PARTS + ("lr",))
                                 + f" img/s={out['img_per_s']:.0f} wait={out['data_wait_pct']:.0f}%"
                                 + f" mem={out['gpu_mem_GB']:.1f}G")
-            if _any_rank(max_run >= nan_patience):
+            if _any_rank(max_run >= options.nan_patience):
                 stopped = "nan"
                 break
         clock["ready"] = time.perf_counter()

@@ -36,10 +36,11 @@ def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114
     h, w = int(new_shape[0]), int(new_shape[1])
     ratio, (nw, nh), (left, top) = letterbox_params(img.shape[:2], (h, w))
     if (nw, nh) != (img.shape[1], img.shape[0]):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape((nh, nw) + img.shape[2:])
     if (nw, nh) != (w, h):
-        value = (color,) * (img.shape[2] if img.ndim == 3 else 1)
-        img = cv2.copyMakeBorder(img, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=value)
+        value = (color,) * 4  # all four of OpenCV's Scalar: every channel, any count
+        img = cv2.copyMakeBorder(img, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT,
+                                 value=value).reshape((h, w) + img.shape[2:])
     return img, ratio, (float(left), float(top))
 
 
