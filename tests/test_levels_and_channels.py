@@ -124,6 +124,13 @@ def test_detection_loss_with_four_levels_equals_ultralytics_p2_loss():
         torch.testing.assert_close(mine, their, rtol=1e-4, atol=1e-6)
 
 
+def test_detect_rejects_strides_that_do_not_fit_its_levels():
+    with pytest.raises(ValueError, match=r"4 input levels.*3 strides"):
+        Detect(1, P2_CHANNELS)  # the default strides (8, 16, 32) are three
+    with pytest.raises(ValueError, match="increase"):
+        Detect(1, P2_CHANNELS, (8, 4, 16, 32))
+
+
 class FourLevelNet(nn.Module):
     """A stand-in for a P2 model: a 5-channel input, pooled to four levels by 1x1 convs, and a 4-level Detect head."""
 
