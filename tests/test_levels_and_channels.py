@@ -131,6 +131,11 @@ def test_detect_rejects_strides_that_do_not_fit_its_levels():
         Detect(1, P2_CHANNELS, (8, 4, 16, 32))
 
 
+def test_detection_loss_rejects_strides_out_of_order():
+    with pytest.raises(ValueError, match="increase"):
+        DetectionLoss(1, strides=(8, 4, 16, 32))
+
+
 class FourLevelNet(nn.Module):
     """A stand-in for a P2 model: a 5-channel input, pooled to four levels by 1x1 convs, and a 4-level Detect head."""
 
