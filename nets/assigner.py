@@ -27,7 +27,8 @@ class TaskAlignedAssigner(nn.Module):
     min_box_side are first widened to it about the centre, so tiny objects still get anchors); each ground truth takes
     its topk candidates by metric; an anchor claimed by several ground truths keeps the one it overlaps most. Target
     scores are the one-hot class times the metric normalised so that each ground truth's best anchor gets its best IoU.
-    Same rule as Ultralytics 8.4's TaskAlignedAssigner (min_box_side = its stride_val = the second stride).
+    Same rule as Ultralytics 8.4's TaskAlignedAssigner (min_box_side = its stride_val = the second-finest stride,
+    see DetectionLoss).
     """
 
     def __init__(self, topk: int = 10, num_classes: int = 1, alpha: float = 0.5, beta: float = 6.0,

@@ -50,15 +50,24 @@ def total_loss(parts: dict[str, Tensor], weight_dict: dict[str, float], batch_si
 
 
 class DetectionLoss:
-    """YOLOv8 loss for num_classes classes on feature levels of the given strides with reg_max DFL bins."""
+    """YOLOv8 loss for num_classes classes on feature levels of the given strides with reg_max DFL bins.
+
+    Any number of levels, finest first: (8, 16, 32) for YOLOv8, (4, 8, 16, 32) for a model with a P2 level.
+    """
 
     def __init__(self, num_classes: int, strides: Sequence[float] = (8, 16, 32), reg_max: int = 16,
                  tal_topk: int = 10, box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5):
         """Build the assigner; the gains go to self.weight_dict (see total_loss)."""
         self.num_classes = num_classes
         self.strides = tuple(float(s) for s in strides)
+        if not self.strides or self.strides[0] <= 0 or any(b <= a for a, b in zip(self.strides, self.strides[1:])):
+            raise ValueError(f"DetectionLoss: strides {self.strides} must be positive and increase from the finest "
+                             "level (the order of the head's maps)")
         self.reg_max = reg_max
         self.weight_dict = {"box": box_gain, "cls": cls_gain, "dfl": dfl_gain}
+        # Ground-truth sides below the second-finest stride are widened to it when choosing candidate anchors, so a
+        # tiny object gets about 2 x 2 cells of the finest level: 16 px for (8, 16, 32), 8 px for (4, 8, 16, 32).
+        # Ultralytics' rule (its stride_val) for any number of levels; one level uses its own stride.
         min_box_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=num_classes, alpha=0.5, beta=6.0,
                                             min_box_side=min_box_side)

@@ -2,7 +2,7 @@
 
 The architecture, channel/depth scaling, BatchNorm settings and head bias initialisation follow
 Ultralytics' YOLOv8 so that its weights load one to one (see nets/convert.py) and outputs agree.
-Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over the three levels.
+Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over all levels (three here).
 """
 import functools
 import math
@@ -190,6 +190,8 @@ class PAN(nn.Module):
 class Detect(nn.Module):
     """Decoupled anchor-free head: per level a box branch (4 * reg_max DFL logits) and a class branch (nc logits).
 
+    One level per entry of in_channels and strides, finest first (any number: YOLOv8 has strides 8, 16, 32; a P2
+    model adds 4); the branch widths follow the finest level's channels, as in Ultralytics.
     Training: list of [B, 4 * reg_max + nc, H/s, W/s] per stride s.
     Inference: [B, 4 + nc, A], boxes (cx, cy, w, h) in input pixels and sigmoid class scores, float32.
     """
@@ -197,6 +199,12 @@ class Detect(nn.Module):
     def __init__(self, num_classes: int, in_channels: tuple[int, ...], strides: tuple[int, ...] = STRIDES,
                  reg_max: int = REG_MAX):
         super().__init__()
+        if len(strides) != len(in_channels):
+            raise ValueError(f"Detect: {len(in_channels)} input levels (channels {tuple(in_channels)}) but "
+                             f"{len(strides)} strides {tuple(strides)}: pass one stride per level")
+        if not strides or strides[0] <= 0 or any(b <= a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"Detect: strides {tuple(strides)} must be positive and increase from the finest level "
+                             "(the order of the feature maps)")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32), persistent=False)

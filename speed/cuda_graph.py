@@ -25,7 +25,7 @@ class _TrainLoss(nn.Module):
         self.amp_dtype = amp_dtype
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """images: float [B, 3, H, W]; targets: [M, 6] (batch_idx, cls, cx, cy, w, h) -> unweighted parts [3]."""
+        """images: float [B, C, H, W]; targets: [M, 6] (batch_idx, cls, cx, cy, w, h) -> unweighted parts [3]."""
         with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
                             cache_enabled=False):  # no weight cache: graph capture needs it off
             preds = self.model(images)
@@ -46,7 +46,7 @@ class GraphedTrainLoss:
     def __init__(self, model: nn.Module, criterion: Callable, sample: torch.Tensor, max_targets: int,
                  amp_dtype: Optional[torch.dtype], warmup_iters: int = 3):
         """model: on CUDA, in training mode (frozen parts as they will train); criterion: a DetectionLoss; sample:
-        float [B, 3, H, W] on the same device with the memory format of the training batches (only its shape and
+        float [B, C, H, W] on the same device with the memory format of the training batches (only its shape and
         layout are used); max_targets: target rows the graph holds (a batch's targets are padded to it)."""
         if sample.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -63,7 +63,7 @@ class GraphedTrainLoss:
         torch.cuda.synchronize(sample.device)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted loss parts {"box", "cls", "dfl"} of images [B, 3, H, W] and targets [M, 6]."""
+        """Unweighted loss parts {"box", "cls", "dfl"} of images [B, C, H, W] and targets [M, 6]."""
         if (self.model.training and torch.is_grad_enabled() and tuple(images.shape) == self.shape
                 and targets.shape[0] <= self.max_targets):
             parts = self._graphed(images, pad_targets(targets.float(), self.max_targets, self.shape[0]))

@@ -19,10 +19,10 @@ from training.optim import build_optimizer
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _batch(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random float images [n, 3, size, size] (channels_last, CUDA) and targets [M, 6]."""
+def _batch(n: int, size: int, seed: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random float images [n, channels, size, size] (channels_last, CUDA) and targets [M, 6]."""
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 3, size, size, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+    images = torch.rand(n, channels, size, size, generator=g).cuda().contiguous(memory_format=torch.channels_last)
     m = 3 * n
     wh = torch.rand(m, 2, generator=g) * 40 + 8
     cxy = torch.rand(m, 2, generator=g) * (size - 60) + 30
@@ -96,6 +96,23 @@ def test_graphed_loss_falls_back_for_other_shapes_many_targets_and_no_grad():
     with torch.autocast("cuda", dtype=torch.float16):
         graphed(images, targets[:-1])
     assert len(replays) == 1
+
+
+def test_graph_of_a_five_channel_model_replays_and_matches_eager():
+    """The captured shape is the sample's: a 5-channel model (RGB + event fusion) graphs like a 3-channel one."""
+    torch.manual_seed(0)
+    model = build_model("n", 1, in_channels=5).cuda().to(memory_format=torch.channels_last).train()
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    images, targets = _batch(4, 128, 5, channels=5)
+    graphed = GraphedTrainLoss(model, criterion, torch.empty_like(images), 32, torch.float16)
+    replays = []
+    replay = graphed._graphed
+    graphed._graphed = lambda *args: replays.append(1) or replay(*args)
+    eager_model = copy.deepcopy(model)
+    _, loss_graph = _grads(model, graphed, criterion, images, targets)
+    _, loss_eager = _grads(eager_model, _eager(eager_model, criterion), criterion, images, targets)
+    assert replays and graphed.shape == (4, 5, 128, 128)
+    torch.testing.assert_close(loss_graph, loss_eager, rtol=1e-3, atol=1e-4)
 
 
 def test_device_batches_hands_out_each_batch_whole_while_the_main_stream_is_busy():
