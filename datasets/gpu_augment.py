@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from datasets.augment import HSV_KEY
-from utils.images import uint8_to_float
+from utils.device_batches import uint8_to_float
 
 
 def hsv_jitter_rgb(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def jittered_float(images: torch.Tensor, jitter: torch.Tensor, channels_last: bo
 
 
 class BatchHSV:
-    """A batch transform of the training loop (training.engine.BatchTransform): a collate_fred batch whose items
+    """A batch transform of the training loop (utils.device_batches.BatchTransform): a collate_fred batch whose items
     carry their HSV draw -> float images on the device, jittered. fn: jittered_float, or the same computation
     compiled (speed/compiled.py)."""
 

@@ -27,7 +27,9 @@ import torch
 from evaluation.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
                                     summarize)
 from evaluation.postprocess import non_max_suppression
-from training.engine import loss_means, prefetched, raw_outputs, to_device, weighted_parts
+from evaluation.val_loss import loss_means, raw_outputs
+from nets.loss import weighted_parts
+from utils.device_batches import prefetched, to_device
 from utils.letterbox import boxes_xyxy_letterbox_to_original
 
 LOGGER = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ _STATS_KEYS = {"mAP50_95": 0, "mAP50": 1, "mAP75": 2, "AP_small": 3, "AP_medium"
 @dataclass(frozen=True)
 class EvalResult:
     """What evaluate() returns: metrics, COCO results (as rows; as dicts on first use of .detections), COCO ground
-    truth, COCOeval precision array, and the loss (engine.evaluate_loss's dict) when evaluate() had a criterion."""
+    truth, COCOeval precision array, and the loss (val_loss.evaluate_loss's dict) when evaluate() had a criterion."""
 
     metrics: dict
     results: np.ndarray  # float64 [N, 7] image_id, x, y, w, h, score, category_id: loadRes' array form
@@ -225,7 +227,7 @@ def _evaluate_batch(model: torch.nn.Module, batch: dict, tensors: tuple[torch.Te
                     nms: tuple[float, float, int], criterion: Callable | None, loss_sums: torch.Tensor) -> float:
     """One batch of evaluate(): its results rows appended (and loss parts added into loss_sums), frames marked seen;
     returns the seconds of forward + NMS + results to the host. tensors: the batch's float images and its targets
-    on the device (engine.to_device), copied there ahead of time (engine.prefetched)."""
+    on the device (device_batches.to_device), copied there ahead of time (device_batches.prefetched)."""
     index = batch["index"].numpy().astype(np.int64)
     keep = np.zeros(len(index), dtype=bool)  # first occurrence of each frame (a bad image may be replaced)
     keep[np.unique(index, return_index=True)[1]] = True

@@ -127,3 +127,8 @@ class DetectionLoss:
         target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
         dfl = (distribution_focal_loss(pred_dist, target_ltrb) * anchor_weight).sum() / target_scores_sum
         return {"box": box, "cls": cls, "dfl": dfl}
+
+
+def weighted_parts(parts: dict, weights: dict) -> torch.Tensor:
+    """Stack weight * part for box, cls, dfl: tensor [3]; its sum is the per-image loss."""
+    return torch.stack([parts[k].float() * weights[k] for k in LOSS_PARTS])

@@ -19,7 +19,7 @@ from datasets.gpu_augment import BatchHSV, hsv_jitter_rgb, jittered_float
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from speed import compiled
 from speed.compiled import build_batch_transform
-from training import engine
+from utils import device_batches
 from utils.config import config_dict
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox
 
@@ -320,7 +320,7 @@ def test_collate_shapes_and_dtypes(frames):
     lb = cv2.cvtColor(letterbox(cv2.imread(str(frames[2].image)), (64, 96))[0], cv2.COLOR_BGR2RGB)
     assert np.array_equal(items[2]["image"].permute(1, 2, 0).numpy(), lb)  # RGB, letterboxed
     for channels_last in (True, False):
-        x = engine.images_to_device(batch["images"], torch.device("cpu"), channels_last)
+        x = device_batches.images_to_device(batch["images"], torch.device("cpu"), channels_last)
         assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         assert torch.equal(x, batch["images"].float() / 255)
     counts = [len(it["boxes"]) for it in items]
@@ -445,8 +445,8 @@ def test_hsv_in_batch_keeps_the_geometry_and_matches_the_worker_jitter(frames):
     assert batch[HSV_KEY].shape == (6, 3) and batch[HSV_KEY].abs().sum() > 0
     transform = build_batch_transform(gpu.augmentation, compiled=False)
     assert isinstance(transform, BatchHSV) and build_batch_transform(cpu.augmentation, compiled=True) is None
-    images, targets = engine.to_device(batch, torch.device("cpu"), False, transform)
-    ref_images, ref_targets = engine.to_device(collate_fred(items_cpu), torch.device("cpu"), channels_last=False)
+    images, targets = device_batches.to_device(batch, torch.device("cpu"), False, transform)
+    ref_images, ref_targets = device_batches.to_device(collate_fred(items_cpu), torch.device("cpu"), channels_last=False)
     assert torch.equal(targets, ref_targets)  # the same random draws: the same crops, flips and boxes
     diff = (images - ref_images).abs() * 255
     assert diff.mean() < 1.0 and diff.max() <= 8.5
@@ -459,8 +459,9 @@ def test_the_engine_and_evaluator_leave_augmentation_to_the_batch_transform():
     import ast
     import inspect
 
-    from evaluation import evaluator
-    for module in (engine, evaluator):
+    from evaluation import evaluator, val_loss
+    from training import engine
+    for module in (engine, evaluator, val_loss, device_batches):
         source = inspect.getsource(module)
         imported = [n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names]

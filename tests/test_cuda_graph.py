@@ -15,6 +15,7 @@ from speed.cuda_graph import GraphedTrainLoss
 from training import engine
 from training.ema import ModelEMA
 from training.optim import build_optimizer
+from utils import device_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -122,7 +123,7 @@ def test_device_batches_hands_out_each_batch_whole_while_the_main_stream_is_busy
                 "targets": torch.full((1, 6), float(i)).pin_memory()} for i in range(6)]
     busy = torch.randn(2048, 2048, device="cuda")
     seen = []
-    for i, (images, targets) in enumerate(engine.device_batches(batches, torch.device("cuda"), True)):
+    for i, (images, targets) in enumerate(device_batches.device_batches(batches, torch.device("cuda"), True)):
         for _ in range(20):  # a long queue on the main stream before the batch is read there
             busy = busy @ busy
             busy = busy / busy.norm()

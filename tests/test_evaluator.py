@@ -428,7 +428,7 @@ class ContentEcho(TargetEcho):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channels_last):
-    """On CUDA the images go to the device one batch ahead (engine.prefetched): GT boxes in, GT boxes out still."""
+    """On CUDA the images go to the device one batch ahead (utils.device_batches.prefetched): GT boxes in, GT boxes out still."""
     generate_fred(str(tmp_path / "fred"), sequences=4, frames=6, seed=1, size=(96, 160))
     frames = build_fred_index(str(tmp_path / "fred"), "event", cache_dir=str(tmp_path / "cache")).val
     model = ContentEcho()
@@ -447,9 +447,9 @@ def test_evaluate_on_cuda_pairs_each_batch_with_its_own_images(tmp_path, channel
 
 
 def test_evaluate_with_criterion_gives_the_val_loss_of_the_same_pass(tmp_path):
-    """One pass for mAP and val loss: the loss equals engine.evaluate_loss's, the metrics those without it."""
+    """One pass for mAP and val loss: the loss equals val_loss.evaluate_loss's, the metrics those without it."""
     from nets.loss import DetectionLoss
-    from training.engine import evaluate_loss
+    from evaluation.val_loss import evaluate_loss
     root = tmp_path / "fred"
     generate_fred(str(root), sequences=3, frames=6, seed=2, size=(96, 160))
     idx = build_fred_index(str(root), "event", split="random:0.5:0")

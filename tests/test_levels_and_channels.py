@@ -17,7 +17,7 @@ from evaluation.postprocess import non_max_suppression
 from nets import build_model, freeze_backbone, load_weights
 from nets.loss import DetectionLoss, total_loss
 from nets.yolov8 import REG_MAX, Detect
-from training.engine import raw_outputs
+from evaluation.val_loss import raw_outputs
 
 P2_STRIDES = (4, 8, 16, 32)
 P2_CHANNELS = (32, 64, 128, 256)  # the widths yolov8n-p2 feeds its head

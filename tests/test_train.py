@@ -34,10 +34,12 @@ from nets import build_model, load_weights
 from nets.loss import DetectionLoss
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
 from tools.synthetic import generate_fred
+from evaluation import val_loss
 from training import engine
 from training.ema import ModelEMA
 from training.epoch_end import val_loss_fitness
 from training.optim import build_optimizer, lr_at, scale_lr_for_batch
+from utils import device_batches
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.config import config_dict
 
@@ -503,7 +505,7 @@ def test_nonfinite_model_stops_the_run_and_is_never_saved(data, tmp_path, capsys
 def test_nonfinite_model_or_val_loss_after_a_finite_epoch_keeps_last_and_best(data, tmp_path, monkeypatch, capsys,
                                                                               kind):
     seen, calls = {}, []
-    train_one_epoch, evaluate_loss = engine.train_one_epoch, engine.evaluate_loss
+    train_one_epoch, evaluate_loss = engine.train_one_epoch, val_loss.evaluate_loss
 
     def poisoned_epoch(model, *args, **kwargs):
         calls.append(1)
@@ -520,7 +522,7 @@ def test_nonfinite_model_or_val_loss_after_a_finite_epoch_keeps_last_and_best(da
         return {**val, "loss": math.nan} if len(calls) == 2 and kind == "val_loss" else val
 
     monkeypatch.setattr(engine, "train_one_epoch", poisoned_epoch)
-    monkeypatch.setattr(engine, "evaluate_loss", poisoned_val)
+    monkeypatch.setattr(val_loss, "evaluate_loss", poisoned_val)
     rc = train_fred.main(tiny_args(data, tmp_path) + ["--no_eval_map"])
     err = capsys.readouterr().err
     assert rc == 4, err[-2000:]
@@ -904,7 +906,7 @@ def test_train_one_epoch_takes_each_batchs_images_from_the_step_options_batch_tr
 
     def transform(host_batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
         seen.append((host_batch["mark"], device.type, channels_last))
-        return engine.images_to_device(host_batch["images"], device, channels_last)
+        return device_batches.images_to_device(host_batch["images"], device, channels_last)
 
     options = engine.StepOptions(log_interval=2, nan_patience=100, channels_last=True, batch_transform=transform)
     stats = engine.train_one_epoch(model, None, criterion, optimizer, scaler, [{**batch, "mark": k} for k in range(3)],
@@ -920,14 +922,14 @@ def test_run_with_the_speed_options_on(data, tmp_path):
     """HSV_ON_GPU, HSV_COMPILE and CUDA_GRAPH (the defaults) in a real run on the CPU: it trains, all are ignored,
     and the workers keep the HSV jitter (the GPU path is tests/test_cuda_graph.py's)."""
     seen = []
-    to_device = engine.to_device
+    to_device = device_batches.to_device
 
     def spy(batch, device, channels_last, transform=None):
         seen.append((HSV_KEY in batch, transform))
         return to_device(batch, device, channels_last, transform)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "to_device", spy)
+        mp.setattr(device_batches, "to_device", spy)
         with contextlib.redirect_stdout(io.StringIO()):
             rc = train_fred.main(tiny_args(data, tmp_path, "HSV_ON_GPU=True", "CUDA_GRAPH=True", "EVAL_PERIOD=5",
                                            epochs=2))

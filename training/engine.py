@@ -1,25 +1,20 @@
-"""One training epoch and the validation loss (torchvision references style): what changes per epoch as arguments,
-how each step is taken as one StepOptions."""
-import contextlib
+"""One training epoch (torchvision references style): what changes per epoch as arguments, how each step is taken
+as one StepOptions."""
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from nets.loss import LOSS_PARTS
+from nets.loss import LOSS_PARTS, weighted_parts
 from training.ema import ModelEMA
-from utils.images import uint8_to_float
+from utils.device_batches import BatchTransform, device_batches
 
 SUM_KEYS = ("sums", "finite_steps", "run", "max_run")  # train_one_epoch's running totals, as in its epoch_sums
-# What turns a host batch into the network's input, on the device: (collate_fred batch, device, channels_last) ->
-# float images [B, C, H, W] in 0..1. The training loop takes one (the batch half of the augmentation, built with the
-# data); without one, the batch's uint8 images are copied and converted (images_to_device()).
-BatchTransform = Callable[[dict, torch.device, bool], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -43,70 +38,6 @@ class StepOptions:
     def fixed_scale(self) -> bool:
         """Whether the GradScaler's scale is held at 1 (it then only finds non-finite gradients): all but fp16."""
         return self.amp_dtype is not torch.float16
-
-
-def images_to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 [B, C, H, W] (any memory layout) -> uint8_to_float() on device; the copy keeps the host layout
-    (collate_fred's NHWC: no transposing copy when channels_last) and the rest runs there."""
-    return uint8_to_float(images.to(device, non_blocking=True), channels_last)
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool, transform: Optional[BatchTransform] = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A collate_fred batch on device: its float images (transform(), or without one images_to_device()) and its
-    targets [M, 6]."""
-    if transform is None:
-        images = images_to_device(batch["images"], device, channels_last)
-    else:
-        images = transform(batch, device, channels_last)
-    return images, batch["targets"].to(device, non_blocking=True)
-
-
-def device_batches(loader: Iterable[dict], device: torch.device, channels_last: bool,
-                   transform: Optional[BatchTransform] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """to_device() of each batch of loader; on CUDA one batch ahead, on a side stream (prefetched())."""
-    for _, tensors in prefetched(loader, device, lambda batch: to_device(batch, device, channels_last, transform)):
-        yield tensors
-
-
-def prefetched(loader: Iterable[dict], device: torch.device, fn: Callable[[dict], tuple[torch.Tensor, ...]]
-               ) -> Iterator[tuple[dict, tuple[torch.Tensor, ...]]]:
-    """(batch, fn(batch)) for each batch of loader, fn making the batch's device tensors; on CUDA one batch ahead.
-
-    On CUDA fn(batch i+1) (copy and normalisation) is queued on its own stream before batch i is handed out, so it
-    overlaps batch i's work on the GPU: the consuming stream waits for a batch's copy (an event) only when that
-    batch is handed out, never for the copy of the next one.
-    """
-    if device.type != "cuda":
-        for batch in loader:
-            yield batch, fn(batch)
-        return
-    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
-    pending = None
-    for batch in loader:
-        with torch.cuda.stream(side):
-            ready = fn(batch)
-        copied = side.record_event()
-        if pending is not None:
-            yield pending[0], _hand_out(*pending[1:], main)
-        pending = (batch, ready, copied)
-    if pending is not None:
-        yield pending[0], _hand_out(*pending[1:], main)
-
-
-def _hand_out(ready: tuple[torch.Tensor, ...], copied: torch.cuda.Event, main: torch.cuda.Stream
-              ) -> tuple[torch.Tensor, ...]:
-    """Tensors made on the side stream, for use on main: main waits for their copy (event), and the allocator may
-    not hand their memory back to the side stream before main is done with them."""
-    main.wait_event(copied)
-    for t in ready:
-        t.record_stream(main)
-    return ready
-
-
-def weighted_parts(parts: dict, weights: dict) -> torch.Tensor:
-    """Stack weight * part for box, cls, dfl: tensor [3]; its sum is the per-image loss."""
-    return torch.stack([parts[k].float() * weights[k] for k in LOSS_PARTS])
 
 
 def gpu_mem_gb(device: torch.device) -> float:
@@ -208,38 +139,3 @@ def _read_stats(sums: torch.Tensor, finite_steps: torch.Tensor, steps: int, imag
     elapsed = max(time.perf_counter() - clock["t0"], 1e-9)
     return {**means, "loss": sum(means.values()), "lr": lr, "skipped": steps - int(n), "img_per_s": images / elapsed,
             "data_wait_pct": 100.0 * clock["waited"] / elapsed, "gpu_mem_GB": gpu_mem_gb(device)}
-
-
-@contextlib.contextmanager
-def raw_outputs(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put model in train mode (raw head maps for the loss) with BatchNorm in eval mode."""
-    was_training = model.training
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, criterion: Callable, loader: torch.utils.data.DataLoader, device: torch.device,
-                  amp_dtype: Optional[torch.dtype], channels_last: bool = False, show_progress: bool = False) -> dict:
-    """Mean weighted loss parts (box, cls, dfl) and their sum over loader, BatchNorm using running statistics."""
-    sums, batches = torch.zeros(3, device=device), 0
-    with raw_outputs(model):
-        for images, targets in tqdm(device_batches(loader, device, channels_last), desc="val loss",
-                                    total=len(loader), disable=not show_progress, dynamic_ncols=True, leave=False):
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                preds = model(images)
-                sums += weighted_parts(criterion(preds, targets, tuple(images.shape[2:])), criterion.weight_dict)
-            batches += 1
-    return loss_means(sums, batches)
-
-
-def loss_means(sums: torch.Tensor, batches: int) -> dict:
-    """Summed weighted loss parts [3] over `batches` batches -> {box, cls, dfl: per-batch mean, loss: their sum}."""
-    means = {k: v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums.tolist())}
-    return {**means, "loss": sum(means.values())}

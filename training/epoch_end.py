@@ -9,8 +9,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from evaluation import val_loss
 from evaluation.evaluator import evaluate
-from training import engine
 from training.ema import ModelEMA
 from training.run_log import RunLog
 from utils.checkpoint import atomic_save, weights_only
@@ -64,7 +64,7 @@ class EpochEnd:
             result = evaluate(self.ema.ema, self.val_loader, self.val_frames, self.device, criterion=self.criterion,
                               **self.eval_settings)
             return result.loss, result.metrics
-        return engine.evaluate_loss(self.ema.ema, self.criterion, self.val_loader, self.device, self.amp_dtype,
+        return val_loss.evaluate_loss(self.ema.ema, self.criterion, self.val_loader, self.device, self.amp_dtype,
                                     self.eval_settings["channels_last"]), None
 
     def __call__(self, epoch: int, phase: str, batch: int, stats: dict, epoch_start: float,
