@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredIndex, build_fred_index
-from datasets.loader import build_loader, capped_workers
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
 from nets.loss import DetectionLoss
+from speed.batch_ring import build_loader
 from speed.compiled import build_batch_transform
 from speed.cuda_graph import GraphedTrainLoss
 from speed.frame_cache import FrameCache, open_frame_cache
@@ -116,6 +116,11 @@ def check_config(cfg: dict, world: int = 1) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data
+def capped_workers(workers: int) -> int:
+    """Loader processes to start for a setting of `workers`: at most the CPU count, at least 0."""
+    return max(0, min(workers, os.cpu_count() or 1))
+
+
 def build_index(cfg: dict, modality: str, val_only: bool = False) -> FredIndex:
     """The FRED index of DATA_ROOT for modality and SPLIT (val_only: scan the val sequences only)."""
     return build_fred_index(cfg["DATA_ROOT"], modality, split=cfg["SPLIT"], frame_stride=cfg["FRAME_STRIDE"],

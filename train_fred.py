@@ -65,7 +65,6 @@ import torch  # noqa: E402
 import build_fred  # noqa: E402
 from datasets.fred_dataset import FredDataset  # noqa: E402
 from datasets.fred_index import FredDataError, FredIndex  # noqa: E402
-from datasets.loader import capped_workers  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
 from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
 from training import engine  # noqa: E402
@@ -494,7 +493,7 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                                                                                                        phase.name)),
                       flush=True)
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
-                    print(data_wait_hint(cfg, stats["data_wait_pct"], capped_workers(cfg["NUM_WORKERS"]),
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"]),
                                          device.type == "cuda"), flush=True)
                     hinted = True
             dist.barrier()

@@ -435,7 +435,7 @@ def _time_our_loader(cfg: dict, frames: list, b: Bench, device) -> dict:
     import torch
 
     import build_fred
-    from datasets.loader import capped_workers
+    from build_fred import capped_workers
 
     a = b.a
     cache = build_fred.build_frame_cache(cfg, frames, "train", progress=False)
@@ -575,7 +575,7 @@ def part_eval(b: Bench) -> dict:
     import io
 
     import eval_fred
-    from datasets.loader import capped_workers
+    from build_fred import capped_workers
 
     a = b.a
     out: dict = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -32,18 +32,36 @@ from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterb
 
 if TYPE_CHECKING:
     from datasets.fred_index import Frame
-    from speed.frame_cache import FrameCache
 
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_BAD_IMAGES = 100  # this many unreadable images in a row is a data problem, not a bad frame
 
 
+class FrameSource(Protocol):
+    """Frames decoded ahead of time, by position in the dataset's frame list (speed/frame_cache.FrameCache)."""
+
+    bin_path: str
+
+    def matches(self, paths: list[str]) -> bool:
+        """Whether it holds exactly these images, in this order."""
+
+    def get(self, i: int) -> np.ndarray | None:
+        """Frame i's BGR uint8 image, pre-resized; None when it could not be decoded."""
+
+    def orig_shape(self, i: int) -> tuple[int, int]:
+        """Frame i's original (h, w)."""
+
+    def bad_reason(self, i: int) -> str | None:
+        """Why frame i could not be decoded (None when it was)."""
+
+
+
 class FredDataset(Dataset):
     """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
 
     def __init__(self, frames: list[Frame], input_shape: tuple[int, int], augmentation: Augmentation | None = None,
-                 *, frame_cache: FrameCache | None = None, bad_image_log: str | None = None, seed: int = 0):
+                 *, frame_cache: FrameSource | None = None, bad_image_log: str | None = None, seed: int = 0):
         """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised);
         augmentation: training samples augmented so, or None for validation samples (letterbox only);
         frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files;

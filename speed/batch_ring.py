@@ -16,6 +16,7 @@ j - prefetch_factor - 1 has been copied out of the ring: prefetch_factor + 1 slo
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import mmap
 import multiprocessing
@@ -25,9 +26,11 @@ import tempfile
 import weakref
 
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from datasets.fred_dataset import collate_fred, collate_labels
+
+LOGGER = logging.getLogger(__name__)
 
 PREFETCH_FACTOR = 2  # batches in flight per worker: the DataLoader's prefetch_factor; the ring has one slot more
 SHM_DIR = "/dev/shm"  # tmpfs (RAM) where the ring's buffer lives
@@ -142,3 +145,28 @@ class RingCollate:
                              f"{tuple(out.shape[1:])}: build the loader with the dataset's image shape")
         torch.stack(images, out=out)
         return RingBatch(self.ring.id, info.id, slot, len(batch), collate_labels(batch))
+
+
+def build_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, pin_memory: bool,
+                 image_shape: tuple[int, int, int], ring: bool = True, **kwargs) -> DataLoader:
+    """DataLoader of collate_fred batches. With ring, forked workers and pin_memory on CUDA (the pin-memory thread
+    resolves ring batches) they come through a BatchRing of image_shape (H, W, C) images, PREFETCH_FACTOR + 1 slots
+    per worker (fewer when the sampler gives fewer batches), when /dev/shm has twice its size free beside the rings
+    already made (else a warning and no ring). One iterator at a time per loader: two live iterators of one
+    non-persistent loader would share its slots. kwargs go to DataLoader (persistent_workers, worker_init_fn,
+    generator, drop_last)."""
+    use_ring = ring and workers > 0 and pin_memory and torch.cuda.is_available() and ring_supported()
+    slots = max(1, min(PREFETCH_FACTOR + 1, math.ceil(math.ceil(len(sampler) / batch_size) / max(workers, 1))))
+    nbytes = workers * slots * batch_size * math.prod(image_shape)
+    free = shm_free_bytes() - reserved_bytes() if use_ring else 0  # other rings' pages may not be written yet
+    if use_ring and free < 2 * nbytes:  # room for it and other loaders' batches: a worker writing to a full tmpfs dies
+        LOGGER.warning("%s has %.1f GB free beside the batch rings already made, too little for a %.1f GB batch "
+                       "ring: batches go through DataLoader's own shared memory (grow /dev/shm, e.g. docker run "
+                       "--shm-size=8g, or lower NUM_WORKERS)", SHM_DIR, free / 1e9, nbytes / 1e9)
+        use_ring = False
+    if not use_ring:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate_fred, pin_memory=pin_memory, **kwargs)
+    ring = BatchRing(workers, slots, batch_size, image_shape, persistent=bool(kwargs.get("persistent_workers")))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=RingCollate(ring), pin_memory=True, prefetch_factor=PREFETCH_FACTOR, **kwargs)

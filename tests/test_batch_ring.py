@@ -1,4 +1,4 @@
-"""Batches through the shared-memory ring (speed/batch_ring.py) and datasets/loader.py's choice of it: the same
+"""Batches through the shared-memory ring (speed/batch_ring.py) and build_loader (its choice of it): the same
 batches as collate_fred, whole and in order, with real DataLoader workers racing ahead; the pinned path on CUDA."""
 import faulthandler
 import multiprocessing
@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from datasets.fred_dataset import collate_fred
-from datasets.loader import build_loader
 from speed import batch_ring
-from speed.batch_ring import PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, shared_uint8
+from speed.batch_ring import (PREFETCH_FACTOR, SHM_DIR, BatchRing, RingBatch, RingCollate, build_loader,
+                              shared_uint8)
 
 
 class Items(Dataset):
@@ -113,11 +113,11 @@ def test_build_loader_without_room_in_dev_shm_warns_and_takes_no_ring(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     ring_bytes = 2 * 3 * 4 * 24 * 32 * 3  # 2 workers x 3 slots x batch 4 x image
     before = batch_ring.reserved_bytes()
-    monkeypatch.setattr("datasets.loader.shm_free_bytes", lambda: before + 2 * ring_bytes)
+    monkeypatch.setattr("speed.batch_ring.shm_free_bytes", lambda: before + 2 * ring_bytes)
     first = build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3))
     assert isinstance(first.collate_fn, RingCollate)
     assert batch_ring.reserved_bytes() == before + ring_bytes  # counted, though none of its pages is written yet
-    monkeypatch.setattr("datasets.loader.shm_free_bytes", lambda: before + 3 * ring_bytes - 1)  # 2x beside first's: no
+    monkeypatch.setattr("speed.batch_ring.shm_free_bytes", lambda: before + 3 * ring_bytes - 1)  # 2x beside first's: no
     with caplog.at_level("WARNING"):
         assert build_loader(ds, 4, SequentialSampler(ds), 2, True, (24, 32, 3)).collate_fn is collate_fred
     assert "too little for a" in caplog.text and "--shm-size" in caplog.text
