@@ -275,7 +275,7 @@ def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, run_a, tmp_p
     assert load_checkpoint(last)["epoch"] == 1
     monkeypatch.setattr(engine, "train_one_epoch", rec.original)
     capsys.readouterr()
-    assert train_fred.main(["--resume", last]) == 0
+    assert train_fred.main(["--resume", last, "--device", "cpu"]) == 0
     assert final_json(capsys.readouterr().out)["epochs"] == 2
 
     a = load_checkpoint(os.path.join(run_a["run_dir"], "last.pth"))
@@ -319,7 +319,7 @@ def test_mid_epoch_resume_with_augmentation_matches_the_uninterrupted_run(data, 
     run_dir = only_run_dir(tmp_path / "run")
     last = os.path.join(run_dir, "last.pth")
     assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["iteration"]) == (0, 1)
-    assert train_fred.main(["--resume", last, "--set", "NUM_WORKERS=2"]) == 0
+    assert train_fred.main(["--resume", last, "--device", "cpu", "--set", "NUM_WORKERS=2"]) == 0
 
     a, b = load_checkpoint(os.path.join(ref_dir, "last.pth")), load_checkpoint(last)
     assert b["epoch"] == a["epoch"] == 2 and b["ema_updates"] == a["ema_updates"] == 6
@@ -341,7 +341,8 @@ def test_larger_unfreeze_epoch_extends_a_finished_run(run_a, tmp_path, capsys):
     shutil.copytree(run_a["run_dir"], run_dir)
     assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth")]) == 0  # finished: nothing to do
     assert "nothing to do: 2 epochs done" in capsys.readouterr().out
-    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth"), "--set", "UNFREEZE_EPOCH=3"]) == 0
+    assert train_fred.main(["--resume", os.path.join(run_dir, "last.pth"), "--device", "cpu",
+                            "--set", "UNFREEZE_EPOCH=3"]) == 0
     assert final_json(capsys.readouterr().out)["epochs"] == 3
     assert load_checkpoint(os.path.join(run_dir, "last.pth"))["epoch"] == 3
     rows = open(os.path.join(run_dir, "results.csv")).read().splitlines()
