@@ -242,10 +242,8 @@ def step_options(cfg: dict, device: torch.device, train_set: FredDataset) -> Ste
 def evaluation_settings(cfg: dict, device: torch.device) -> dict:
     """evaluation.evaluator.evaluate()'s keyword arguments from cfg: thresholds, AMP, class names, data root, layout
     (the same for the in-training mAP and eval_fred.py)."""
-    names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
-    names += [f"class{i}" for i in range(len(names), cfg["NUM_CLASSES"])]
     return {"conf_thres": cfg["CONFIDENCE"], "iou_thres": cfg["NMS_IOU"], "max_det": cfg["MAX_DET"],
-            "amp": cfg["FP16"], "amp_dtype": autocast_dtype(cfg["AMP_DTYPE"]), "class_names": names,
+            "amp": cfg["FP16"], "amp_dtype": autocast_dtype(cfg["AMP_DTYPE"]), "class_names": list(cfg["CLASS_NAMES"]),
             "data_root": cfg["DATA_ROOT"], "channels_last": channels_last(cfg, device)}
 
 

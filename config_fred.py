@@ -1,6 +1,7 @@
 """FRED-YOLO configuration: the one home of defaults.
 
-Read by train_fred.py and eval_fred.py only; they pass plain values down.
+Read by train_fred.py and eval_fred.py only, and turned into objects by build_fred.py; the code below them
+gets plain values.
 Override any key from the command line: `--set KEY=VALUE` (a Python literal).
 Defaults for the schedule, batch sizes and augmentation come from a user's RTX 3090
 tuning note, "FRED 数据集训练参数优化说明" (FRED dataset training-parameter optimisation notes).

@@ -234,13 +234,16 @@ FLAG_KEYS = {"data_root": "DATA_ROOT", "split": "SPLIT", "conf": "CONFIDENCE", "
 
 def eval_config(trained: dict, args: argparse.Namespace) -> dict:
     """config_fred.py's defaults, then the values the checkpoint was trained with that evaluation depends on
-    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set, then the flags; checked
-    like train_fred.py's (EvalError naming the key)."""
+    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set, then the flags; classes
+    without a name are called class<i>; checked like train_fred.py's (EvalError naming the key)."""
     cfg = config_dict(config_fred)
     cfg.update({k: v for k, v in trained.items() if k in FROM_CHECKPOINT and k in cfg})
     try:
         cfg = apply_overrides(cfg, args.sets)
         cfg.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
+        if not any(item.split("=", 1)[0].strip() == "CLASS_NAMES" for item in args.sets):  # class<i> for the unnamed
+            names = list(cfg["CLASS_NAMES"])[:cfg["NUM_CLASSES"]]
+            cfg["CLASS_NAMES"] = names + [f"class{i}" for i in range(len(names), cfg["NUM_CLASSES"])]
         build_fred.check_config(cfg)
     except ValueError as e:
         raise EvalError(str(e)) from None

@@ -279,22 +279,27 @@ class RunStop(Exception):
         self.code, self.message = code, message
 
 
-def oom_message(phase: str, cfg: dict, per_rank: int, world: int, during: str, run_dir: str) -> str:
+def oom_message(phase: str, cfg: dict, world: int, during: str, run_dir: Optional[str],
+                resume: Optional[str] = None) -> str:
     """The RTX 3090 tuning note's advice for CUDA out of memory: which batch size to lower (or CUDA_GRAPH to turn off
-    when a training graph is in use), and how to go on. during: "train", "CUDA graph capture" or "evaluation"."""
-    if during == "evaluation":
-        key = "EVAL_BATCH_SIZE"
-    else:
-        key = "FREEZE_BATCH_SIZE" if phase == "frozen" else "UNFREEZE_BATCH_SIZE"
+    when a training graph is in use), and how to go on. during: "setup", "train", "CUDA graph capture" (the start
+    of phase) or "evaluation"."""
+    if during == "setup":
+        again = f"continue with --resume {resume}" if resume else "start again"
+        return ("CUDA out of memory while setting up the run (model, weights, caches), before any training: free the "
+                f"GPU (nvidia-smi lists what else runs on it) or pick a smaller PHI, then {again}")
+    key = ("EVAL_BATCH_SIZE" if during == "evaluation" else
+           "FREEZE_BATCH_SIZE" if phase == "frozen" else "UNFREEZE_BATCH_SIZE")
+    world = 1 if during == "evaluation" else world  # rank 0 evaluates alone
     batch = cfg[key]
     lower = max(world, (batch * 3 // 4) // world * world)
     graph = cfg["CUDA_GRAPH"] and world == 1 and during != "evaluation"
     other = (" or --set CUDA_GRAPH=False (the graph holds memory of its own)" if graph else "") + (
         "" if cfg["FP16"] else "; FP16 = True also saves memory")
-    last = os.path.join(run_dir, "last.pth")
-    how = f"continue with --resume {last} --set {key}={lower}" if os.path.isfile(last) else "start again"
-    return (f"CUDA out of memory during {during} in the {phase} phase at batch size {batch} ({per_rank} per GPU): "
-            f"lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
+    last = os.path.join(run_dir, "last.pth") if run_dir else ""
+    how = f"continue with --resume {last} --set {key}={lower}" if last and os.path.isfile(last) else "start again"
+    return (f"CUDA out of memory during {during} in the {phase} phase at batch size {batch} ({batch // world} per "
+            f"GPU): lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
 def nonfinite_message(what: str, run_dir: str) -> str:
@@ -379,8 +384,8 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
 
 
 def setup_data(run: Run, index: FredIndex) -> None:
-    """The frame caches (rank 0 builds them), the training set, the warmup length and, on rank 0, the val loader,
-    the run log and the end-of-epoch unit."""
+    """The frame caches (rank 0 builds them), the training set, its step options (with the batch half of the
+    augmentation), the warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
     cfg, device, world = run.cfg, run.device, dist.get_world_size()
     caches = {}
     if dist.is_main():  # rank 0 builds the caches, the other processes then open the train one
@@ -471,27 +476,27 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
     """
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shape: let cuDNN pick the fastest kernels
     torch.manual_seed(cfg["SEED"])
-    run, phase, during, total = None, None, "setup", cfg["UNFREEZE_EPOCH"]
+    run, phase, during, total, world = None, None, "setup", cfg["UNFREEZE_EPOCH"], dist.get_world_size()
+    name = build_fred.phase_name(cfg, 0)  # the phase of the epoch under way
     try:
         run, index = setup_run(cfg, modality, device, resume, resume_state)
-        run.t_start = time.perf_counter() - run.train_seconds
         if run.start_epoch < total:
             setup_data(run, index)
         elif dist.is_main():
             print(f"nothing to do: {run.start_epoch} epochs done, UNFREEZE_EPOCH={total} (raise it with --set "
                   "UNFREEZE_EPOCH=N to train longer)")
-        hinted = False
+        run.t_start, hinted = time.perf_counter() - run.train_seconds, False
         for epoch in range(run.start_epoch, total):
-            if phase is None or phase.name != build_fred.phase_name(cfg, epoch):
+            name = build_fred.phase_name(cfg, epoch)
+            if phase is None or phase.name != name:
                 during, phase_start = "CUDA graph capture", epoch
                 phase = start_phase(run, epoch, phase)
             during, t0 = "train", time.perf_counter()
             stats = train_epoch(run, phase, epoch, stop)
             during = "evaluation"
             if dist.is_main():
-                print(run.epoch_end(epoch, phase.name, phase.batch, stats, t0, lambda done: run.state(done, 0,
-                                                                                                       phase.name)),
-                      flush=True)
+                print(run.epoch_end(epoch, name, phase.per_rank * world, stats, t0,
+                                    lambda done: run.state(done, 0, name)), flush=True)
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
                     print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"]),
                                          device.type == "cuda"), flush=True)
@@ -508,10 +513,7 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
         print(nonfinite_message(str(e), run.run_dir), file=sys.stderr, flush=True)
         return EXIT_NAN
     except torch.cuda.OutOfMemoryError:
-        name = phase.name if phase else build_fred.phase_name(cfg, run.start_epoch if run else 0)
-        per_rank, world = ((cfg["EVAL_BATCH_SIZE"], 1) if during == "evaluation" else
-                           (phase.per_rank if phase else 0, dist.get_world_size()))
-        print(oom_message(name, cfg, per_rank, world, during, run.run_dir if run else ""), file=sys.stderr, flush=True)
+        print(oom_message(name, cfg, world, during, run.run_dir if run else None, resume), file=sys.stderr, flush=True)
         return EXIT_OOM
     finally:
         if run is not None and run.log is not None:

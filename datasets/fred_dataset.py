@@ -56,7 +56,6 @@ class FrameSource(Protocol):
         """Why frame i could not be decoded (None when it was)."""
 
 
-
 class FredDataset(Dataset):
     """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
 

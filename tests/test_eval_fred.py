@@ -222,6 +222,13 @@ def test_set_values_are_checked_like_train_fred(fred, item, key, capsys):
     assert status == 2 and f"{key} must be" in err and "Traceback" not in err, err[-2000:]
 
 
+def test_another_class_count_needs_no_class_names(fred, capsys):
+    """--set NUM_CLASSES alone is a class-count question for the checkpoint, not a CLASS_NAMES error."""
+    status, _, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], "--set",
+                                        "NUM_CLASSES=2"], capsys)
+    assert status == 2 and "has 1 classes but NUM_CLASSES is 2" in err and "CLASS_NAMES" not in err.split("--set")[0]
+
+
 def test_training_time_map_equals_eval_fred(tmp_path, capsys):
     """train_fred.py's in-training mAP and eval_fred.py on its best.pth are the same number (same data, settings).
 

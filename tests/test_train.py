@@ -387,11 +387,30 @@ def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(
 def test_oom_advice_names_the_phase_batch_and_the_graph():
     cfg = {"FREEZE_BATCH_SIZE": 32, "UNFREEZE_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 32, "FP16": True,
            "CUDA_GRAPH": True}
-    capture = train_fred.oom_message("unfrozen", cfg, 16, 1, "CUDA graph capture", "/nonexistent")
+    capture = train_fred.oom_message("unfrozen", cfg, 1, "CUDA graph capture", "/nonexistent")
     assert "--set UNFREEZE_BATCH_SIZE=12" in capture and "CUDA_GRAPH=False" in capture
-    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 32, 1, "evaluation", "/nonexistent")
-    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", {**cfg, "CUDA_GRAPH": False}, 32, 1, "train", "/x")
-    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 16, 2, "train", "/x")  # ignored on 2 GPUs
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 1, "evaluation", "/nonexistent")
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", {**cfg, "CUDA_GRAPH": False}, 1, "train", "/x")
+    two = train_fred.oom_message("frozen", cfg, 2, "train", "/x")
+    assert "CUDA_GRAPH" not in two and "(16 per GPU)" in two  # the graph is not used on 2 GPUs
+    setup = train_fred.oom_message("frozen", cfg, 1, "setup", None, "runs/last.pth")
+    assert "setting up" in setup and "--resume runs/last.pth" in setup and "BATCH_SIZE" not in setup
+
+
+def test_oom_while_the_unfrozen_phase_starts_names_the_unfrozen_batch(data, tmp_path, monkeypatch, capsys):
+    """Out of memory while the next phase is built (CUDA graph capture at the unfreeze): the advice is that phase's."""
+    real = build_fred.graphed_loss
+
+    def capture(cfg, model, criterion, per_rank, *args):
+        if per_rank == 4:  # the unfrozen phase of tiny_args
+            _raise_oom()
+        return real(cfg, model, criterion, per_rank, *args)
+
+    monkeypatch.setattr(build_fred, "graphed_loss", capture)
+    assert train_fred.main(tiny_args(data, tmp_path)) == 3
+    err = capsys.readouterr().err
+    assert "during CUDA graph capture in the unfrozen phase at batch size 4" in err, err[-1500:]
+    assert "--set UNFREEZE_BATCH_SIZE=3" in err and "Traceback" not in err
 
 
 def test_val_loss_fitness_puts_epochs_without_box_loss_last():
