@@ -17,6 +17,22 @@ low-contrast over clutter, as on real FRED.
 
 Boxes are exact: RGB boxes enclose the drone's pixels after the RGB blur, clipped to the RGB field of view;
 event boxes enclose the drone's pixels at both ends of the 33 ms window of the event frame.
+
+`--profile hard` (FRED-hard; the default profile's output is unchanged) draws per sequence, from its own seeded
+streams: drone widths around a median of 8..26 px at 1280 (3.5..60 px, 2 px at least in any frame size),
+paths that dip in front of trees, buildings and ground; drone colours blended into what is behind them (day),
+a dark body with only its LEDs at night, stronger haze, sunset glare, RGB motion-blur streaks, auto-exposure
+swings and jumps, JPEG quality 35..69; more birds of drone size; hover windows where the drone stands nearly
+still and its propellers look still (few events), flickering lamps at night, denser rain, out-of-focus insects,
+more hot pixels and event noise; a static foreground (a pole, the scene's branch) in half the sequences.
+Domain shift: the canonical test (val) ids get night, rain or sunset and buildings and insects; train ids get
+only clear or overcast skies. A drone in view is always labelled: occluded drones keep the box of the whole
+drone as drawn behind the foreground, and a faint or motion-blurred drone keeps the box of its RGB coverage
+above half its peak. The manifest gains "profile": "hard" and, per sequence, "split", "hard" (the draws) and
+"frames": {"rgb"|"event": {frame stem: {night, rain, hovering, size, occluded}}}, where size is the bucket
+(tiny < 8 <= small < 16 <= medium < 32 <= large, px at 1280, "none" without a drone) of the narrowest drone
+in view at that step, hovering means a drone in view moves under 0.3 px per frame at 1280 and occluded that
+a quarter or more of a drone's pixels are behind the foreground.
 """
 from __future__ import annotations
 
@@ -655,6 +671,23 @@ def _hard_effects(plan: SequencePlan, horizon: float) -> HardEffects:
                        glare=glare, birds=birds)
 
 
+def _foreground(plan: SequencePlan, branch: tuple | None) -> tuple[np.ndarray, int, int]:
+    """Static foreground the drones pass behind: alpha [fh, fw] of a pole (and the scene's branch) and its offset."""
+    h, w = plan.size
+    k = w / REFERENCE_WIDTH
+    rng = np.random.default_rng([plan.seed, plan.seq_id, 8])
+    alpha = np.zeros((h, w), np.float32)
+    x, half = rng.uniform(0.25, 0.75) * w, max(1.0, rng.uniform(4, 12) * k)
+    cv2.rectangle(alpha, (round((x - half) * 4), round(rng.uniform(0.0, 0.3) * h * 4)),
+                  (round((x + half) * 4), h * 4), 1.0, -1, cv2.LINE_AA, shift=2)
+    if branch is not None:
+        b, bx0, by0, _ = branch
+        alpha[by0:by0 + b.shape[0], bx0:bx0 + b.shape[1]] = np.maximum(alpha[by0:by0 + b.shape[0],
+                                                                             bx0:bx0 + b.shape[1]], b)
+    ys, xs = np.nonzero(alpha)
+    return alpha[ys.min():ys.max() + 1, xs.min():xs.max() + 1], int(xs.min()), int(ys.min())
+
+
 def _motion_kernel(length: float, angle: float) -> np.ndarray | None:
     """Normalised line kernel of a motion-blur streak `length` px long at `angle`, None below 1 px."""
     if length < 1:
@@ -719,12 +752,11 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     branch_col = np.array([0.01, 0.012, 0.012] if night else [0.07, 0.11, 0.09], np.float32)
     tracks = _drone_tracks(track_rng, plan, horizon)
     fx = _hard_effects(plan, horizon) if hard is not None else None
-    foreground = None                                  # hard: a branch in front of the drones
+    foreground = None                                  # hard: a pole and a branch in front of the drones
     if fx is not None:
         birds += fx.birds
         if hard.occluder:
-            foreground = branch or _branch_sprite(np.random.default_rng([plan.seed, plan.seq_id, 8]), plan)
-            branch = None
+            foreground, branch = _foreground(plan, branch), None
         speeds = [np.hypot(np.gradient(t["x"]), np.gradient(t["y"])) for t in tracks]
 
     # RGB camera: exposure, haze, blur, noise; event camera: contrast threshold with per-pixel mismatch, noise
@@ -828,9 +860,7 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
         if fx is not None:
             hidden = 0.0
             if foreground is not None:
-                alpha, bx0, by0, pivot = foreground
-                rot = cv2.getRotationMatrix2D(pivot, sway_amp * math.sin(sway_w * step), 1.0)
-                a = cv2.warpAffine(alpha, rot, (alpha.shape[1], alpha.shape[0]))
+                a, bx0, by0 = foreground
                 hidden = max([_hidden_share(m, a, bx0, by0) for m in drone_masks], default=0.0)
                 roi = world[by0:by0 + a.shape[0], bx0:bx0 + a.shape[1]]
                 roi *= 1 - a[..., None]
