@@ -369,3 +369,17 @@ def test_hard_drones_are_tiny_at_1280():
     assert drawn and 4 <= np.median(drawn) <= 34
     with pytest.raises(ValueError):
         plan_sequence(3, 0, 4, 0, (64, 128), "extreme")
+
+
+def test_hard_occluded_drone_keeps_its_label():
+    plan = plan_sequence(50, 5, 30, 0, (180, 320), "hard")   # a sequence whose drone passes behind the pole
+    assert plan.hard.occluder
+    a, fx0, fy0 = synthetic._foreground(plan, None)
+    occluded = 0
+    for r in render_sequence(plan):
+        shares = [synthetic._hidden_share(m, a, fx0, fy0) for m in r.drone_masks]
+        if r.conditions["occluded"]:
+            occluded += 1
+            assert max(shares) >= synthetic.OCCLUDED_FRACTION
+            assert len(r.coord_boxes) == sum(m.mask.any() for m in r.drone_masks), "an occluded drone is labelled"
+    assert occluded > 0
