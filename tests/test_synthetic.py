@@ -284,3 +284,102 @@ def test_cli_and_rewrite(tmp_path, capsys):
         generate_fred(str(foreign), 1, 4, size=(64, 128), ids=[7])
     with pytest.raises(ValueError):
         generate_fred(str(tmp_path / "bad"), 2, 4, size=(64, 128), ids=[7])
+
+
+# sha1 over (relative path, file sha1) of generate_fred(d, 4, 6, seed=0, size=(72, 128), ids=[3, 8, 12, 40]),
+# computed with the code before the hard profile existed (opencv 5.1.0, numpy 2.4.6; JPEG/PNG encoders of
+# other builds may differ)
+DEFAULT_TREE_SHA1 = "9de7615b496e021a6af8594f41576e191fba6dec"
+
+
+def test_default_profile_output_unchanged(tmp_path):
+    generate_fred(str(tmp_path), 4, 6, seed=0, size=(72, 128), ids=[3, 8, 12, 40])
+    digest = hashlib.sha1()
+    for rel, sha in tree_digest(tmp_path).items():
+        digest.update(rel.encode())
+        digest.update(bytes.fromhex(sha))
+    assert digest.hexdigest() == DEFAULT_TREE_SHA1
+
+
+HARD_IDS = [3, 8, 9, 12, 40, 50]   # canonical: 8, 9 and 12 are test (val) ids
+
+
+@pytest.fixture(scope="module")
+def hard_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fred_hard")
+    assert main(["--out", str(root), "--ids", ",".join(map(str, HARD_IDS)), "--frames", "8", "--width", "320",
+                 "--height", "180", "--workers", "1", "--profile", "hard"]) == 0
+    return root, synthetic.json.loads((root / MANIFEST_NAME).read_text())
+
+
+def test_hard_profile_flag_and_domain_shift(hard_tree):
+    _, manifest = hard_tree
+    assert manifest["profile"] == "hard"
+    test = set(synthetic._read_split("test_split.txt"))
+    for sid, entry in manifest["sequences"].items():
+        val = int(sid) in test
+        assert entry["split"] == ("val" if val else "train")
+        conditions = synthetic.HARD_VAL_CONDITIONS if val else synthetic.HARD_TRAIN_CONDITIONS
+        backgrounds = synthetic.HARD_VAL_BACKGROUNDS if val else synthetic.HARD_TRAIN_BACKGROUNDS
+        assert entry["condition"] in conditions and entry["background"] in backgrounds
+        assert (entry["hard"]["insects"] > 0) == val
+    train_conditions = {e["condition"] for e in manifest["sequences"].values() if e["split"] == "train"}
+    val_conditions = {e["condition"] for e in manifest["sequences"].values() if e["split"] == "val"}
+    assert not train_conditions & val_conditions and "night" in val_conditions and "rain" in val_conditions
+
+
+def test_hard_manifest_records_conditions_per_frame(hard_tree):
+    root, manifest = hard_tree
+    seen = set()
+    for sid, entry in manifest["sequences"].items():
+        for modality, folder, ext in (("rgb", "PADDED_RGB", ".jpg"), ("event", "Event/Frames", ".png")):
+            stems = {p.stem for p in (root / sid / folder).iterdir()}
+            assert set(entry["frames"][modality]) == stems
+            for stem, rec in entry["frames"][modality].items():
+                assert set(rec) == {"night", "rain", "hovering", "size", "occluded"}
+                assert rec["night"] == (entry["condition"] == "night") and rec["rain"] == entry["hard"]["rain"]
+                label = root / sid / f"{'RGB' if modality == 'rgb' else 'Event'}_YOLO" / f"{stem}.txt"
+                if label.exists() and modality == "event" and rec["size"] != "none":   # a drone in view is labelled
+                    assert label.read_text().strip()
+                seen |= {k for k, v in rec.items() if v is True} | {rec["size"]}
+    assert {"night", "rain", "hovering"} <= seen and seen & {"tiny", "small"}
+
+
+def test_hard_labels_inside_the_image(hard_tree):
+    root, manifest = hard_tree
+    h, w = manifest["size"]
+    n = 0
+    for label in root.glob("*/*_YOLO/*.txt"):
+        boxes = read_boxes(label, (h, w))
+        assert (boxes[:, :2] >= -1e-6).all() and (boxes[:, 2] <= w + 1e-6).all() and (boxes[:, 3] <= h + 1e-6).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        n += len(boxes)
+    assert n > 50
+
+
+def test_hard_drones_are_tiny_at_1280():
+    widths = []
+    for i, sid in enumerate(HARD_IDS):   # the drones' widths as planned (px at 1280), all steps
+        plan = plan_sequence(sid, i, 60, 0, (720, 1280), "hard")
+        widths += [t["width"] for t in synthetic._drone_tracks(np.random.default_rng(0), plan, 0.8)]
+    widths = np.concatenate(widths)
+    assert 6 <= np.median(widths) <= 30 and widths.min() >= 3.5 and widths.max() <= 60
+    plan = plan_sequence(3, 0, 4, 0, (360, 640), "hard")
+    drawn = [(b[2] - b[0]) * 2 for r in render_sequence(plan) for _, b in r.coord_boxes]   # boxes as drawn
+    assert drawn and 4 <= np.median(drawn) <= 34
+    with pytest.raises(ValueError):
+        plan_sequence(3, 0, 4, 0, (64, 128), "extreme")
+
+
+def test_hard_occluded_drone_keeps_its_label():
+    plan = plan_sequence(50, 5, 30, 0, (180, 320), "hard")   # a sequence whose drone passes behind the pole
+    assert plan.hard.occluder
+    a, fx0, fy0 = synthetic._foreground(plan, None)
+    occluded = 0
+    for r in render_sequence(plan):
+        shares = [synthetic._hidden_share(m, a, fx0, fy0) for m in r.drone_masks]
+        if r.conditions["occluded"]:
+            occluded += 1
+            assert max(shares) >= synthetic.OCCLUDED_FRACTION
+            assert len(r.coord_boxes) == sum(m.mask.any() for m in r.drone_masks), "an occluded drone is labelled"
+    assert occluded > 0

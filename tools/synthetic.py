@@ -17,6 +17,22 @@ low-contrast over clutter, as on real FRED.
 
 Boxes are exact: RGB boxes enclose the drone's pixels after the RGB blur, clipped to the RGB field of view;
 event boxes enclose the drone's pixels at both ends of the 33 ms window of the event frame.
+
+`--profile hard` (FRED-hard; the default profile's output is unchanged) draws per sequence, from its own seeded
+streams: drone widths around a median of 8..26 px at 1280 (3.5..60 px, 2 px at least in any frame size),
+paths that dip in front of trees, buildings and ground; drone colours blended into what is behind them (day),
+a dark body with only its LEDs at night, stronger haze, sunset glare, RGB motion-blur streaks, auto-exposure
+swings and jumps, JPEG quality 35..69; more birds of drone size; hover windows where the drone stands nearly
+still and its propellers look still (few events), flickering lamps at night, denser rain, out-of-focus insects,
+more hot pixels and event noise; a static foreground (a pole, the scene's branch) in half the sequences.
+Domain shift: the canonical test (val) ids get night, rain or sunset and buildings and insects; train ids get
+only clear or overcast skies. A drone in view is always labelled: occluded drones keep the box of the whole
+drone as drawn behind the foreground, and a faint or motion-blurred drone keeps the box of its RGB coverage
+above half its peak. The manifest gains "profile": "hard" and, per sequence, "split", "hard" (the draws) and
+"frames": {"rgb"|"event": {frame stem: {night, rain, hovering, size, occluded}}}, where size is the bucket
+(tiny < 8 <= small < 16 <= medium < 32 <= large, px at 1280, "none" without a drone) of the narrowest drone
+in view at that step, hovering means a drone in view moves under 0.3 px per frame at 1280 and occluded that
+a quarter or more of a drone's pixels are behind the foreground.
 """
 from __future__ import annotations
 
@@ -27,7 +43,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -50,6 +66,15 @@ REFERENCE_WIDTH = 1280.0  # pixel sizes and speeds below are given for FRED's 12
 CONDITIONS = ("clear", "night", "overcast", "rain", "sunset")
 BACKGROUNDS = ("treeline", "buildings", "field", "sky")
 SPLIT_DIR = Path(NAMED_SPLITS["canonical"])
+PROFILES = ("default", "hard")
+# hard profile, domain shift: the canonical test (val) sequences hold conditions and scenes train never shows
+HARD_TRAIN_CONDITIONS = ("clear", "overcast")
+HARD_VAL_CONDITIONS = ("night", "rain", "sunset")
+HARD_TRAIN_BACKGROUNDS = ("treeline", "field", "sky")
+HARD_VAL_BACKGROUNDS = ("buildings", "treeline")
+SIZE_BUCKETS = (("tiny", 8.0), ("small", 16.0), ("medium", 32.0), ("large", math.inf))  # box width at 1280 px
+HOVER_SPEED = 0.3          # px per frame at 1280 width: slower than this counts as hovering
+OCCLUDED_FRACTION = 0.25   # a drone with this share of its pixels behind the foreground counts as occluded
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,27 @@ class DroneMask:
         return out
 
 
+@dataclass(frozen=True)
+class HardScene:
+    """Per-sequence draws of the hard profile (what makes real FRED hard); sizes and speeds at 1280 px width."""
+
+    val: bool                 # a canonical test (val) sequence: holds the val-only conditions
+    width_median: float       # median drone width, px
+    hover: float              # share of the time the drones hover (few events)
+    low_contrast: float       # 0..1: how far the drones' colours blend into what is behind them (day)
+    haze: float               # RGB haze 0..1
+    motion_blur: float        # longest RGB motion-blur streak, px
+    exposure: float           # amplitude of the RGB auto-exposure swings (log gain)
+    jpeg_quality: int
+    rain: bool
+    insects: int              # out-of-focus insects near the camera (RGB and events)
+    lamps: int                # flickering lights (events from flicker)
+    hot_pixels: float         # hot pixels per megapixel, on top of the sensor's few
+    noise_scale: float        # event background-noise rate, times the default's
+    occluder: bool            # a foreground branch the drones pass behind
+    birds: int
+
+
 @dataclass
 class SequencePlan:
     """Everything decided about one sequence before rendering (names, counts, scenario, random streams)."""
@@ -118,6 +164,7 @@ class SequencePlan:
     condition: str
     background: str
     models: list[DroneModel] = field(default_factory=list)
+    hard: HardScene | None = None               # the hard profile's draws, None for the default profile
 
     def rgb_name(self, slot: int) -> str:
         """File name of RGB slot `slot`, wall-clock time like Video_230_17_16_02.213938.jpg."""
@@ -146,6 +193,7 @@ class RenderedStep:
     coord_boxes: list[tuple[int, tuple[int, int, int, int]]]   # (track id, x1 y1 x2 y2) of drones in view at this step
     rgb_boxes: list[tuple[int, int, int, int]]  # x1, y1, x2, y2 pixel boxes for the RGB label
     event_boxes: list[tuple[int, int, int, int]]  # x1, y1, x2, y2 boxes for the event label (steps k-1 and k)
+    conditions: dict | None = None              # hard profile: night, rain, hovering, size bucket, occluded
 
 
 # ----------------------------------------------------------------------------------------------- ids and plans
@@ -171,8 +219,11 @@ def default_ids(sequences: int) -> list[int]:
     return sorted(spread(train, n_train) + spread(test, n_val))
 
 
-def plan_sequence(seq_id: int, index: int, frames: int, seed: int, size: tuple[int, int]) -> SequencePlan:
+def plan_sequence(seq_id: int, index: int, frames: int, seed: int, size: tuple[int, int],
+                  profile: str = "default") -> SequencePlan:
     """Decide names, counts and scenario of one sequence with `frames` kept RGB frames (deterministic)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     rng = np.random.default_rng([seed, seq_id, 1])
     h, w = size
     n_removed = max(1, round(0.03 * frames))
@@ -196,11 +247,38 @@ def plan_sequence(seq_id: int, index: int, frames: int, seed: int, size: tuple[i
         others = [m for m in DRONE_MODELS if m is not first]
         models.append(others[int(rng.integers(len(others)))])
     background = BACKGROUNDS[(2 * index + seed // len(CONDITIONS) + int(rng.integers(0, 2))) % len(BACKGROUNDS)]
-    return SequencePlan(
+    plan = SequencePlan(
         seq_id=seq_id, index=index, seed=seed, size=(h, w), rgb_slots=slots, event_frames=events,
         removed=removed, unlabeled_rgb=unl_rgb, unlabeled_event=unl_event,
         frame_naming="frame" if index % 4 == 2 else "microseconds", start_us=start_us,
         content=(cx0, cy0, cw, ch), condition=condition, background=background, models=models)
+    return _harden(plan) if profile == "hard" else plan
+
+
+def _harden(plan: SequencePlan) -> SequencePlan:
+    """The hard profile's per-sequence draws on top of a default plan (its own random stream; val-only conditions)."""
+    rng = np.random.default_rng([plan.seed, plan.seq_id, 6])
+    val = plan.seq_id in set(_read_split("test_split.txt"))
+    conditions, backgrounds = (HARD_VAL_CONDITIONS, HARD_VAL_BACKGROUNDS) if val else \
+        (HARD_TRAIN_CONDITIONS, HARD_TRAIN_BACKGROUNDS)
+    plan.condition = conditions[(plan.index + plan.seed) % len(conditions)]
+    plan.background = backgrounds[int(rng.integers(len(backgrounds)))]
+    hour = {"night": rng.uniform(20.5, 23.0), "sunset": rng.uniform(18.0, 20.0)}.get(plan.condition,
+                                                                                    rng.uniform(7.0, 17.5))
+    duration_us = (plan.event_frames + 2) * 1_000_000 // FPS
+    plan.start_us = min(int(hour * 3600e6) + int(rng.integers(0, 1_000_000)), 86_400_000_000 - duration_us - 1)
+    night = plan.condition == "night"
+    plan.hard = HardScene(
+        val=val, width_median=float(np.exp(rng.uniform(np.log(8.0), np.log(26.0)))),
+        hover=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.4, 0.6])),
+        low_contrast=float(rng.uniform(0.3, 0.8)), haze=float(rng.uniform(0.3, 0.55)),
+        motion_blur=float(rng.uniform(2.0, 10.0) if rng.random() < 0.6 else 0.0),
+        exposure=float(rng.uniform(0.1, 0.35)), jpeg_quality=int(rng.integers(35, 70)),
+        rain=plan.condition == "rain" or (night and rng.random() < 0.35),
+        insects=int(rng.integers(3, 12)) if val else 0, lamps=int(rng.integers(2, 7)) if night else 0,
+        hot_pixels=float(rng.uniform(50.0, 200.0)), noise_scale=float(rng.uniform(2.0, 4.0)),
+        occluder=bool(rng.random() < 0.5), birds=int(rng.integers(2, 7)))
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------- scene pieces
@@ -449,11 +527,27 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
+def _hover_windows(rng: np.random.Generator, steps: int, share: float) -> np.ndarray:
+    """0..1 per step [steps]: 1 inside hover windows covering about `share` of the steps, smooth 8-step ramps."""
+    m = np.zeros(steps)
+    if share <= 0:
+        return m
+    n = max(1, round(steps / 150))
+    length = max(2, round(share * steps / n))
+    tau = np.arange(steps, dtype=np.float64)
+    for _ in range(n):
+        start = int(rng.integers(0, max(1, steps - length)))
+        m = np.maximum(m, _smoothstep((tau - start + 8) / 8) * (1 - _smoothstep((tau - start - length) / 8)))
+    return m
+
+
 def _drone_tracks(rng: np.random.Generator, plan: SequencePlan, horizon: float) -> list[dict]:
     """Per drone arrays over steps 0..event_frames: centre x, y, width (px), tilt (rad), blade angles [T, 4].
 
     Paths are sums of three sinusoids, time-scaled to the model's top speed; in one window per ~300 steps
     every drone flies out through its nearest edge at up to 3x top speed (faster in short sequences) and back.
+    Hard profile: widths around the sequence's median (3.5..60 px at 1280), paths that may dip in front of the
+    ground, and hover windows where the path's clock nearly stops and the propellers look still to the camera.
     """
     h, w = plan.size
     k = w / REFERENCE_WIDTH
@@ -463,21 +557,30 @@ def _drone_tracks(rng: np.random.Generator, plan: SequencePlan, horizon: float) 
     tracks = []
     for model in plan.models:
         v_max = model.speed_px * k * rng.uniform(0.35, 1.0)
-        y_lo, y_hi = 0.08, max(0.3, horizon - 0.04)
+        y_lo, y_hi = 0.08, max(0.3, horizon - 0.04) if plan.hard is None else min(0.92, horizon + 0.05)
         cxn, cyn = rng.uniform(0.35, 0.65), rng.uniform(y_lo + 0.15, y_hi - 0.1)
         ax = rng.dirichlet(np.ones(3)) * rng.uniform(0.15, 0.32) * w * rng.choice([-1, 1], 3)
         ay = rng.dirichlet(np.ones(3)) * rng.uniform(0.08, 0.25) * h * rng.choice([-1, 1], 3)
         wx, wy = rng.uniform(0.5, 1.5, 3), rng.uniform(0.5, 1.5, 3)
         px, py = rng.uniform(0, 2 * np.pi, 3), rng.uniform(0, 2 * np.pi, 3)
         rate = v_max / math.hypot(float(np.abs(ax) @ wx), float(np.abs(ay) @ wy))
-        x = cxn * w + (ax[:, None] * np.sin(rate * wx[:, None] * tau + px[:, None])).sum(0)
-        y = cyn * h + (ay[:, None] * np.sin(rate * wy[:, None] * tau + py[:, None])).sum(0)
+        hover = np.zeros(steps) if plan.hard is None else _hover_windows(rng, steps, plan.hard.hover)
+        clock = np.cumsum(1 - 0.98 * hover) - (1 - 0.98 * hover[0])   # the path's time: nearly stops in a hover
+        x = cxn * w + (ax[:, None] * np.sin(rate * wx[:, None] * clock + px[:, None])).sum(0)
+        y = cyn * h + (ay[:, None] * np.sin(rate * wy[:, None] * clock + py[:, None])).sum(0)
         y = np.clip(y, y_lo * h, y_hi * h)
         dist = rng.uniform(0.6, 1.35) * np.exp(0.35 * np.sin(rng.uniform(0.005, 0.02) * tau + rng.uniform(0, 6.3)))
-        width = np.maximum(np.clip(model.width_px * dist, 10, 54) * k, 6.0)
+        if plan.hard is None:
+            width = np.maximum(np.clip(model.width_px * dist, 10, 54) * k, 6.0)
+        else:
+            width = np.maximum(np.clip(plan.hard.width_median * model.width_px / 27.0 * dist, 3.5, 60) * k, 2.0)
         tracks.append({"model": model, "x": x, "y": y, "width": width, "squash": squash, "v_max": v_max,
                        "blades": rng.uniform(0, np.pi, (steps, 4)), "wobble": rng.uniform(0.2, 0.5),
                        "discs": 0.2 + 0.55 * (0.65 * (tau % 2)[:, None] + rng.uniform(0, 0.35, (steps, 4)))})
+        still = hover > 0.5
+        if still.any():                               # a hovering drone's propellers look still: few events
+            tracks[-1]["blades"][still] = tracks[-1]["blades"][0]
+            tracks[-1]["discs"][still] = 0.45
     n_win = max(1, steps // 300)
     seg = steps / n_win
     for i in range(n_win):                            # windows where every drone is out of view
@@ -509,6 +612,114 @@ def _drone_tracks(rng: np.random.Generator, plan: SequencePlan, horizon: float) 
     return tracks
 
 
+@dataclass
+class HardEffects:
+    """The hard profile's per-step effects of one sequence, drawn up front (arrays over steps)."""
+
+    exposure: np.ndarray          # RGB gain factor per step [T]
+    blur_len: np.ndarray          # RGB motion-blur streak length per step, px [T]
+    blur_angle: np.ndarray        # its direction, radians [T]
+    insects: np.ndarray           # insect centres per step [T, n, 2] px
+    insect_size: np.ndarray       # insect radii px [n]
+    lamps: np.ndarray             # lamp centres [m, 2] px
+    lamp_level: np.ndarray        # lamp brightness per step [T, m] (flicker)
+    hot: np.ndarray               # extra hot pixels, flat indices [q]
+    hot_pol: np.ndarray           # their polarity 0/1 [q]
+    hot_fire: np.ndarray          # whether each fires in each step [T, q]
+    glare: np.ndarray | None      # sunset glare added to the RGB view [ch, cw, 3], None without
+    birds: list[dict]             # extra birds, drone-sized look-alikes
+
+
+def _hard_effects(plan: SequencePlan, horizon: float) -> HardEffects:
+    """Draw the hard profile's per-step effects of a plan (its own random stream)."""
+    hard = plan.hard
+    assert hard is not None
+    rng = np.random.default_rng([plan.seed, plan.seq_id, 7])
+    h, w = plan.size
+    k = w / REFERENCE_WIDTH
+    steps = plan.event_frames + 1
+    tau = np.arange(steps, dtype=np.float64)
+    jumps = np.cumsum(np.where(rng.random(steps) < 1 / 60, rng.normal(0, hard.exposure, steps), 0.0))
+    log_gain = hard.exposure * np.sin(rng.uniform(0.01, 0.05) * tau + rng.uniform(0, 6.3)) + jumps
+    blur_len = hard.motion_blur * k * np.clip(np.sin(rng.uniform(0.02, 0.08) * tau + rng.uniform(0, 6.3)), 0, 1) ** 2
+    blur_angle = rng.uniform(0, np.pi) + 0.3 * np.sin(rng.uniform(0.01, 0.04) * tau)
+    n = hard.insects
+    start = rng.random((n, 2)) * (w, h)
+    vel = np.cumsum(rng.normal(0, 1.5 * k, (steps, n, 2)), 0)
+    vel = np.clip(vel, -12 * k, 12 * k)
+    insects = np.mod(start[None] + np.cumsum(vel, 0), (w, h))
+    m = hard.lamps
+    lamps = np.stack([rng.random(m) * w, (horizon - rng.uniform(0.0, 0.12, m)) * h], 1)
+    lamp_level = 0.3 + 0.7 * rng.random((steps, m))
+    q = max(1, round(hard.hot_pixels * h * w / 1e6))
+    glare = None
+    if plan.condition == "sunset":
+        _, _, cw, ch = plan.content
+        sx, sy, sigma = rng.uniform(0.1, 0.9) * cw, rng.uniform(-0.2, 0.2) * ch, rng.uniform(0.2, 0.4) * cw
+        yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
+        r2 = ((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma ** 2)
+        glare = (rng.uniform(0.3, 0.7) * np.exp(-r2))[..., None] * np.array([0.55, 0.8, 1.0], np.float32)
+        glare = glare.astype(np.float32)
+    birds = [dict(x0=rng.uniform(0, w), y=rng.uniform(0.1, 0.7) * h * max(horizon, 0.6),
+                  vx=rng.uniform(1.0, 5.0) * k * rng.choice([-1, 1]), size=max(2.0, rng.uniform(4, 16) * k),
+                  period=rng.uniform(5, 10), phase=rng.uniform(0, 6.3), bob=rng.uniform(2, 10) * k)
+             for _ in range(hard.birds)]
+    return HardEffects(exposure=np.exp(np.clip(log_gain, -1.0, 1.0)), blur_len=blur_len, blur_angle=blur_angle,
+                       insects=insects, insect_size=rng.uniform(1.5, 5.0, n) * k, lamps=lamps,
+                       lamp_level=lamp_level, hot=rng.integers(0, h * w, q),
+                       hot_pol=(rng.random(q) < 0.5).astype(np.uint8), hot_fire=rng.random((steps, q)) < 0.7,
+                       glare=glare, birds=birds)
+
+
+def _foreground(plan: SequencePlan, branch: tuple | None) -> tuple[np.ndarray, int, int]:
+    """Static foreground the drones pass behind: alpha [fh, fw] of a pole (and the scene's branch) and its offset."""
+    h, w = plan.size
+    k = w / REFERENCE_WIDTH
+    rng = np.random.default_rng([plan.seed, plan.seq_id, 8])
+    alpha = np.zeros((h, w), np.float32)
+    x, half = rng.uniform(0.25, 0.75) * w, max(1.0, rng.uniform(4, 12) * k)
+    cv2.rectangle(alpha, (round((x - half) * 4), round(rng.uniform(0.0, 0.3) * h * 4)),
+                  (round((x + half) * 4), h * 4), 1.0, -1, cv2.LINE_AA, shift=2)
+    if branch is not None:
+        b, bx0, by0, _ = branch
+        alpha[by0:by0 + b.shape[0], bx0:bx0 + b.shape[1]] = np.maximum(alpha[by0:by0 + b.shape[0],
+                                                                             bx0:bx0 + b.shape[1]], b)
+    ys, xs = np.nonzero(alpha)
+    return alpha[ys.min():ys.max() + 1, xs.min():xs.max() + 1], int(xs.min()), int(ys.min())
+
+
+def _motion_kernel(length: float, angle: float) -> np.ndarray | None:
+    """Normalised line kernel of a motion-blur streak `length` px long at `angle`, None below 1 px."""
+    if length < 1:
+        return None
+    n = 2 * math.ceil(length / 2) + 1
+    c = n // 2
+    dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
+    ker = np.zeros((n, n), np.float32)
+    cv2.line(ker, (round((c - dx) * 4), round((c - dy) * 4)), (round((c + dx) * 4), round((c + dy) * 4)),
+             1.0, 1, cv2.LINE_AA, shift=2)
+    return ker / ker.sum()
+
+
+def _hidden_share(m: DroneMask, alpha: np.ndarray, ax0: int, ay0: int) -> float:
+    """Share of a drone mask's pixels behind a foreground alpha patch at (ax0, ay0) (alpha > 0.5)."""
+    total = int(m.mask.sum())
+    if not total:
+        return 0.0
+    oy, ox = m.y0 - ay0, m.x0 - ax0
+    y0, x0 = max(0, oy), max(0, ox)
+    y1, x1 = min(alpha.shape[0], oy + m.mask.shape[0]), min(alpha.shape[1], ox + m.mask.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return 0.0
+    part = m.mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return float((alpha[y0:y1, x0:x1][part] > 0.5).sum()) / total
+
+
+def _size_bucket(width_1280: float) -> str:
+    """Size bucket name of a box width given in px at 1280 width."""
+    return next(name for name, upper in SIZE_BUCKETS if width_1280 < upper)
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     """Render a planned sequence step by step (steps 0..event_frames); deterministic for the plan."""
@@ -518,6 +729,9 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     track_rng = np.random.default_rng([plan.seed, plan.seq_id, 3])
     frame_rng = np.random.default_rng([plan.seed, plan.seq_id, 4])
     night, rain = plan.condition == "night", plan.condition == "rain"
+    hard = plan.hard
+    if hard is not None:
+        rain = hard.rain
     steps = plan.event_frames + 1
 
     base, horizon = _background(scene_rng, plan)
@@ -537,12 +751,21 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     bird_col = np.array([0.02, 0.02, 0.025] if night else [0.12, 0.11, 0.10], np.float32)
     branch_col = np.array([0.01, 0.012, 0.012] if night else [0.07, 0.11, 0.09], np.float32)
     tracks = _drone_tracks(track_rng, plan, horizon)
+    fx = _hard_effects(plan, horizon) if hard is not None else None
+    foreground = None                                  # hard: a pole and a branch in front of the drones
+    if fx is not None:
+        birds += fx.birds
+        if hard.occluder:
+            foreground, branch = _foreground(plan, branch), None
+        speeds = [np.hypot(np.gradient(t["x"]), np.gradient(t["y"])) for t in tracks]
 
     # RGB camera: exposure, haze, blur, noise; event camera: contrast threshold with per-pixel mismatch, noise
     cx0, cy0, cw, ch = plan.content
-    light = 0.1 if night else 1.0                      # illumination of the drones' bodies
+    light = (0.1 if hard is None else 0.03) if night else 1.0   # illumination of the drones' bodies
     gain = scene_rng.uniform(1.6, 2.6) if night else scene_rng.uniform(0.95, 1.15)
     haze = scene_rng.uniform(0.25, 0.45) if plan.condition in ("overcast", "rain") else scene_rng.uniform(0.1, 0.3)
+    if hard is not None:
+        haze = hard.haze
     airlight = tuple(float(c) * haze * (0.12 if night else 1.0) for c in _SKIES[plan.condition][1]) + (0.0,)
     blur = scene_rng.uniform(0.6, 1.2) * max(k, 0.5)
     noise_sigma = scene_rng.uniform(0.03, 0.05) if night else scene_rng.uniform(0.008, 0.02)
@@ -557,6 +780,9 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     event_lut = np.zeros((256, 1, 3), np.uint8)       # event code 0/1/2 -> background / positive / negative, BGR
     event_lut[:3, 0] = [c[::-1] for c in EVENT_PALETTE]
     rain_n = round(scene_rng.uniform(150, 300) * h * w / (720 * REFERENCE_WIDTH))
+    if hard is not None:
+        noise_rate *= hard.noise_scale
+        rain_n *= 3
     rain_slant = scene_rng.uniform(-0.35, 0.35)
     ksize = 2 * math.ceil(3 * blur) + 1
 
@@ -571,6 +797,7 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
         r_hot = frame_rng.random(hot.size) < 0.6
         r_rain = frame_rng.random((rain_n, 3))
 
+        ker = None if fx is None else _motion_kernel(float(fx.blur_len[step]), float(fx.blur_angle[step]))
         world = base.copy()
         off = int(cloud_speed * step)
         hc = clouds.shape[0]
@@ -590,16 +817,30 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
             flap = math.sin(2 * math.pi * step / b["period"] + b["phase"])
             x0, y0, cov = _bird_sprite(bx, by, b["size"], flap)
             _stamp(world, x0, y0, cov, cov[..., None] * bird_col)
+        if fx is not None:
+            for (lx, ly), level in zip(fx.lamps, fx.lamp_level[step]):   # flickering lights
+                cv2.circle(world, (round(lx * 4), round(ly * 4)), max(4, round(12 * k)),
+                           (0.55 * level, 0.85 * level, 1.0 * level), -1, cv2.LINE_AA, shift=2)
         drone_masks, rgb_masks, coord, rgb_boxes, event_boxes = [], [], [], [], []
         for tid, tr in enumerate(tracks):
             lights = 0 if not night else (2 if (step // 15) % 2 == 0 else 1)
             x0, y0, cov, col = draw_drone(tr["model"], tr["x"][step], tr["y"][step], tr["width"][step],
                                           tr["tilt"][step], tr["squash"], tr["blades"][step], tr["discs"][step],
                                           lights, light)
+            if hard is not None and not night:        # low contrast: the drone takes on the colour behind it
+                behind = world[max(0, y0):max(0, y0 + cov.shape[0]), max(0, x0):max(0, x0 + cov.shape[1])]
+                if behind.size:
+                    col = col * (1 - hard.low_contrast) + hard.low_contrast * cov[..., None] * behind.mean((0, 1))
             _stamp(world, x0, y0, cov, col)
             sharp = _clip_mask(x0, y0, cov > ALPHA_MASK, (0, 0, w, h))
             pad = ksize // 2
-            blurred = cv2.GaussianBlur(np.pad(cov, pad), (ksize, ksize), blur) > ALPHA_MASK
+            if hard is None:
+                blurred = cv2.GaussianBlur(np.pad(cov, pad), (ksize, ksize), blur) > ALPHA_MASK
+            else:                                     # the RGB blur and motion streak; a faint drone keeps its label
+                pad += 0 if ker is None else ker.shape[0] // 2
+                soft = cv2.GaussianBlur(np.pad(cov, pad), (ksize, ksize), blur)
+                soft = soft if ker is None else cv2.filter2D(soft, -1, ker, borderType=cv2.BORDER_CONSTANT)
+                blurred = soft > min(ALPHA_MASK, 0.5 * float(soft.max()))
             vis = _clip_mask(x0 - pad, y0 - pad, blurred, plan.content)
             drone_masks.append(sharp)
             rgb_masks.append(vis)
@@ -615,6 +856,24 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
             if box is not None:
                 rgb_boxes.append(box)
             prev_event_boxes[tid] = now
+        conditions = None
+        if fx is not None:
+            hidden = 0.0
+            if foreground is not None:
+                a, bx0, by0 = foreground
+                hidden = max([_hidden_share(m, a, bx0, by0) for m in drone_masks], default=0.0)
+                roi = world[by0:by0 + a.shape[0], bx0:bx0 + a.shape[1]]
+                roi *= 1 - a[..., None]
+                roi += a[..., None] * branch_col
+            for (ix, iy), r in zip(fx.insects[step], fx.insect_size):   # out-of-focus insects near the camera
+                cv2.circle(world, (round(ix * 4), round(iy * 4)), max(2, round(r * 4)),
+                           (0.5, 0.55, 0.6) if night else (0.05, 0.05, 0.05), -1, cv2.LINE_AA, shift=2)
+            in_view = [tid for tid, _ in coord]
+            widths = [(b[2] - b[0]) / k for _, b in coord]
+            conditions = {"night": night, "rain": rain,
+                          "hovering": any(speeds[tid - 1][step] < HOVER_SPEED * k for tid in in_view),
+                          "size": _size_bucket(min(widths)) if widths else "none",
+                          "occluded": hidden >= OCCLUDED_FRACTION}
         if rain:
             length = (10 + 25 * r_rain[:, 2]) * k
             p0 = np.stack([r_rain[:, 0] * w, r_rain[:, 1] * h], 1)
@@ -634,13 +893,21 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
             flat = code.reshape(-1)
             flat[r_ev_pos] = 1 + r_ev_pol
             flat[hot[r_hot]] = 1 + hot_pol[r_hot]
+            if fx is not None:
+                fire = fx.hot_fire[step]
+                flat[fx.hot[fire]] = 1 + fx.hot_pol[fire]
             event = cv2.LUT(cv2.merge([code, code, code]), event_lut)
         prev_log = log
 
         rgb = raw = None
         if 1 <= step <= plan.rgb_slots:
-            view = cv2.add(cv2.multiply(world[cy0:cy0 + ch, cx0:cx0 + cw], (gain * (1 - haze),) * 3 + (0,)), airlight)
+            g = gain if fx is None else gain * float(fx.exposure[step])
+            view = cv2.add(cv2.multiply(world[cy0:cy0 + ch, cx0:cx0 + cw], (g * (1 - haze),) * 3 + (0,)), airlight)
+            if fx is not None and fx.glare is not None:
+                view = cv2.add(view, fx.glare)
             view = cv2.GaussianBlur(view, (ksize, ksize), blur)
+            if ker is not None:
+                view = cv2.filter2D(view, -1, ker)
             bank, (nx, ny) = r_noise
             view = cv2.scaleAdd(noise_bank[bank, ny:ny + ch, nx:nx + cw], noise_sigma, view)
             content = cv2.convertScaleAbs(cv2.max(view, 0.0), alpha=255.0, beta=0.5)
@@ -649,7 +916,7 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
             raw = cv2.resize(content, (w, h), interpolation=cv2.INTER_LINEAR)
         yield RenderedStep(step=step, rgb=rgb, rgb_raw=raw, event=event, drone_masks=drone_masks, rgb_masks=rgb_masks,
                            coord_boxes=coord, rgb_boxes=rgb_boxes if rgb is not None else [],
-                           event_boxes=event_boxes if event is not None else [])
+                           event_boxes=event_boxes if event is not None else [], conditions=conditions)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -672,6 +939,9 @@ def _write_sequence(plan: SequencePlan, root: str) -> dict:
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     quality = int(np.random.default_rng([plan.seed, plan.seq_id, 5]).integers(72, 93))
+    if plan.hard is not None:
+        quality = plan.hard.jpeg_quality
+    frame_conditions: dict[str, dict[str, dict]] = {"rgb": {}, "event": {}}
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality]
     stats = {"rgb": _counts(), "event": _counts()}
     coords: list[str] = []
@@ -692,6 +962,8 @@ def _write_sequence(plan: SequencePlan, root: str) -> dict:
             name = plan.event_name(r.step)
             cv2.imwrite(str(dirs["Event/Frames"] / name), r.event)
             label(dirs["Event_YOLO"], Path(name).stem, r.event_boxes, "event", r.step in plan.unlabeled_event)
+            if r.conditions is not None:
+                frame_conditions["event"][Path(name).stem] = r.conditions
             t = round(r.step * 0.033333, 6)
             coords += [f"{t}: {float(b[0])}, {float(b[1])}, {float(b[2])}, {float(b[3])}, {tid}, "
                        f"{plan.models[tid - 1].name}\n" for tid, b in r.coord_boxes]
@@ -704,9 +976,14 @@ def _write_sequence(plan: SequencePlan, root: str) -> dict:
             cv2.imwrite(str(dirs["RGB"] / name), r.rgb_raw, jpeg)
             cv2.imwrite(str(dirs["PADDED_RGB"] / name), r.rgb, jpeg)
             label(dirs["RGB_YOLO"], Path(name).stem, r.rgb_boxes, "rgb", slot in plan.unlabeled_rgb)
+            if r.conditions is not None:
+                frame_conditions["rgb"][Path(name).stem] = r.conditions
     (seq / "coordinates.txt").write_text("".join(coords))
-    return {**stats, "removed": len(plan.removed), "condition": plan.condition, "background": plan.background,
-            "drones": [m.name for m in plan.models], "event_naming": plan.frame_naming}
+    entry = {**stats, "removed": len(plan.removed), "condition": plan.condition, "background": plan.background,
+             "drones": [m.name for m in plan.models], "event_naming": plan.frame_naming}
+    if plan.hard is not None:
+        entry.update(split="val" if plan.hard.val else "train", hard=asdict(plan.hard), frames=frame_conditions)
+    return entry
 
 
 def _prepare_out(out: Path, ids: list[int]) -> None:
@@ -731,12 +1008,15 @@ def _prepare_out(out: Path, ids: list[int]) -> None:
 
 
 def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tuple[int, int] = (720, 1280),
-                  ids: list[int] | None = None, workers: int = 1) -> dict:
+                  ids: list[int] | None = None, workers: int = 1, profile: str = "default") -> dict:
     """Write a FRED-shaped tree; returns the ground truth manifest (also written to out/synthetic_manifest.json).
 
     size is (height, width); `frames` RGB frames are kept per sequence (a few more go to Removed_frames/, and
-    the event camera has a few more frames); workers > 1 renders sequences in that many processes.
+    the event camera has a few more frames); workers > 1 renders sequences in that many processes;
+    profile "hard" draws FRED-hard scenes and records each frame's conditions in the manifest.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if frames < 4:
         raise ValueError(f"frames must be at least 4, got {frames}")
     h, w = int(size[0]), int(size[1])
@@ -752,7 +1032,7 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
     _prepare_out(root, ids)
     # claim the folders first, so that a run cut short can be cleared by the next one
     (root / MANIFEST_NAME).write_text(json.dumps({"generator": "tools.synthetic", "complete": False, "ids": ids}))
-    plans = [plan_sequence(sid, i, frames, seed, (h, w)) for i, sid in enumerate(ids)]
+    plans = [plan_sequence(sid, i, frames, seed, (h, w), profile) for i, sid in enumerate(ids)]
     if workers > 1 and len(plans) > 1:
         with ProcessPoolExecutor(min(workers, len(plans))) as pool:
             entries = list(pool.map(_write_sequence, plans, [str(root)] * len(plans)))
@@ -761,6 +1041,8 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
     totals = {m: {key: sum(e[m][key] for e in entries) for key in _counts()} for m in ("rgb", "event")}
     manifest = {"generator": "tools.synthetic", "complete": True, "seed": seed, "size": [h, w], "frames": frames,
                 "ids": ids, "sequences": {str(p.seq_id): e for p, e in zip(plans, entries)}, "totals": totals}
+    if profile != "default":   # the default manifest stays as it was; readers take a missing profile as default
+        manifest["profile"] = profile
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -776,6 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--ids", help="comma-separated sequence ids (default: a mix of canonical train and test ids)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: up to 2)")
+    ap.add_argument("--profile", choices=PROFILES, default="default",
+                    help="hard: FRED-hard scenes (tiny drones, clutter, night/rain in val only, per-frame conditions)")
     args = ap.parse_args(argv)
     ids = [int(t) for t in args.ids.split(",") if t.strip()] if args.ids else None
     sequences = args.sequences if args.sequences is not None else (len(ids) if ids else None)
@@ -783,7 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --sequences or --ids")
     t0 = time.perf_counter()
     try:
-        m = generate_fred(args.out, sequences, args.frames, args.seed, (args.height, args.width), ids, args.workers)
+        m = generate_fred(args.out, sequences, args.frames, args.seed, (args.height, args.width), ids, args.workers,
+                          args.profile)
     except (ValueError, FileExistsError) as exc:
         ap.error(str(exc))
     r, e = m["totals"]["rgb"], m["totals"]["event"]
