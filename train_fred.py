@@ -302,6 +302,14 @@ def oom_message(phase: str, cfg: dict, world: int, during: str, run_dir: Optiona
             f"GPU): lower {key}, e.g. --set {key}={lower}{other}. Nothing was saved for this epoch; {how}")
 
 
+def exit_code(failure: Optional[BaseException]) -> int:
+    """The exit code of a failure at the end of an epoch on rank 0 (0: none), for every process to stop with."""
+    if failure is None:
+        return 0
+    return {NonFiniteError: EXIT_NAN, torch.cuda.OutOfMemoryError: EXIT_OOM, DiskFullError: EXIT_DISK_FULL}.get(
+        type(failure), 1)
+
+
 def nonfinite_message(what: str, run_dir: str) -> str:
     """Why the run stops on a non-finite model or val loss, what was kept and what to try."""
     last = os.path.join(run_dir, "last.pth")
@@ -493,16 +501,23 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                 phase = start_phase(run, epoch, phase)
             during, t0 = "train", time.perf_counter()
             stats = train_epoch(run, phase, epoch, stop)
-            during = "evaluation"
+            during, failure = "evaluation", None
             if dist.is_main():
-                print(run.epoch_end(epoch, name, phase.per_rank * world, stats, t0,
-                                    lambda done: run.state(done, 0, name)), flush=True)
+                try:
+                    print(run.epoch_end(epoch, name, phase.per_rank * world, stats, t0,
+                                        lambda done: run.state(done, 0, name)), flush=True)
+                except (NonFiniteError, torch.cuda.OutOfMemoryError, DiskFullError) as e:
+                    failure = e  # raised below, once every process knows the run ends
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
                     print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"]),
                                          device.type == "cuda"), flush=True)
                     hinted = True
-            dist.barrier()
-            if stop.signum:
+            code = dist.broadcast_object(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
+            if failure is not None:
+                raise failure
+            if code:
+                raise RunStop(code)
+            if stop.requested(0, 1):  # every process agrees on a signal
                 raise RunStop(128 + stop.signum, f"stopped after epoch {epoch + 1}: last.pth saved; continue with "
                                                  "--resume" if dist.is_main() else "")
     except RunStop as e:

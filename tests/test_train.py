@@ -759,6 +759,19 @@ def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(data, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model_raw"])
 
 
+def test_torchrun_rank_0_stopping_at_an_epoch_end_stops_every_process(data, tmp_path):
+    """A non-finite model found by rank 0 after an epoch ends all processes with its exit code: the other rank is told
+    (it used to wait in the epoch's barrier until the process group broke, with a traceback; with NCCL, a hang)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(REPO, "train_fred.py"), *tiny_args(data, tmp_path, "WARMUP_BIAS_LR=1e30", "NAN_PATIENCE=1000")]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "holds non-finite values" in proc.stderr, proc.stderr[-3000:]
+    # torchrun reports each failed worker: rank 0's exit code, the other's too (or torchrun's SIGTERM when rank 0
+    # ended first), never a crash of the other process in the process group
+    assert re.search(r"exitcode\s*:\s*4\b", proc.stderr) and not re.search(r"exitcode\s*:\s*1\b", proc.stderr)
+    assert "Connection closed" not in proc.stderr and "gloo" not in proc.stderr.lower(), proc.stderr[-3000:]
+
+
 def test_sigterm_mid_epoch_saves_last_and_resume_finishes(data, tmp_path):
     args = tiny_args(data, tmp_path, "FREEZE_TRAIN=False", "UNFREEZE_BATCH_SIZE=1", "NUM_WORKERS=1",
                      "LOG_INTERVAL=1", "INPUT_SHAPE=[128, 128]", epochs=2)  # 27 steps: time to land mid-epoch
