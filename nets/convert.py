@@ -1,9 +1,9 @@
-"""Ultralytics YOLOv8 detection weights -> our layout (nets/yolov8.py), and a CLI to write our checkpoint format.
+"""Ultralytics YOLOv8 / YOLOv8-P2 detection weights -> our layout (nets/yolov8.py), and a CLI to write our checkpoints.
 
 Usage: python -m nets.convert IN OUT
   IN:  an Ultralytics checkpoint (.pt, a pickled model: needs `pip install ultralytics` at conversion time only;
        unpickling runs code, so convert only files you trust) or a saved Ultralytics state dict.
-  OUT: our checkpoint {"model": state_dict, "phi": str, "num_classes": int, "in_channels": int},
+  OUT: our checkpoint {"model": state_dict, "phi": str, "num_classes": int, "in_channels": int, "arch": str},
        loadable with nets.load_weights.
 """
 import argparse
@@ -13,40 +13,62 @@ from collections.abc import Mapping
 
 import torch
 
-from nets.weights import checkpoint_info, is_ultralytics_state_dict
-from nets.yolov8 import build_model
+from nets.weights import checkpoint_info, infer_arch, is_ultralytics_state_dict
+from nets.yolov8 import build_model, model_name
 
-# Ultralytics yolov8.yaml layer index -> our module path (10, 11, 13, 14, 17, 20 are parameter-free).
-_LAYER_TO_MODULE = {
+_BACKBONE = {
     0: "backbone.stem",
     1: "backbone.dark2.0", 2: "backbone.dark2.1",
     3: "backbone.dark3.0", 4: "backbone.dark3.1",
     5: "backbone.dark4.0", 6: "backbone.dark4.1",
     7: "backbone.dark5.0", 8: "backbone.dark5.1", 9: "backbone.dark5.2",
-    12: "neck.top_down_p4", 15: "neck.top_down_p3", 16: "neck.down_p3",
-    18: "neck.bottom_up_p4", 19: "neck.down_p4", 21: "neck.bottom_up_p5",
-    22: "head",
 }
+# Ultralytics yaml layer index -> our module path, per arch (upsample and concat layers are parameter-free).
+_LAYER_TO_MODULE = {
+    "yolov8": {  # yolov8.yaml
+        **_BACKBONE,
+        12: "neck.top_down_p4", 15: "neck.top_down_p3", 16: "neck.down_p3",
+        18: "neck.bottom_up_p4", 19: "neck.down_p4", 21: "neck.bottom_up_p5",
+        22: "head",
+    },
+    "yolov8-p2": {  # yolov8-p2.yaml
+        **_BACKBONE,
+        12: "neck.top_down_p4", 15: "neck.top_down_p3", 18: "neck.top_down_p2", 19: "neck.down_p2",
+        21: "neck.bottom_up_p3", 22: "neck.down_p3", 24: "neck.bottom_up_p4", 25: "neck.down_p4",
+        27: "neck.bottom_up_p5",
+        28: "head",
+    },
+}
+_HEAD_LAYER = {"yolov8": 22, "yolov8-p2": 28}
 _HEAD_BRANCH = {"cv2": "box", "cv3": "cls", "dfl": "dfl"}
 
 
-def _map_key(key: str) -> str:
-    """One Ultralytics key ('model.22.cv2.0.0.conv.weight') -> ours ('head.box.0.0.conv.weight')."""
+def ultralytics_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Architecture of an Ultralytics detection state dict: "yolov8-p2" when it has layer 28 (its Detect), else
+    "yolov8"."""
+    return "yolov8-p2" if any(k.startswith("model.28.") for k in state_dict) else "yolov8"
+
+
+def _map_key(key: str, arch: str) -> str:
+    """One Ultralytics key ('model.22.cv2.0.0.conv.weight') -> ours ('head.box.0.0.conv.weight') for arch."""
     parts = key.split(".")
-    if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit() or int(parts[1]) not in _LAYER_TO_MODULE:
-        raise ValueError(f"key {key!r} is not part of an Ultralytics YOLOv8 detection model")
+    layers = _LAYER_TO_MODULE[arch]
+    if len(parts) < 3 or parts[0] != "model" or not parts[1].isdigit() or int(parts[1]) not in layers:
+        raise ValueError(f"key {key!r} is not part of an Ultralytics {arch} detection model")
     layer, rest = int(parts[1]), parts[2:]
-    if layer == 22:
+    if layer == _HEAD_LAYER[arch]:
         if rest[0] not in _HEAD_BRANCH:
             raise ValueError(f"key {key!r}: head branch {rest[0]!r} is not in a YOLOv8 Detect head "
                              "(end-to-end or YOLO11/26 heads are not supported)")
         rest = [_HEAD_BRANCH[rest[0]], *rest[1:]]
-    return ".".join([_LAYER_TO_MODULE[layer], *rest])
+    return ".".join([layers[layer], *rest])
 
 
 def from_ultralytics(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an Ultralytics YOLOv8 detection state dict (model.0.conv.weight, ...) to our keys, as float32."""
-    return {_map_key(k): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    """Rename an Ultralytics YOLOv8 or YOLOv8-P2 detection state dict (model.0.conv.weight, ...) to our keys, as
+    float32 (the architecture is told by ultralytics_arch)."""
+    arch = ultralytics_arch(state_dict)
+    return {_map_key(k, arch): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def _ultralytics_state_dict(obj: object) -> Mapping[str, torch.Tensor]:
@@ -80,11 +102,12 @@ def convert_file(src: str, dst: str) -> dict:
     """Convert an Ultralytics checkpoint or state dict file to our checkpoint at dst; returns its metadata."""
     state = from_ultralytics(_ultralytics_state_dict(_load_any(src)))
     phi, num_classes, in_channels = checkpoint_info(state)
-    model = build_model(phi, num_classes, in_channels)
-    model.load_state_dict(state, strict=True)  # proves the mapping is complete for this phi / nc
-    torch.save({"model": model.state_dict(), "phi": phi, "num_classes": num_classes, "in_channels": in_channels},
-               dst)
-    return {"phi": phi, "num_classes": num_classes, "in_channels": in_channels, "tensors": len(state)}
+    arch = infer_arch(state)
+    model = build_model(phi, num_classes, in_channels, arch)
+    model.load_state_dict(state, strict=True)  # proves the mapping is complete for this phi / nc / arch
+    meta = {"phi": phi, "num_classes": num_classes, "in_channels": in_channels, "arch": arch}
+    torch.save({"model": model.state_dict(), **meta}, dst)
+    return {**meta, "tensors": len(state)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dst", metavar="OUT", help="our checkpoint to write")
     args = parser.parse_args(argv)
     info = convert_file(args.src, args.dst)
-    print(f"{args.src} -> {args.dst}: YOLOv8{info['phi']}, num_classes={info['num_classes']}, "
+    print(f"{args.src} -> {args.dst}: {model_name(info['phi'], info['arch'])}, num_classes={info['num_classes']}, "
           f"in_channels={info['in_channels']}, {info['tensors']} tensors")
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nets.bubbliiiing import from_bubbliiiing, is_bubbliiiing_state_dict
-from nets.yolov8 import SCALES, scaled_depth, scaled_width
+from nets.yolov8 import SCALES, model_name, scaled_depth, scaled_width
 from utils.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ def infer_phi(state_dict: Mapping[str, torch.Tensor]) -> str:
                      f"{depth} bottlenecks in the P3 C2f")
 
 
+def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Architecture (nets.yolov8.ARCHS) of a state dict in our layout: "yolov8-p2" when its neck has the P2 level."""
+    return "yolov8-p2" if any(k.startswith("neck.top_down_p2.") for k in state_dict) else "yolov8"
+
+
 def checkpoint_info(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int, int]:
     """(phi, num_classes, in_channels) of a state dict in our layout."""
     phi = infer_phi(state_dict)
@@ -121,13 +126,14 @@ def load_weights(model: nn.Module, src: str | os.PathLike | Mapping) -> dict:
     if len(matched) < 0.5 * sum(k.split(".")[0] in parts for k in own):
         try:
             phi, nc, in_ch = checkpoint_info(state)
-            looks = f"it looks like YOLOv8{phi} (num_classes={nc}, in_channels={in_ch})"
+            looks = f"it looks like {model_name(phi, infer_arch(state))} (num_classes={nc}, in_channels={in_ch})"
         except ValueError as e:
             looks = f"it does not look like a YOLOv8 checkpoint ({e})"
-        what = (f"YOLOv8{getattr(model, 'phi', '?')} (num_classes={getattr(model, 'num_classes', '?')}, "
+        name = model_name(getattr(model, "phi", "?"), getattr(model, "arch", "yolov8"))
+        what = (f"{name} (num_classes={getattr(model, 'num_classes', '?')}, "
                 f"in_channels={getattr(model, 'in_channels', '?')})")
         raise ValueError(f"checkpoint matches only {len(matched)}/{len(own)} tensors of the model, a {what}: {looks}; "
-                         "build the model with the checkpoint's phi")
+                         "build the model with the checkpoint's phi and arch")
     device = next(iter(own.values())).device
     if device.type == "cuda":
         matched.update(tensors_to_device({k: v for k, v in matched.items() if v.device != device}, device))

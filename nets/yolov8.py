@@ -2,7 +2,9 @@
 
 The architecture, channel/depth scaling, BatchNorm settings and head bias initialisation follow
 Ultralytics' YOLOv8 so that its weights load one to one (see nets/convert.py) and outputs agree.
-Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over all levels (three here).
+Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over all levels.
+Two architectures (`arch`): "yolov8" (levels P3-P5, strides 8, 16, 32) and "yolov8-p2" (Ultralytics'
+yolov8-p2.yaml: the same backbone, a neck that also goes down to the stride-4 feature, levels P2-P5).
 """
 import functools
 import math
@@ -22,9 +24,16 @@ SCALES: dict[str, tuple[float, float, int]] = {
     "x": (1.00, 1.25, 512),
 }
 STRIDES = (8, 16, 32)
+# arch -> strides of its detection levels, finest first.
+ARCHS: dict[str, tuple[int, ...]] = {"yolov8": STRIDES, "yolov8-p2": (4, 8, 16, 32)}
 REG_MAX = 16
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
+
+
+def model_name(phi: str, arch: str = "yolov8") -> str:
+    """Display name of a model, as Ultralytics names its yaml files: 'YOLOv8n', 'YOLOv8n-P2'."""
+    return f"YOLOv8{phi}" + ("-P2" if arch == "yolov8-p2" else "")
 
 
 def scaled_width(channels: int, phi: str) -> int:
@@ -137,10 +146,12 @@ class DFL(nn.Module):
 
 
 class Backbone(nn.Module):
-    """CSP-Darknet with C2f and SPPF; [B, C, H, W] -> P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..]."""
+    """CSP-Darknet with C2f and SPPF; [B, C, H, W] -> P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..],
+    preceded by P2 [B, c2, H/4, W/4] when with_p2 (the same layers either way)."""
 
-    def __init__(self, phi: str, in_channels: int = 3):
+    def __init__(self, phi: str, in_channels: int = 3, with_p2: bool = False):
         super().__init__()
+        self.with_p2 = with_p2
         w = functools.partial(scaled_width, phi=phi)
         d = functools.partial(scaled_depth, phi=phi)
         self.stem = Conv(in_channels, w(64), 3, 2)
@@ -149,14 +160,15 @@ class Backbone(nn.Module):
         self.dark4 = nn.Sequential(Conv(w(256), w(512), 3, 2), C2f(w(512), w(512), d(6), shortcut=True))
         self.dark5 = nn.Sequential(Conv(w(512), w(1024), 3, 2), C2f(w(1024), w(1024), d(3), shortcut=True),
                                    SPPF(w(1024), w(1024), 5))
-        self.out_channels = (w(256), w(512), w(1024))
+        self.out_channels = (w(128),) * with_p2 + (w(256), w(512), w(1024))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the stride 8, 16 and 32 feature maps."""
-        p3 = self.dark3(self.dark2(self.stem(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return the stride 8, 16 and 32 feature maps, preceded by the stride 4 one when with_p2."""
+        p2 = self.dark2(self.stem(x))
+        p3 = self.dark3(p2)
         p4 = self.dark4(p3)
         p5 = self.dark5(p4)
-        return p3, p4, p5
+        return (p2, p3, p4, p5) if self.with_p2 else (p3, p4, p5)
 
 
 class PAN(nn.Module):
@@ -185,6 +197,39 @@ class PAN(nn.Module):
         o4 = self.bottom_up_p4(torch.cat([self.down_p3(o3), t4], 1))
         o5 = self.bottom_up_p5(torch.cat([self.down_p4(o4), p5], 1))
         return [o3, o4, o5]
+
+
+class PANP2(nn.Module):
+    """PAN neck of yolov8-p2.yaml: top-down to P2 (stride 4), then bottom-up back to P5.
+
+    Inputs and outputs: P2 [B, c2, H/4, W/4], P3 [.., H/8, ..], P4 [.., H/16, ..], P5 [.., H/32, ..] (same channels).
+    """
+
+    def __init__(self, phi: str):
+        super().__init__()
+        w = functools.partial(scaled_width, phi=phi)
+        n = scaled_depth(3, phi)
+        c2, c3, c4, c5 = w(128), w(256), w(512), w(1024)
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
+        self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
+        self.top_down_p2 = C2f(c3 + c2, c2, n, shortcut=False)
+        self.down_p2 = Conv(c2, c2, 3, 2)
+        self.bottom_up_p3 = C2f(c2 + c3, c3, n, shortcut=False)
+        self.down_p3 = Conv(c3, c3, 3, 2)
+        self.bottom_up_p4 = C2f(c3 + c4, c4, n, shortcut=False)
+        self.down_p4 = Conv(c4, c4, 3, 2)
+        self.bottom_up_p5 = C2f(c4 + c5, c5, n, shortcut=False)
+
+    def forward(self, p2: torch.Tensor, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
+        """Fuse the four backbone levels; returns [P2, P3, P4, P5] for the head."""
+        t4 = self.top_down_p4(torch.cat([self.upsample(p5), p4], 1))
+        t3 = self.top_down_p3(torch.cat([self.upsample(t4), p3], 1))
+        o2 = self.top_down_p2(torch.cat([self.upsample(t3), p2], 1))
+        o3 = self.bottom_up_p3(torch.cat([self.down_p2(o2), t3], 1))
+        o4 = self.bottom_up_p4(torch.cat([self.down_p3(o3), t4], 1))
+        o5 = self.bottom_up_p5(torch.cat([self.down_p4(o4), p5], 1))
+        return [o2, o3, o4, o5]
 
 
 class Detect(nn.Module):
@@ -252,26 +297,30 @@ class Detect(nn.Module):
 
 
 class YoloV8(nn.Module):
-    """YOLOv8 detector; see Detect for the training and inference outputs."""
+    """YOLOv8 detector (arch "yolov8" or "yolov8-p2", see ARCHS); see Detect for the training and inference outputs."""
 
-    def __init__(self, phi: str, num_classes: int, in_channels: int = 3):
+    def __init__(self, phi: str, num_classes: int, in_channels: int = 3, arch: str = "yolov8"):
         super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture arch={arch!r}; choose one of {', '.join(ARCHS)}")
         if phi not in SCALES:
             raise ValueError(f"unknown YOLOv8 size phi={phi!r}; choose one of {', '.join(SCALES)}")
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes ({num_classes}) and in_channels ({in_channels}) must be >= 1")
         self.phi = phi
+        self.arch = arch
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.reg_max = REG_MAX
         self.backbone_frozen = False  # set by nets.freeze.freeze_backbone
-        self.backbone = Backbone(phi, in_channels)
-        self.neck = PAN(phi)
-        self.head = Detect(num_classes, self.backbone.out_channels, STRIDES, REG_MAX)
+        with_p2 = arch == "yolov8-p2"
+        self.backbone = Backbone(phi, in_channels, with_p2)
+        self.neck = PANP2(phi) if with_p2 else PAN(phi)
+        self.head = Detect(num_classes, self.backbone.out_channels, ARCHS[arch], REG_MAX)
 
     @property
     def stride(self) -> torch.Tensor:
-        """Strides of the three output levels, tensor([8., 16., 32.])."""
+        """Strides of the output levels, tensor([8., 16., 32.]) (yolov8) or tensor([4., 8., 16., 32.]) (yolov8-p2)."""
         return self.head.stride
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
@@ -296,6 +345,7 @@ class YoloV8(nn.Module):
         return self
 
 
-def build_model(phi: str, num_classes: int, in_channels: int = 3) -> YoloV8:
-    """YOLOv8 of size phi (n/s/m/l/x) for num_classes classes and in_channels input channels, Ultralytics init."""
-    return YoloV8(phi, num_classes, in_channels)
+def build_model(phi: str, num_classes: int, in_channels: int = 3, arch: str = "yolov8") -> YoloV8:
+    """YOLOv8 of size phi (n/s/m/l/x) and architecture arch (see ARCHS) for num_classes classes and in_channels input
+    channels, Ultralytics init."""
+    return YoloV8(phi, num_classes, in_channels, arch)

@@ -1,0 +1,100 @@
+"""YOLOv8-P2 (arch "yolov8-p2"): equal to Ultralytics' yolov8-p2.yaml (the test-only oracle), conversion, freezing."""
+import pytest
+import torch
+from torch import nn
+
+from nets import build_model, freeze_backbone, infer_phi
+from nets.convert import from_ultralytics, ultralytics_arch
+from nets.weights import checkpoint_info, infer_arch
+from tests.test_nets import max_rel, perturb_bn
+
+ARCH = "yolov8-p2"
+
+
+def ultralytics_p2(phi: str, nc: int, seed: int = 0) -> nn.Module:
+    """Ultralytics DetectionModel from yolov8{phi}-p2.yaml (no download), random init, perturbed BN."""
+    pytest.importorskip("ultralytics", reason="ultralytics is the test-only oracle: pip install ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    model = DetectionModel(f"yolov8{phi}-p2.yaml", nc=nc, verbose=False)
+    perturb_bn(model, seed + 1)
+    return model
+
+
+@pytest.mark.parametrize("phi", ["n", "s"])
+def test_p2_param_count_and_shapes_equal_ultralytics(phi):
+    um = ultralytics_p2(phi, 80)
+    ours = build_model(phi, 80, arch=ARCH)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in um.parameters())
+    theirs = {k: v.shape for k, v in from_ultralytics(um.state_dict()).items()}
+    assert theirs == {k: v.shape for k, v in ours.state_dict().items()}
+    assert ultralytics_arch(um.state_dict()) == infer_arch(ours.state_dict()) == ARCH
+
+
+def test_p2_param_count_all_sizes():
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    for phi in ("m", "l", "x"):
+        with torch.device("meta"):
+            ours = build_model(phi, 80, arch=ARCH)
+        um = DetectionModel(f"yolov8{phi}-p2.yaml", nc=80, verbose=False)  # under a second each on CPU
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in um.parameters()), phi
+        assert checkpoint_info(ours.state_dict()) == (phi, 80, 3)
+        assert infer_phi(ours.state_dict()) == phi and infer_arch(ours.state_dict()) == ARCH
+
+
+def test_p2_build_settings():
+    model = build_model("n", 3, in_channels=4, arch=ARCH)
+    assert model.stride.tolist() == [4.0, 8.0, 16.0, 32.0] and model.arch == ARCH
+    out = model.train()(torch.zeros(2, 4, 64, 96))
+    assert [tuple(o.shape) for o in out] == [(2, 67, 16, 24), (2, 67, 8, 12), (2, 67, 4, 6), (2, 67, 2, 3)]
+    assert build_model("n", 3).arch == "yolov8" and infer_arch(build_model("n", 3).state_dict()) == "yolov8"
+    with pytest.raises(ValueError, match="arch"):
+        build_model("n", 1, arch="yolov8-p6")
+
+
+@pytest.mark.parametrize("nc", [80, 1])
+def test_p2_eval_output_equals_ultralytics(nc):
+    um = ultralytics_p2("n", nc).eval()
+    ours = build_model("n", nc, arch=ARCH)
+    ours.load_state_dict(from_ultralytics(um.state_dict()), strict=True)
+    ours.eval()
+    h, w = 96, 128
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        a, b = ours(x), um(x)[0]
+    anchors = sum((h // s) * (w // s) for s in (4, 8, 16, 32))
+    assert a.shape == b.shape == (1, 4 + nc, anchors)
+    assert b[:, 4:].std() > 1e-3 and b[:, :4].std() > 1.0  # not a degenerate comparison
+    assert max_rel(a[:, :4], b[:, :4]) <= 1e-4
+    assert max_rel(a[:, 4:], b[:, 4:]) <= 1e-4
+    with torch.no_grad():  # the fused model agrees too
+        assert max_rel(ours.fuse()(x), b) <= 1e-4
+
+
+def test_p2_train_output_equals_ultralytics():
+    um = ultralytics_p2("n", 1, seed=3).train()
+    ours = build_model("n", 1, arch=ARCH)
+    ours.load_state_dict(from_ultralytics(um.state_dict()), strict=True)
+    x = torch.randn(2, 3, 64, 96)
+    maps = ours.train()(x)
+    preds = um(x)
+    assert [m.shape[-2:] for m in maps] == [f.shape[-2:] for f in preds["feats"]]
+    flat = torch.cat([m.flatten(2) for m in maps], 2)
+    assert max_rel(flat[:, :64], preds["boxes"]) <= 1e-4
+    assert max_rel(flat[:, 64:], preds["scores"]) <= 1e-4
+
+
+def test_p2_freeze_backbone_keeps_neck_and_head_trainable():
+    model = build_model("n", 1, arch=ARCH).train()
+    freeze_backbone(model, True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.neck.parameters())
+    before = model.backbone.dark2[1].cv1.bn.running_mean.clone()
+    sum(m.sum() for m in model(torch.randn(2, 3, 64, 64))).backward()
+    assert torch.equal(model.backbone.dark2[1].cv1.bn.running_mean, before)  # the P2 feature's BN stays fixed
+    assert model.neck.top_down_p2.cv1.conv.weight.grad is not None
+    freeze_backbone(model, False)
+    assert all(p.requires_grad for p in model.backbone.parameters())
