@@ -23,6 +23,7 @@ from datasets.fred_index import FredIndex, build_fred_index
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
 from nets.loss import DetectionLoss
+from nets.yolov8 import ARCHS
 from speed.batch_ring import build_loader
 from speed.compiled import build_batch_transform
 from speed.cuda_graph import GraphedTrainLoss
@@ -73,7 +74,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
                     "a list of names, one per class (NUM_CLASSES)"),
     "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
-    "PHI": _choice("n", "s", "m", "l", "x"),
+    "PHI": _choice("n", "s", "m", "l", "x"), "ARCH": _choice(*ARCHS),
     "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
         "[height, width], positive multiples of 32"),
@@ -212,10 +213,10 @@ def channels_last(cfg: dict, device: torch.device) -> bool:
 
 def build_train_model(cfg: dict, device: torch.device, world: int, weights: bool = True
                       ) -> tuple[torch.nn.Module, Optional[dict]]:
-    """YOLOv8 PHI for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN under torchrun on
+    """YOLOv8 PHI of architecture ARCH for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN under torchrun on
     CUDA), with MODEL_PATH's weights when weights and a path is set: (model, load_weights() report or None).
     A weights file that cannot be read raises OSError / ValueError."""
-    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS)
+    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS, arch=cfg["ARCH"])
     info = load_weights(model, cfg["MODEL_PATH"]) if weights and cfg["MODEL_PATH"] else None
     model.to(device, memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     if cfg["SYNC_BN"] and world > 1 and device.type == "cuda":

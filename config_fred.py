@@ -20,6 +20,7 @@ INDEX_CACHE_DIR = ""              # where the frame index cache lives ("" = <DAT
 
 # ----------------------------------------------------------------- model
 PHI = "s"                         # YOLOv8 size: n | s | m | l | x
+ARCH = "yolov8"                   # architecture: "yolov8" (levels at strides 8, 16, 32) | "yolov8-p2" (Ultralytics' yolov8-p2.yaml: a fourth level at stride 4 for small objects; more compute)
 INPUT_SHAPE = [640, 640]          # network input [height, width], pixels, multiples of 32
 MODEL_PATH = ""                   # initial weights: our checkpoint or a converted Ultralytics state dict ("" = random init)
 

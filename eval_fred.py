@@ -111,13 +111,14 @@ from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
 from evaluation.evaluator import evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
 from nets import build_model, load_weights  # noqa: E402
-from nets.weights import checkpoint_info, read_state_dict  # noqa: E402
+from nets.weights import checkpoint_info, infer_arch, read_state_dict  # noqa: E402
+from nets.yolov8 import ARCHS, model_name  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 
 
 def read_checkpoint(path: str, phi: str | None) -> dict:
-    """Weights, (phi, num_classes, in_channels) and training modality (None if unknown) of a checkpoint file; bare
-    state dicts are measured."""
+    """Weights, (phi, arch, num_classes, in_channels) and training modality (None if unknown) of a checkpoint file;
+    bare state dicts are measured, and a checkpoint without "arch" is told by its tensor names (older ones)."""
     try:
         ckpt = load_checkpoint(path)
     except FileNotFoundError as e:
@@ -140,6 +141,10 @@ def read_checkpoint(path: str, phi: str | None) -> dict:
         meta = {**measured, **({"phi": phi} if phi else {}), **meta}
     elif phi and phi != meta["phi"]:
         LOGGER.warning("%s is a YOLOv8%s checkpoint; --phi %s is ignored", path, meta["phi"], phi)
+    meta["arch"] = ckpt.get("arch") or infer_arch(state)
+    if meta["arch"] not in ARCHS:
+        raise EvalError(f"{path} records the architecture {meta['arch']!r}, which this version does not know "
+                        f"({', '.join(ARCHS)}): evaluate it with the version that trained it")
     config, modality = ckpt.get("config"), ckpt.get("modality")
     return {"state": state, "config": config if isinstance(config, dict) else {},
             "modality": modality if modality in ("rgb", "event") else None, **meta}
@@ -180,14 +185,14 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
         raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
                         f"--set NUM_CLASSES={nc} (and CLASS_NAMES) or pick a checkpoint trained on these labels")
     with device:  # parameters made on the device: no CPU initialisation to overwrite, no copy of the model
-        model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)))
+        model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)), ckpt.get("arch", "yolov8"))
     try:
         report = load_weights(model, ckpt["state"])
     except ValueError as e:
         raise EvalError(f"{path} does not fit: {e}") from None
     if report["skipped"] or report["missing"]:
         example = (report["missing_keys"] or report["skipped_keys"])[0]
-        raise EvalError(f"{path} does not fit YOLOv8{ckpt['phi']} ({nc} classes, {model.in_channels} input "
+        raise EvalError(f"{path} does not fit {model_name(ckpt['phi'], model.arch)} ({nc} classes, {model.in_channels} input "
                         f"channels): {report['missing']} model tensors not loaded, {report['skipped']} checkpoint "
                         f"tensors unused (e.g. {example}); check --phi / the checkpoint")
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -155,9 +155,10 @@ def open_run_dir(cfg: dict, modality: str, resume: Optional[str]) -> str:
 
 
 def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
-    """Why the checkpoint at path cannot continue with cfg (another model size, class count, input channels or
-    optimizer than it holds), or None."""
+    """Why the checkpoint at path cannot continue with cfg (another model size, architecture, class count, input
+    channels or optimizer than it holds), or None. A checkpoint without "arch" (older ones) holds a "yolov8"."""
     for key, held, asked, how in (("PHI", state.get("phi"), cfg["PHI"], "--phi / --set PHI"),
+                                  ("ARCH", state.get("arch", "yolov8"), cfg["ARCH"], "--set ARCH"),
                                   ("NUM_CLASSES", state.get("num_classes"), cfg["NUM_CLASSES"], "--set NUM_CLASSES"),
                                   ("OPTIMIZER_TYPE", state["config"].get("OPTIMIZER_TYPE"), cfg["OPTIMIZER_TYPE"],
                                    "--set OPTIMIZER_TYPE")):
@@ -350,7 +351,7 @@ class Run:
 
     def state(self, epoch: int, iteration: int, phase: str, epoch_sums: Optional[dict] = None) -> dict:
         """training_state() of the run after `iteration` steps of epoch `epoch` (0 steps: after epoch - 1)."""
-        meta = {"phi": self.model.phi, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels,
+        meta = {"phi": self.model.phi, "arch": self.model.arch, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels,
                 "modality": self.modality, "train_seconds": self.elapsed()}
         return training_state(self.model, self.ema, self.optimizer, self.scaler, epoch, iteration, phase, self.best,
                               self.cfg, meta, epoch_sums)

@@ -167,7 +167,7 @@ def training_state(model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer
     """Everything a resumed run needs. `model` holds the EMA weights (what evaluation uses), `model_raw` the raw ones.
 
     epoch: completed epochs; iteration: optimizer steps already done inside epoch `epoch` (0 at an epoch boundary);
-    best: best_fitness / best_epoch / best metrics so far; meta: phi, num_classes, in_channels, modality,
+    best: best_fitness / best_epoch / best metrics so far; meta: phi, arch, num_classes, in_channels, modality,
     train_seconds; epoch_sums: the loss sums of those iterations (engine.train_one_epoch's), so that the resumed
     epoch's logged loss covers them.
     """
