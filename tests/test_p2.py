@@ -12,8 +12,9 @@ from torch import nn
 
 import train_fred
 
-from nets import build_model, freeze_backbone, infer_phi
+from nets import build_model, freeze_backbone, infer_phi, load_weights
 from nets.convert import from_ultralytics, ultralytics_arch
+from nets.convert import main as convert_main
 from nets.weights import checkpoint_info, infer_arch
 from tests.test_eval_fred import run_main
 from tests.test_nets import max_rel, perturb_bn
@@ -155,3 +156,17 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     status = train_fred.main(["--resume", os.path.join(resumed, "last.pth"), "--device", "cpu",
                               "--set", "UNFREEZE_EPOCH=2", "ARCH='yolov8'"])
     assert status == 2 and "ARCH='yolov8-p2'" in capsys.readouterr().err
+
+
+def test_p2_convert_cli_records_the_arch(tmp_path, capsys):
+    um = ultralytics_p2("n", 1, seed=11).eval()
+    src, dst = tmp_path / "ultra_p2_sd.pt", tmp_path / "ours.pth"
+    torch.save(um.state_dict(), src)
+    convert_main([str(src), str(dst)])
+    assert "YOLOv8n-P2, num_classes=1, in_channels=3" in capsys.readouterr().out
+    ckpt = torch.load(dst, weights_only=True)
+    assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", ARCH, 1)
+    ours = build_model("n", 1, arch=ARCH)
+    assert load_weights(ours, str(dst))["loaded"] == len(ours.state_dict())
+    plain = load_weights(build_model("n", 1), str(dst))  # into a plain YOLOv8: the shared layers (transfer)
+    assert 0 < plain["missing"] < plain["total"] and plain["skipped"] > 0
