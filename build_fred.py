@@ -213,8 +213,9 @@ def channels_last(cfg: dict, device: torch.device) -> bool:
 
 def build_train_model(cfg: dict, device: torch.device, world: int, weights: bool = True
                       ) -> tuple[torch.nn.Module, Optional[dict]]:
-    """YOLOv8 PHI of architecture ARCH for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN under torchrun on
-    CUDA), with MODEL_PATH's weights when weights and a path is set: (model, load_weights() report or None).
+    """YOLOv8 PHI of architecture ARCH for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN
+    under torchrun on CUDA), with MODEL_PATH's weights when weights and a path is set: (model, load_weights() report or
+    None).
     A weights file that cannot be read raises OSError / ValueError."""
     model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS, arch=cfg["ARCH"])
     info = load_weights(model, cfg["MODEL_PATH"]) if weights and cfg["MODEL_PATH"] else None

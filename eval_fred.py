@@ -192,9 +192,9 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
         raise EvalError(f"{path} does not fit: {e}") from None
     if report["skipped"] or report["missing"]:
         example = (report["missing_keys"] or report["skipped_keys"])[0]
-        raise EvalError(f"{path} does not fit {model_name(ckpt['phi'], model.arch)} ({nc} classes, {model.in_channels} input "
-                        f"channels): {report['missing']} model tensors not loaded, {report['skipped']} checkpoint "
-                        f"tensors unused (e.g. {example}); check --phi / the checkpoint")
+        raise EvalError(f"{path} does not fit {model_name(ckpt['phi'], model.arch)} ({nc} classes, "
+                        f"{model.in_channels} input channels): {report['missing']} model tensors not loaded, "
+                        f"{report['skipped']} checkpoint tensors unused (e.g. {example}); check --phi / the checkpoint")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.fuse().to(memory_format=fmt)
 

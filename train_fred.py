@@ -351,8 +351,8 @@ class Run:
 
     def state(self, epoch: int, iteration: int, phase: str, epoch_sums: Optional[dict] = None) -> dict:
         """training_state() of the run after `iteration` steps of epoch `epoch` (0 steps: after epoch - 1)."""
-        meta = {"phi": self.model.phi, "arch": self.model.arch, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels,
-                "modality": self.modality, "train_seconds": self.elapsed()}
+        meta = {"phi": self.model.phi, "arch": self.model.arch, "num_classes": self.model.num_classes,
+                "in_channels": self.model.in_channels, "modality": self.modality, "train_seconds": self.elapsed()}
         return training_state(self.model, self.ema, self.optimizer, self.scaler, epoch, iteration, phase, self.best,
                               self.cfg, meta, epoch_sums)
 
