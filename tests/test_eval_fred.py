@@ -229,12 +229,14 @@ def test_another_class_count_needs_no_class_names(fred, capsys):
     assert status == 2 and "has 1 classes but NUM_CLASSES is 2" in err and "CLASS_NAMES" not in err.split("--set")[0]
 
 
-def test_training_time_map_equals_eval_fred(tmp_path, capsys):
-    """train_fred.py's in-training mAP and eval_fred.py on its best.pth are the same number (same data, settings).
+# eval settings of train_on_large_boxes(), to pass to eval_fred.py by hand
+LARGE_BOX_SETS = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MAX_DET=50", "EVAL_BATCH_SIZE=8",
+                  "NUM_WORKERS=0", "EVAL_WORKERS=0"]
 
-    Labels are rewritten to large boxes so that even a barely trained model scores a non-zero mAP: the comparison
-    is between two non-trivial numbers, not 0 == 0.
-    """
+
+def train_on_large_boxes(tmp_path, capsys, *sets: str) -> tuple[str, dict]:
+    """One epoch of train_fred.py (phi n, 64 px, event) on 4 generated sequences whose labels are rewritten to large
+    boxes, so that even a barely trained model scores a non-zero mAP: (data root, the run's final JSON line)."""
     import numpy as np
 
     import train_fred
@@ -247,15 +249,22 @@ def test_training_time_map_equals_eval_fred(tmp_path, capsys):
         cx, cy = rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)
         with open(label, "w") as f:
             f.write(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" if rng.random() < 0.8 else "")
-    sets = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MAX_DET=50", "EVAL_BATCH_SIZE=8",
-            "NUM_WORKERS=0", "EVAL_WORKERS=0"]
     status = train_fred.main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
-                              "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *sets,
-                              "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4", "EVAL_PERIOD=1"])
+                              "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *LARGE_BOX_SETS,
+                              "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4", "EVAL_PERIOD=1",
+                              *sets])
     out = capsys.readouterr().out
     assert status == 0
     trained = json.loads(out.strip().splitlines()[-1])
     assert trained["best_epoch"] == 1 and trained["best_mAP50"] > 0.01
+    return root, trained
+
+
+def test_training_time_map_equals_eval_fred(tmp_path, capsys):
+    """train_fred.py's in-training mAP and eval_fred.py on its best.pth are the same number (same data, settings):
+    two non-trivial numbers, not 0 == 0 (train_on_large_boxes)."""
+    root, trained = train_on_large_boxes(tmp_path, capsys)
+    sets = LARGE_BOX_SETS
 
     status, out, err = run_main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--device",
                                  "cpu", "--weights", os.path.join(trained["run_dir"], "best.pth"), "--set", *sets],

@@ -59,13 +59,14 @@ def perturb_bn(model: nn.Module, seed: int) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
 
 
-def ultralytics_model(phi: str, nc: int, seed: int = 0) -> nn.Module:
-    """Ultralytics DetectionModel from yaml (no download), random init, perturbed BN (see perturb_bn)."""
+def ultralytics_model(phi: str, nc: int, seed: int = 0, variant: str = "") -> nn.Module:
+    """Ultralytics DetectionModel from yolov8{phi}{variant}.yaml (no download; variant "" or "-p2"), random init,
+    perturbed BN (see perturb_bn)."""
     pytest.importorskip("ultralytics", reason="ultralytics is the test-only oracle: pip install ultralytics")
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(seed)
-    model = DetectionModel(f"yolov8{phi}.yaml", nc=nc, verbose=False)
+    model = DetectionModel(f"yolov8{phi}{variant}.yaml", nc=nc, verbose=False)
     perturb_bn(model, seed + 1)
     return model
 

@@ -1,37 +1,27 @@
 """YOLOv8-P2 (arch "yolov8-p2"): equal to Ultralytics' yolov8-p2.yaml (the test-only oracle), conversion, freezing,
 training and evaluation from its checkpoint."""
-import glob
 import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import train_fred
-
 from nets import build_model, freeze_backbone, infer_phi, load_weights
 from nets.convert import from_ultralytics, ultralytics_arch
 from nets.convert import main as convert_main
 from nets.weights import checkpoint_info, infer_arch
-from tests.test_eval_fred import run_main
-from tests.test_nets import max_rel, perturb_bn
-from tools.synthetic import generate_fred
+from tests.test_eval_fred import LARGE_BOX_SETS, run_main, train_on_large_boxes
+from tests.test_nets import max_rel, ultralytics_model
 
 ARCH = "yolov8-p2"
 
 
 def ultralytics_p2(phi: str, nc: int, seed: int = 0) -> nn.Module:
     """Ultralytics DetectionModel from yolov8{phi}-p2.yaml (no download), random init, perturbed BN."""
-    pytest.importorskip("ultralytics", reason="ultralytics is the test-only oracle: pip install ultralytics")
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(seed)
-    model = DetectionModel(f"yolov8{phi}-p2.yaml", nc=nc, verbose=False)
-    perturb_bn(model, seed + 1)
-    return model
+    return ultralytics_model(phi, nc, seed, variant="-p2")
 
 
 @pytest.mark.parametrize("phi", ["n", "s"])
@@ -116,23 +106,8 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     """train_fred.py with ARCH='yolov8-p2' records the arch; eval_fred.py on best.pth, without --set, rebuilds the P2
     model and reproduces the training mAP; a bare state dict of it is recognised too. Large boxes (as in
     tests/test_eval_fred.py) make the mAP non-zero."""
-    root = str(tmp_path / "fred")
-    generate_fred(root, sequences=4, frames=6, seed=5, size=(96, 160))
-    rng = np.random.default_rng(0)
-    for label in sorted(glob.glob(os.path.join(root, "*", "Event_YOLO", "*.txt"))):
-        w, h = rng.uniform(0.5, 0.95, 2)
-        cx, cy = rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)
-        with open(label, "w") as f:
-            f.write(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" if rng.random() < 0.8 else "")
-    sets = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MAX_DET=50", "EVAL_BATCH_SIZE=8",
-            "NUM_WORKERS=0", "EVAL_WORKERS=0"]
-    status = train_fred.main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
-                              "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *sets,
-                              f"ARCH={ARCH!r}", "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4",
-                              "EVAL_PERIOD=1"])
-    assert status == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert trained["best_epoch"] == 1 and trained["best_mAP50"] > 0.01
+    root, trained = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
+    sets = LARGE_BOX_SETS
     best = os.path.join(trained["run_dir"], "best.pth")
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["arch"] == ARCH and infer_arch(ckpt["model"]) == ARCH
