@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours_variants", nargs="*", default=[], metavar="NAME:KEY=VALUE;...",
                    help="speed part: extra runs of ours on the first modality with these config overrides (Python "
                         "literals), to measure what one speed option gives, e.g. 'no_graph:CUDA_GRAPH=False'")
+    p.add_argument("--ref_repo", default="", metavar="DIR",
+                   help="speed part: also run the trainer of another checkout of this repository (e.g. an older "
+                        "commit: git archive COMMIT | tar -x -C DIR), alternating with this tree's, --repeats times "
+                        "each, on the same data; the table shows both and their ratio")
+    p.add_argument("--repeats", type=int, default=1, help="speed part: runs of our trainer per modality (alternating "
+                   "with --ref_repo's); the figures are the medians over runs")
+    p.add_argument("--skip_ultra", action="store_true", help="speed part: leave Ultralytics out (e.g. old vs new)")
     p.add_argument("--data_variants", nargs="*", default=[], metavar="NAME:KEY=VALUE;...",
                    help="data part: extra timings of our loader on the first modality with these config overrides, "
                         "to see where the workers' time goes, e.g. 'no_hsv:HSV_H=0;HSV_S=0;HSV_V=0' "
@@ -194,12 +201,12 @@ class Bench:
         return min(self.a.workers, config_fred.EVAL_WORKERS)
 
     def run_ours(self, tag: str, modality: str, sets: dict, no_eval_map: bool = False,
-                 stop_at_map50: float = 0.0) -> dict:
-        """Our trainer in a subprocess, results.csv rows stamped as they appear."""
+                 stop_at_map50: float = 0.0, repo: Path = REPO) -> dict:
+        """Our trainer (the one in `repo`) in a subprocess, results.csv rows stamped as they appear."""
         save_dir = self.logs / f"ours_{tag}"
         shutil.rmtree(save_dir, ignore_errors=True)  # an earlier run's results.csv would be read as this one's
         cmd = ours_command(modality, self.a.data_root, self.split, self.a.phi, self.a.device, str(save_dir), sets,
-                           no_eval_map=no_eval_map)
+                           no_eval_map=no_eval_map, repo=repo)
         watcher = CsvWatcher(str(save_dir / "loss_*" / "results.csv"))
 
         def reached() -> bool:
@@ -260,10 +267,16 @@ def part_speed(b: Bench) -> dict:
         sets = b.ours_sets(FREEZE_TRAIN=True, FREEZE_EPOCH=k, UNFREEZE_EPOCH=2 * k, FREEZE_BATCH_SIZE=a.frozen_batch,
                            UNFREEZE_BATCH_SIZE=a.unfrozen_batch, SPECIAL_AUG_RATIO=1.0, EVAL_PERIOD=2 * k,
                            SAVE_PERIOD=2 * k, VAL_FRAME_STRIDE=a.speed_val_stride)
-        ours = b.run_ours(f"speed_{modality}", modality, sets, no_eval_map=True)
-        entry["ours"] = {"run": _strip(ours), "phases": _ours_phases(ours, b.sampler)}
-        b.result.setdefault("speed", {})[modality] = entry
-        b.save()
+        runs: dict = {"ours": [], "ref": []}
+        for rep in range(a.repeats):
+            for who, repo in (("ours", REPO), ("ref", a.ref_repo)) if a.ref_repo else (("ours", REPO),):
+                tag = f"speed_{modality}" + ("_ref" if who == "ref" else "") + (f"_{rep}" if a.repeats > 1 else "")
+                run = b.run_ours(tag, modality, sets, no_eval_map=True, repo=repo)
+                runs[who].append({"run": _strip(run), "phases": _ours_phases(run, b.sampler)})
+                entry[who] = _median_runs(runs[who])
+                b.result.setdefault("speed", {})[modality] = entry
+                b.save()
+        ours = runs["ours"][0]["run"]
         for name, extra in a.ours_variants if modality == a.modalities[0] else ():
             v = b.run_ours(f"speed_{modality}_{name}", modality, {**sets, **extra}, no_eval_map=True)
             entry.setdefault("variants", {})[name] = {"sets": extra, "run": _strip(v),
@@ -272,7 +285,7 @@ def part_speed(b: Bench) -> dict:
         if ours.get("run_dir") and modality == "event":
             b.weights.setdefault("ours", (str(Path(ours["run_dir"]) / "last.pth"), "speed run (barely trained)"))
         entry["ultralytics"] = {"phases": {}}
-        for phase, batch, freeze in (("frozen", a.frozen_batch, 10), ("unfrozen", a.unfrozen_batch, 0)):
+        for phase, batch, freeze in () if a.skip_ultra else (("frozen", a.frozen_batch, 10), ("unfrozen", a.unfrozen_batch, 0)):
             u = b.run_ultra(f"speed_{modality}_{phase}", "train", data_yaml,
                             ["--epochs", str(k), "--batch", str(batch), "--freeze", str(freeze),
                              "--special_aug_ratio", "1.0", "--val_repeats", "0"])
@@ -282,6 +295,17 @@ def part_speed(b: Bench) -> dict:
             b.save()
         out[modality] = entry
     return out
+
+
+def _median_runs(runs: list[dict]) -> dict:
+    """Several runs of one trainer as one entry: per phase the median of each figure, the runs kept beside."""
+    phases: dict = {}
+    for phase in runs[0]["phases"]:
+        per = [r["phases"].get(phase, {}) for r in runs]
+        phases[phase] = {k: (median([p.get(k) for p in per]) if isinstance(v, (int, float)) else v)
+                         for k, v in per[0].items()}
+        phases[phase]["img_per_s_runs"] = [p.get("img_per_s") for p in per]
+    return {"run": runs[0]["run"], "phases": phases, "runs": runs}
 
 
 def _strip(run: dict) -> dict:
@@ -703,12 +727,21 @@ def report(b: Bench) -> None:
                     frac = o["img_per_s"] / ceil
                     targets.append((f"{modality} unfrozen img/s >= 0.9x our model+loss ceiling", frac >= 0.9,
                                     f"{frac:.2f}x"))
-            for name, v in e.get("variants", {}).items():
+            for phase in ("frozen", "unfrozen") if "ref" in e else ():
+                o, f = e["ours"]["phases"].get(phase, {}), e["ref"]["phases"].get(phase, {})
+                if o.get("img_per_s") and f.get("img_per_s"):
+                    rel = o["img_per_s"] / f["img_per_s"]
+                    targets.append((f"{modality} {phase} img/s, this tree / --ref_repo (median of "
+                                    f"{o.get('img_per_s_runs')} / {f.get('img_per_s_runs')}) >= 0.98",
+                                    rel >= 0.98, f"{rel:.3f}x"))
+            named = [(f"{modality} [{name}]", v) for name, v in e.get("variants", {}).items()]
+            named += [(f"{modality} [ref_repo]", e["ref"])] if "ref" in e else []
+            for label, v in named:
                 for phase in ("frozen", "unfrozen"):
                     o = v["phases"].get(phase, {})
                     u = e["ultralytics"]["phases"].get(phase, {})
                     ratio = (o["img_per_s"] / u["img_per_s"]) if o.get("img_per_s") and u.get("img_per_s") else None
-                    rows.append([f"{modality} [{name}]", phase, o.get("batch"), o.get("img_per_s"), u.get("img_per_s"),
+                    rows.append([label, phase, o.get("batch"), o.get("img_per_s"), u.get("img_per_s"),
                                  ratio, o.get("epoch_s"), u.get("epoch_s"), o.get("peak_mem_GB"), u.get("peak_mem_GB"),
                                  o.get("gpu_util_pct"), u.get("gpu_util_pct"), o.get("data_wait_pct")])
         print_table(f"Training speed (YOLOv8{a.phi}, {a.imgsz}, AMP fp16, {a.workers} workers, steady epochs)",

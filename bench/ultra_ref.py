@@ -209,9 +209,9 @@ def write_split(root: str, ids: Sequence[int]) -> str:
 
 
 def ours_command(modality: str, data_root: str, split: str, phi: str, device: str, save_dir: str,
-                 sets: dict, no_eval_map: bool = False) -> list[str]:
-    """Command line of our trainer; sets = config overrides, passed as --set KEY=<Python literal>."""
-    cmd = [sys.executable, str(REPO / "train_fred.py"), "--modality", modality, "--data_root", data_root,
+                 sets: dict, no_eval_map: bool = False, repo: Path = REPO) -> list[str]:
+    """Command line of our trainer (the one in `repo`); sets = config overrides, passed as --set KEY=<literal>."""
+    cmd = [sys.executable, str(Path(repo) / "train_fred.py"), "--modality", modality, "--data_root", data_root,
            "--split", split, "--phi", phi, "--save_dir", save_dir]
     if device:
         cmd += ["--device", device]
