@@ -314,9 +314,13 @@ class YoloV8(nn.Module):
         self.reg_max = REG_MAX
         self.backbone_frozen = False  # set by nets.freeze.freeze_backbone
         with_p2 = arch == "yolov8-p2"
-        self.backbone = Backbone(phi, in_channels, with_p2)
+        self.backbone = self.make_backbone(phi, in_channels, with_p2)
         self.neck = PANP2(phi) if with_p2 else PAN(phi)
         self.head = Detect(num_classes, self.backbone.out_channels, ARCHS[arch], REG_MAX)
+
+    def make_backbone(self, phi: str, in_channels: int, with_p2: bool) -> nn.Module:
+        """The backbone (a subclass may fuse several); its out_channels give the head's levels."""
+        return Backbone(phi, in_channels, with_p2)
 
     @property
     def stride(self) -> torch.Tensor:
