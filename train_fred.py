@@ -230,7 +230,7 @@ def missing_root_hint(cfg: dict, modality: str) -> str:
     if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
         return ""
     return ("\nno FRED at hand? try the trainer on a generated sample: "
-            f"python train_fred.py --modality {modality} --demo")
+            f"python train_fred.py --modality {modality} --demo" + (" --check_data" if modality == "fusion" else ""))
 
 
 # ----------------------------------------------------------------------------------------------- signals

@@ -216,3 +216,5 @@ def test_train_fred_checks_fusion_data_and_refuses_fusion_training(generated, tm
     assert train_fred.main(argv) == 2
     assert "fusion training is not built yet" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "runs")
+    assert train_fred.main(["--modality", "fusion", "--data_root", str(tmp_path / "nowhere"), "--check_data"]) == 2
+    assert "python train_fred.py --modality fusion --demo --check_data" in capsys.readouterr().err
