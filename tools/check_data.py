@@ -8,8 +8,8 @@ is truncated or does not decode is a bad file, named with the reason, and its fr
 Modality fusion (frames = fused RGB + event pairs; both images are read) adds, per sequence and in total, the
 pairs the index made, the RGB and event frames left unpaired, the pairs' time offsets, and the agreement of the
 two label sets: the RGB_YOLO boxes of a pair's PADDED_RGB frame against its Event_YOLO boxes (the two frames
-share one coordinate space), matched one to one greedily by IoU in frames where both have boxes; a sequence whose
-mean IoU is below LABEL_AGREEMENT_MIN_IOU is listed as disagreeing.
+share one coordinate space), matched one to one greedily by IoU in the selected frames (FRAME_STRIDE applies)
+where both have boxes; a sequence whose mean IoU is below LABEL_AGREEMENT_MIN_IOU is listed as disagreeing.
 """
 import os
 from multiprocessing.pool import ThreadPool
