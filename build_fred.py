@@ -74,6 +74,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "CLASS_NAMES": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
                     "a list of names, one per class (NUM_CLASSES)"),
     "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
+    "FUSION_PAIR_TOLERANCE": _number(0, 1, above_lo=True, below_hi=True, text="seconds, above 0 and below 1"),
     "PHI": _choice("n", "s", "m", "l", "x"), "ARCH": _choice(*ARCHS),
     "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
@@ -127,7 +128,8 @@ def build_index(cfg: dict, modality: str, val_only: bool = False) -> FredIndex:
     return build_fred_index(cfg["DATA_ROOT"], modality, split=cfg["SPLIT"], frame_stride=cfg["FRAME_STRIDE"],
                             val_frame_stride=cfg["VAL_FRAME_STRIDE"], num_classes=cfg["NUM_CLASSES"],
                             strict_labels=cfg["STRICT_LABELS"], rgb_image_dir=cfg["RGB_IMAGE_DIR"],
-                            cache_dir=cfg["INDEX_CACHE_DIR"] or None, val_only=val_only)
+                            cache_dir=cfg["INDEX_CACHE_DIR"] or None, val_only=val_only,
+                            fusion_pair_tolerance=cfg["FUSION_PAIR_TOLERANCE"])
 
 
 def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True) -> Optional[FrameCache]:

@@ -17,6 +17,7 @@ FRAME_STRIDE = 1                  # keep every k-th annotated training frame per
 VAL_FRAME_STRIDE = 1              # same, for validation frames (raise to evaluate faster)
 STRICT_LABELS = False             # True: a label line that does not parse is an error instead of a skipped file
 INDEX_CACHE_DIR = ""              # where the frame index cache lives ("" = <DATA_ROOT>/.fred_index_cache, else ~/.cache/fred_yolo)
+FUSION_PAIR_TOLERANCE = 1 / 60    # --modality fusion: seconds a PADDED_RGB frame and its event frame may lie apart (half a frame at 30 FPS); farther: unpaired
 
 # ----------------------------------------------------------------- model
 PHI = "s"                         # YOLOv8 size: n | s | m | l | x

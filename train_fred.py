@@ -33,8 +33,9 @@ DEMO_ROOT = "data/fred_demo"
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     """Command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("rgb", "event"), help="which frames to train on (taken from --resume's "
-                   "checkpoint when omitted)")
+    p.add_argument("--modality", choices=("rgb", "event", "fusion"), help="which frames to train on (taken from "
+                   "--resume's checkpoint when omitted); fusion: PADDED_RGB and event frames paired by time "
+                   "(--check_data only for now)")
     p.add_argument("--data_root", help="FRED root (config DATA_ROOT)")
     p.add_argument("--split", help="canonical | challenging | random:<val_fraction>:<seed> | folder (config SPLIT)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"), help="YOLOv8 size (config PHI)")
@@ -66,7 +67,7 @@ import build_fred  # noqa: E402
 from datasets.fred_dataset import FredDataset  # noqa: E402
 from datasets.fred_index import FredDataError, FredIndex  # noqa: E402
 from nets.loss import DetectionLoss  # noqa: E402
-from tools.check_data import SUMMARY_KEYS, check_data, format_summary, usable  # noqa: E402
+from tools.check_data import check_data, format_summary, summary_keys, usable  # noqa: E402
 from training import engine  # noqa: E402
 from training.ema import ModelEMA  # noqa: E402
 from training.epoch_end import EpochEnd, NonFiniteError, nonfinite_tensor  # noqa: E402
@@ -216,7 +217,7 @@ def run_check_data(cfg: dict, modality: str) -> int:
         return EXIT_BAD_DATA
     summary = check_data(index, workers=min(cfg["NUM_WORKERS"], os.cpu_count() or 1), progress=True)
     print(format_summary(summary), flush=True)
-    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}), flush=True)
+    print(json.dumps({k: summary[k] for k in summary_keys(modality)}), flush=True)
     if usable(summary):
         return 0
     print(f"not usable: no {'train' if not summary['train_frames'] else 'val'} frames with readable images under "
@@ -229,7 +230,7 @@ def missing_root_hint(cfg: dict, modality: str) -> str:
     if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
         return ""
     return ("\nno FRED at hand? try the trainer on a generated sample: "
-            f"python train_fred.py --modality {modality} --demo")
+            f"python train_fred.py --modality {modality} --demo" + (" --check_data" if modality == "fusion" else ""))
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -566,7 +567,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_BAD_CONFIG
     modality = args.modality or (resume_state or {}).get("modality")
     if modality is None:
-        print("--modality rgb|event is required", file=sys.stderr)
+        print("--modality rgb|event|fusion is required", file=sys.stderr)
         return EXIT_BAD_CONFIG
     if resume_state is not None and resume_state.get("modality", modality) != modality:
         print(f"--resume: the checkpoint was trained on {resume_state['modality']}, not {modality}", file=sys.stderr)
@@ -585,6 +586,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo_data(cfg["DATA_ROOT"], cuda)
     if args.check_data:
         return run_check_data(cfg, modality)
+    if modality == "fusion":
+        print("fusion training is not built yet: --modality fusion works with --check_data only (pairing and "
+              "labels); train on rgb or event", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     device = dist.setup(args.device)
     stop = StopFlag()
