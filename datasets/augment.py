@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.streams import per_stream
+
 PAD_VALUE = 114  # grey used for every area that no image covers
 HSV_KEY = "hsv"  # a training item's (and batch's) HSV draw, left to the batch transform (Augmentation.hsv_in_batch)
 
@@ -67,15 +69,15 @@ def scale_translate_matrix(scale_x: float, scale_y: float, pad: tuple[float, flo
 
 
 def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE) -> np.ndarray:
-    """Warp a uint8 HWC image (any channel count) with a 3x3 affine (continuous coordinates) to out_shape (h, w);
+    """Warp a uint8 HWC image (one or more streams: utils/streams.py) with a 3x3 affine (continuous coordinates) to out_shape (h, w);
     bilinear, grey border."""
     a = matrix[:2, :2]
     # continuous x maps to a x + t; a pixel centre is x + 0.5, so OpenCV's matrix has t + a (0.5, 0.5) - 0.5
     t = matrix[:2, 2] + 0.5 * a.sum(axis=1) - 0.5
     m = np.concatenate([a, t[:, None]], axis=1)
     h, w = out_shape
-    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=(border,) * 4)  # all four of OpenCV's Scalar: every channel, any count
+    out = per_stream(lambda x: cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                              borderValue=(border,) * 4), img)  # all four of OpenCV's Scalar
     return out.reshape(out.shape[:2] + img.shape[2:])  # OpenCV drops a single channel axis
 
 
@@ -109,7 +111,7 @@ def resize_axis_aligned(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[in
     if x1 == x0 or y1 == y0:  # nothing of the image lands on the output
         return out, matrix
     sx, sy = (u1 - u0) / (x1 - x0), (v1 - v0) / (y1 - y0)
-    part = cv2.resize(img[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+    part = per_stream(lambda x: cv2.resize(x, (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR), img[y0:y1, x0:x1])
     part = part.reshape(part.shape[:2] + img.shape[2:])  # cv2.resize drops a single channel axis
     a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
     out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]

@@ -11,6 +11,7 @@ import numpy as np
 
 from datasets.augment import PAD_VALUE
 from utils.letterbox import letterbox_params
+from utils.streams import per_stream
 
 
 def boxes_cxcywh_norm_to_xyxy(labels: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -42,7 +43,8 @@ def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple
     for k, (img, lab) in enumerate(zip(images, labels)):
         _, (nw, nh), _ = letterbox_params(img.shape[:2], out_shape)
         if (nw, nh) != (img.shape[1], img.shape[0]):
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape((nh, nw) + img.shape[2:])
+            img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img
+                             ).reshape((nh, nw) + img.shape[2:])
         ox = xc - nw if k in (0, 2) else xc  # canvas position of the image's top-left corner
         oy = yc - nh if k in (0, 1) else yc
         x1, y1 = max(ox, 0), max(oy, 0)  # canvas area the image covers

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from utils.streams import per_stream
+
 BoxArray = torch.Tensor | np.ndarray
 
 
@@ -29,18 +31,19 @@ def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114
               ) -> tuple[np.ndarray, float, tuple[float, float]]:
     """Resize keeping aspect ratio and pad to new_shape (h, w), centred. Returns (image, ratio, (pad_w, pad_h)).
 
-    img: uint8 [h0, w0, C] (or [h0, w0]); upscaling is allowed; cv2.INTER_LINEAR; padding value `color`.
+    img: uint8 [h0, w0, C] (or [h0, w0]; several streams: utils/streams.py); upscaling is allowed; cv2.INTER_LINEAR; padding value `color`.
     (pad_w, pad_h) is the exact top-left offset at which the resized image was placed (whole pixels, as floats).
     When img already has the new shape it is returned as is (not copied).
     """
     h, w = int(new_shape[0]), int(new_shape[1])
     ratio, (nw, nh), (left, top) = letterbox_params(img.shape[:2], (h, w))
     if (nw, nh) != (img.shape[1], img.shape[0]):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape((nh, nw) + img.shape[2:])
+        img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img
+                         ).reshape((nh, nw) + img.shape[2:])
     if (nw, nh) != (w, h):
-        value = (color,) * 4  # all four of OpenCV's Scalar: every channel, any count
-        img = cv2.copyMakeBorder(img, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT,
-                                 value=value).reshape((h, w) + img.shape[2:])
+        value = (color,) * 4  # all four of OpenCV's Scalar: every channel
+        img = per_stream(lambda x: cv2.copyMakeBorder(x, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT,
+                                                      value=value), img).reshape((h, w) + img.shape[2:])
     return img, ratio, (float(left), float(top))
 
 
