@@ -26,9 +26,11 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
                               random_affine_matrix, scale_translate_matrix)
+from datasets.event_frames import FUSED_CHANNELS, INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
+from utils.streams import STREAM_CHANNELS, per_stream
 
 if TYPE_CHECKING:
     from datasets.fred_index import Frame
@@ -60,16 +62,24 @@ class FredDataset(Dataset):
     """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
 
     def __init__(self, frames: list[Frame], input_shape: tuple[int, int], augmentation: Augmentation | None = None,
-                 *, frame_cache: FrameSource | None = None, bad_image_log: str | None = None, seed: int = 0):
-        """frames: objects with .image (path) and .boxes (float32 [N, 5] cls, cx, cy, w, h normalised);
+                 *, frame_cache: FrameSource | None = None, event_cache: FrameSource | None = None,
+                 bad_image_log: str | None = None, seed: int = 0):
+        """frames: objects with .image (path), .boxes (float32 [N, 5] cls, cx, cy, w, h normalised) and, for fused
+        samples (RGB + event planes, datasets/event_frames.py), .event_image (the event frame's path, else "");
         augmentation: training samples augmented so, or None for validation samples (letterbox only);
         frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files;
+        event_cache: the same for the fused frames' event images, or None;
         bad_image_log: file that unreadable images are appended to; seed: of every sample's random draws."""
         if len(frames) == 0:
             raise ValueError("FredDataset got no frames: check the data root, modality and split")
         if frame_cache is not None and not frame_cache.matches([str(f.image) for f in frames]):
             raise ValueError(f"the frame cache {frame_cache.bin_path} was built for other frames than these "
                              f"{len(frames)}: build it from this frame list")
+        self.fused = bool(getattr(frames[0], "event_image", ""))
+        if event_cache is not None and not (self.fused and event_cache.matches([str(f.event_image) for f in frames])):
+            raise ValueError(f"the event frame cache {event_cache.bin_path} was not built for these frames' event "
+                             "images: build it from their event_image paths")
+        self.event_cache = event_cache
         self.frame_cache = frame_cache
         self.frames = frames
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
@@ -89,8 +99,9 @@ class FredDataset(Dataset):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every item's image in HWC memory order (what a batch ring's slots hold): the input shape and
-        the channels of the decoded frames (the frame cache holds them as decoded)."""
-        return (*self.input_shape, CHANNELS)
+        the channels of the decoded frames (the frame cache holds them as decoded), or INPUT_CHANNELS of fused
+        samples."""
+        return (*self.input_shape, INPUT_CHANNELS if self.fused else CHANNELS)
 
     def set_epoch(self, epoch: int, special_aug: bool) -> None:
         """special_aug False turns mosaic/mixup off. Call before iterating the DataLoader for that epoch."""
@@ -125,24 +136,37 @@ class FredDataset(Dataset):
             except OSError as e:
                 logger.warning("cannot write bad image log %s: %s", self.bad_image_log, e)
 
+    def _read_one(self, path: str, j: int, cache: FrameSource | None
+                  ) -> tuple[np.ndarray | None, tuple[int, int], str]:
+        """(BGR image of frame j's file path or None, original (h, w), why it is unusable), from cache or file."""
+        if cache is not None:
+            img = cache.get(j)
+            if img is None:
+                return None, (0, 0), f"{cache.bad_reason(j)} (when the frame cache was built)"
+            return img, cache.orig_shape(j), ""
+        img, reason = read_image(path)
+        return img, ((0, 0) if img is None else (int(img.shape[0]), int(img.shape[1]))), reason
+
     def _read(self, i: int) -> tuple[np.ndarray, int, tuple[int, int]]:
-        """BGR uint8 image of frame i, or of the next readable frame after it; returns (image, index used,
-        original (h, w)). From the frame cache the image is pre-resized (a read-only view), else the original."""
+        """BGR uint8 image of frame i (fused: [h, w, 6], datasets/event_frames.py), or of the next readable frame
+        after it; returns (image, index used, original (h, w)). From the frame cache the image is pre-resized (a
+        read-only view), else the original."""
         n = len(self.frames)
         limit = min(MAX_CONSECUTIVE_BAD_IMAGES, n)
         path = ""
         for k in range(limit):
             j = (int(i) + k) % n
             path = str(self.frames[j].image)
-            if self.frame_cache is not None:
-                img = self.frame_cache.get(j)
-                if img is not None:
-                    return img, j, self.frame_cache.orig_shape(j)
-                reason = f"{self.frame_cache.bad_reason(j)} (when the frame cache was built)"
-            else:
-                img, reason = read_image(path)
-                if img is not None:
-                    return img, j, (int(img.shape[0]), int(img.shape[1]))
+            img, orig, reason = self._read_one(path, j, self.frame_cache)
+            if img is not None and self.fused:
+                path = str(self.frames[j].event_image)
+                event, event_orig, reason = self._read_one(path, j, self.event_cache)
+                if event is not None and event_orig != orig:
+                    reason = (f"its size {event_orig[1]}x{event_orig[0]} differs from its RGB partner's "
+                              f"{orig[1]}x{orig[0]} ({printable(str(self.frames[j].image))})")
+                img = fuse_streams(img, event_planes(event)) if event is not None and not reason else None
+            if img is not None:
+                return img, j, orig
             self._report_bad(path, reason)
         raise RuntimeError(f"{limit} images in a row could not be read, the last one {path}; "
                            f"check the data (python train_fred.py --check_data) and the bad image log")
@@ -186,7 +210,7 @@ class FredDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         """Sample i (or the next readable frame when its image cannot be read).
 
-        Returns {"image": uint8 [3, H, W] RGB, "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
+        Returns {"image": uint8 [3, H, W] RGB (fused: [5, H, W] RGB, ON, OFF), "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
         "index": frame index used, "orig_shape": (h, w), "ratio": float, "pad": (pad_w, pad_h)}; orig_shape, ratio
         and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
         With augmentation.hsv_in_batch, training items also hold HSV_KEY: float32 [3], the HSV jitter still to apply.
@@ -196,7 +220,7 @@ class FredDataset(Dataset):
             ratio, (nw, nh), (left, top) = letterbox_params(orig_shape, self.input_shape)
             pad = (float(left), float(top))
             if img.shape[:2] != orig_shape and img.shape[:2] != (nh, nw):  # cached at another size than needed
-                img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+                img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img)
             img_lb, _, _ = letterbox(img, self.input_shape)  # resizes the original; a cached image is only padded
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
             boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
@@ -208,8 +232,11 @@ class FredDataset(Dataset):
             img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
         if aug.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
             jitter = hsv_draw(aug.hsv, rng)
-        else:
+        elif img.shape[2] == STREAM_CHANNELS:
             img = augment_hsv(img, aug.hsv, rng)
+        else:  # fused: the RGB stream only
+            img = np.concatenate([augment_hsv(np.ascontiguousarray(img[..., :STREAM_CHANNELS]), aug.hsv, rng),
+                                  img[..., STREAM_CHANNELS:]], axis=2)
         if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
         item = _item(img, boxes, j, orig_shape, ratio, pad)
@@ -220,9 +247,11 @@ class FredDataset(Dataset):
 
 def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
           pad: tuple[float, float]) -> dict:
-    """Build the item dict: BGR HWC -> RGB uint8 [3, H, W] (a view of an HWC copy: collate_fred stacks batches
-    in NHWC memory, the channels_last layout, with no transposing copy), boxes cls, xyxy -> cls, cx, cy, w, h."""
-    image = torch.from_numpy(cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+    """Build the item dict: BGR HWC -> RGB uint8 [3, H, W] (fused [H, W, 6] -> [5, H, W] RGB, ON, OFF; a view of an
+    HWC copy: collate_fred stacks batches in NHWC memory, the channels_last layout, with no transposing copy), boxes
+    cls, xyxy -> cls, cx, cy, w, h."""
+    hwc = fused_item_image(img_bgr) if img_bgr.shape[2] == FUSED_CHANNELS else cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)
+    image = torch.from_numpy(hwc).permute(2, 0, 1)
     b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 5)
     out = np.empty_like(b)
     out[:, 0] = b[:, 0]

@@ -38,8 +38,13 @@ def hsv_jitter_rgb(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
 
 
 def jittered_float(images: torch.Tensor, jitter: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8_to_float() of images [B, 3, H, W] then hsv_jitter_rgb() with jitter float [B, 3], on their device."""
-    return hsv_jitter_rgb(uint8_to_float(images, channels_last), jitter)
+    """uint8_to_float() of images [B, C, H, W] then hsv_jitter_rgb() of the RGB channels (the first 3; a fused
+    batch's event planes stay as they are) with jitter float [B, 3], on their device."""
+    x = uint8_to_float(images, channels_last)
+    if x.shape[1] == 3:
+        return hsv_jitter_rgb(x, jitter)
+    out = torch.cat([hsv_jitter_rgb(x[:, :3], jitter), x[:, 3:]], 1)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class BatchHSV:

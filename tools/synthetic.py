@@ -50,13 +50,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from datasets.event_frames import EVENT_PALETTE
 from datasets.splits import NAMED_SPLITS
 
-# FRED event-frame colours, RGB order (cv2 writes BGR: reverse before writing).
-EVENT_BACKGROUND = (30, 37, 52)
-EVENT_POSITIVE = (255, 255, 255)
-EVENT_NEGATIVE = (64, 126, 200)
-EVENT_PALETTE = (EVENT_BACKGROUND, EVENT_POSITIVE, EVENT_NEGATIVE)
+# FRED event-frame colours, RGB order (cv2 writes BGR: reverse before writing): datasets/event_frames.py
 
 FPS = 30
 MANIFEST_NAME = "synthetic_manifest.json"

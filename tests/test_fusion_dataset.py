@@ -1,0 +1,86 @@
+"""Fused samples (FredDataset on a fusion index): 5 channels, lossless planes, one geometry for both streams."""
+import numpy as np
+import pytest
+import torch
+
+import datasets.fred_dataset as fred_dataset
+from datasets.augment import Augmentation
+from datasets.event_frames import EVENT_PALETTE, event_planes, fused_item_image
+from datasets.fred_dataset import FredDataset, collate_fred
+from datasets.fred_index import build_fred_index
+from datasets.gpu_augment import jittered_float
+from datasets.image_io import read_image
+from tools.synthetic import generate_fred
+
+
+@pytest.fixture(scope="module")
+def fusion_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion_ds") / "FRED"
+    generate_fred(str(root), sequences=3, frames=8, seed=3, size=(72, 128))
+    return build_fred_index(str(root), "fusion", cache_dir=str(root.parent / "idx"))
+
+
+def test_event_planes_decode_the_three_colours_losslessly():
+    rng = np.random.default_rng(0)
+    code = rng.integers(0, 3, (9, 11))
+    bgr = np.array([c[::-1] for c in EVENT_PALETTE], dtype=np.uint8)[code]
+    planes = event_planes(bgr)
+    np.testing.assert_array_equal(planes[..., 0] == 255, code == 1)
+    np.testing.assert_array_equal(planes[..., 1] == 255, code == 2)
+    assert not planes[..., 2].any() and set(np.unique(planes)) <= {0, 255}
+    rebuilt = np.array([c[::-1] for c in EVENT_PALETTE], dtype=np.uint8)[
+        (planes[..., 0] == 255) * 1 + (planes[..., 1] == 255) * 2]
+    np.testing.assert_array_equal(rebuilt, bgr)
+
+
+def test_a_validation_item_holds_rgb_then_the_event_planes_of_its_partner(fusion_index):
+    frames = fusion_index.val
+    ds = FredDataset(frames, (72, 128))  # native size: letterbox only pads, planes stay binary
+    item = ds[0]
+    assert item["image"].shape == (5, 72, 128) and ds.image_shape == (72, 128, 5)
+    rgb, _ = read_image(frames[item["index"]].image)
+    event, _ = read_image(frames[item["index"]].event_image)
+    np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), rgb[..., ::-1])
+    np.testing.assert_array_equal(item["image"][3:].permute(1, 2, 0).numpy(), event_planes(event)[..., :2])
+    torch.testing.assert_close(item["boxes"][:, 1:], torch.as_tensor(frames[item["index"]].boxes[:, 1:] *
+                                                                     np.array([128, 72, 128, 72]), dtype=torch.float32))
+
+
+def test_every_augmentation_moves_both_streams_alike(fusion_index, monkeypatch):
+    # the event stream made a copy of the RGB frame: after mosaic, affine, mixup and flip both must still agree
+    monkeypatch.setattr(fred_dataset, "event_planes", lambda event: event)
+    monkeypatch.setattr(fred_dataset.FredDataset, "_read_one", _rgb_for_both)
+    aug = Augmentation(mosaic=True, mosaic_prob=1.0, mixup=True, mixup_prob=1.0, hsv=(0.0, 0.0, 0.0), flip_lr=0.5,
+                       degrees=5.0, translate=0.2, scale=0.5)
+    ds = FredDataset(fusion_index.train, (64, 64), aug, seed=1)
+    for i in range(6):
+        img = ds[i]["image"]  # R, G, B, then the copy's B, G (channels 0 and 1 of the BGR copy)
+        assert img.shape == (5, 64, 64)
+        torch.testing.assert_close(img[3], img[2])
+        torch.testing.assert_close(img[4], img[1])
+
+
+def _rgb_for_both(self, path, j, cache):
+    """FredDataset._read_one, reading the RGB frame for the event one as well."""
+    img, reason = read_image(str(self.frames[j].image))
+    return img, (img.shape[0], img.shape[1]), reason
+
+
+def test_hsv_touches_the_rgb_channels_only(fusion_index):
+    aug = Augmentation(mosaic=False, hsv=(0.5, 0.9, 0.9), flip_lr=0.0, translate=0.0, scale=0.0)
+    plain = Augmentation(mosaic=False, hsv=(0.0, 0.0, 0.0), flip_lr=0.0, translate=0.0, scale=0.0)
+    a, b = FredDataset(fusion_index.train, (64, 64), aug, seed=2)[0], FredDataset(fusion_index.train, (64, 64),
+                                                                               plain, seed=2)[0]
+    torch.testing.assert_close(a["image"][3:], b["image"][3:])
+    assert not torch.equal(a["image"][:3], b["image"][:3])
+    batch = collate_fred([a, a])
+    out = jittered_float(batch["images"], torch.tensor([[0.3, 0.5, 0.5]] * 2), True)
+    torch.testing.assert_close(out[:, 3:], batch["images"][:, 3:].float() / 255)
+    assert out.shape == (2, 5, 64, 64) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_item_image_is_rgb_then_two_planes():
+    fused = np.arange(2 * 3 * 6, dtype=np.uint8).reshape(2, 3, 6)
+    out = fused_item_image(fused)
+    np.testing.assert_array_equal(out[..., :3], fused[..., 2::-1][..., :3])
+    np.testing.assert_array_equal(out[..., 3:], fused[..., 3:5])
