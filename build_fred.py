@@ -18,10 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 from datasets.augment import Augmentation
+from datasets.event_frames import EVENT_PALETTE, INPUT_CHANNELS
 from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredIndex, build_fred_index
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
+from nets.fusion import FUSION_KINDS, build_fusion_model, load_fusion_weights
 from nets.loss import DetectionLoss
 from nets.yolov8 import ARCHS
 from speed.batch_ring import build_loader
@@ -32,7 +34,12 @@ from training.engine import StepOptions
 from training.optim import scale_lr_for_batch
 
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
-IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
+MODALITIES = ("rgb", "event", "fusion")
+
+
+def input_channels(modality: str) -> int:
+    """Network input channels of a modality: 3 (RGB, or event frames in their three colours), 5 for fusion."""
+    return INPUT_CHANNELS if modality == "fusion" else 3
 
 
 # ----------------------------------------------------------------------------------------------- config checks
@@ -75,6 +82,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                     "a list of names, one per class (NUM_CLASSES)"),
     "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
     "FUSION_PAIR_TOLERANCE": _number(0, 1, above_lo=True, below_hi=True, text="seconds, above 0 and below 1"),
+    "FUSION": _choice(*FUSION_KINDS), "FUSION_RGB_WEIGHTS": _STR, "FUSION_EVENT_WEIGHTS": _STR,
     "PHI": _choice("n", "s", "m", "l", "x"), "ARCH": _choice(*ARCHS),
     "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
@@ -113,6 +121,9 @@ def check_config(cfg: dict, world: int = 1) -> None:
     if len(cfg["CLASS_NAMES"]) != cfg["NUM_CLASSES"]:
         raise ValueError(f"CLASS_NAMES must be a list of names, one per class (NUM_CLASSES={cfg['NUM_CLASSES']}), "
                          f"got {len(cfg['CLASS_NAMES'])}: {cfg['CLASS_NAMES']!r}")
+    if cfg["MODEL_PATH"] and (cfg["FUSION_RGB_WEIGHTS"] or cfg["FUSION_EVENT_WEIGHTS"]):
+        raise ValueError("MODEL_PATH (--weights) and FUSION_RGB_WEIGHTS / FUSION_EVENT_WEIGHTS (--weights_rgb / "
+                         "--weights_event) both set: start from a fusion checkpoint or from single-modality ones")
     if cfg["OPTIMIZER_TYPE"] == "sgd" and cfg["MOMENTUM"] == 0:
         raise ValueError("MOMENTUM must be above 0 with OPTIMIZER_TYPE='sgd' (nesterov momentum), got 0")
 
@@ -143,6 +154,12 @@ def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True)
                             cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"frame cache ({what})")
 
 
+def build_frame_caches(cfg: dict, frames: list, what: str, progress: bool = True) -> dict:
+    """The frame caches of frames as FredDataset's keyword arguments: {"frame_cache": ..., "event_cache": ...}
+    (build_frame_cache() of their images; fused frames' event images are decoded from their files)."""
+    return {"frame_cache": build_frame_cache(cfg, frames, what, progress), "event_cache": None}
+
+
 def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:
     """The training augmentation of cfg; hsv_in_batch leaves the HSV jitter to the batch transform."""
     return Augmentation(mosaic=cfg["MOSAIC"], mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"],
@@ -152,16 +169,18 @@ def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:
 
 
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,
-                  hsv_in_batch: bool = False) -> FredDataset:
+                  hsv_in_batch: bool = False, event_cache: Optional[FrameCache] = None) -> FredDataset:
     """Augmented training samples configured from cfg; hsv_in_batch leaves the HSV jitter to the training loop."""
     return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), augmentation(cfg, hsv_in_batch), frame_cache=frame_cache,
-                       bad_image_log=os.path.join(run_dir, "bad_images.txt"), seed=cfg["SEED"])
+                       event_cache=event_cache, bad_image_log=os.path.join(run_dir, "bad_images.txt"),
+                       seed=cfg["SEED"])
 
 
 def val_dataset(cfg: dict, frames: list, frame_cache: Optional[FrameCache] = None,
-                bad_image_log: Optional[str] = None) -> FredDataset:
+                bad_image_log: Optional[str] = None, event_cache: Optional[FrameCache] = None) -> FredDataset:
     """Letterboxed validation samples at INPUT_SHAPE."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), frame_cache=frame_cache, bad_image_log=bad_image_log)
+    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), frame_cache=frame_cache, event_cache=event_cache,
+                       bad_image_log=bad_image_log)
 
 
 class SkipSampler(Sampler):
@@ -213,14 +232,22 @@ def channels_last(cfg: dict, device: torch.device) -> bool:
     return device.type == "cuda" and cfg["CHANNELS_LAST"]
 
 
-def build_train_model(cfg: dict, device: torch.device, world: int, weights: bool = True
+def build_train_model(cfg: dict, device: torch.device, world: int, modality: str, weights: bool = True
                       ) -> tuple[torch.nn.Module, Optional[dict]]:
-    """YOLOv8 PHI of architecture ARCH for NUM_CLASSES on device (NHWC with CHANNELS_LAST, SyncBatchNorm with SYNC_BN
-    under torchrun on CUDA), with MODEL_PATH's weights when weights and a path is set: (model, load_weights() report or
-    None).
+    """YOLOv8 PHI of architecture ARCH for NUM_CLASSES (fusion: of kind FUSION, nets/fusion.py) on device (NHWC with
+    CHANNELS_LAST, SyncBatchNorm with SYNC_BN under torchrun on CUDA), with, when weights, MODEL_PATH's weights or
+    (fusion) those of FUSION_RGB_WEIGHTS / FUSION_EVENT_WEIGHTS: (model, the loading report or None).
     A weights file that cannot be read raises OSError / ValueError."""
-    model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=IN_CHANNELS, arch=cfg["ARCH"])
-    info = load_weights(model, cfg["MODEL_PATH"]) if weights and cfg["MODEL_PATH"] else None
+    if modality == "fusion":
+        model = build_fusion_model(cfg["PHI"], cfg["NUM_CLASSES"], cfg["FUSION"], cfg["ARCH"])
+    else:
+        model = build_model(cfg["PHI"], cfg["NUM_CLASSES"], in_channels=input_channels(modality), arch=cfg["ARCH"])
+    info = None
+    if weights and cfg["MODEL_PATH"]:
+        info = load_weights(model, cfg["MODEL_PATH"])
+    elif weights and modality == "fusion" and (cfg["FUSION_RGB_WEIGHTS"] or cfg["FUSION_EVENT_WEIGHTS"]):
+        info = load_fusion_weights(model, EVENT_PALETTE, rgb=cfg["FUSION_RGB_WEIGHTS"] or None,
+                                   event=cfg["FUSION_EVENT_WEIGHTS"] or None)
     model.to(device, memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     if cfg["SYNC_BN"] and world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

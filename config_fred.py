@@ -20,6 +20,9 @@ INDEX_CACHE_DIR = ""              # where the frame index cache lives ("" = <DAT
 FUSION_PAIR_TOLERANCE = 1 / 60    # --modality fusion: seconds a PADDED_RGB frame and its event frame may lie apart (half a frame at 30 FPS); farther: unpaired
 
 # ----------------------------------------------------------------- model
+FUSION = "early"                  # --modality fusion: "early" (one network, a 5-channel stem: RGB + the event frame's ON and OFF planes) | "mid" (an RGB and an event backbone, fused per level by a 1x1 conv; about twice the backbone compute)
+FUSION_RGB_WEIGHTS = ""           # --modality fusion: an RGB checkpoint of train_fred.py to start from ("" = none); see nets/fusion.py for where each part goes
+FUSION_EVENT_WEIGHTS = ""         # --modality fusion: an event checkpoint to start from ("" = none); with both: early takes the RGB body, mid each backbone and the event neck and head
 PHI = "s"                         # YOLOv8 size: n | s | m | l | x
 ARCH = "yolov8"                   # architecture: "yolov8" (levels at strides 8, 16, 32) | "yolov8-p2" (Ultralytics' yolov8-p2.yaml: a fourth level at stride 4 for small objects; more compute)
 INPUT_SHAPE = [640, 640]          # network input [height, width], pixels, multiples of 32

@@ -66,7 +66,7 @@ def _fraction(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line; unset options fall back to config_fred.py (after --set)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("rgb", "event"), help="which FRED images to evaluate on (default: the one "
+    p.add_argument("--modality", choices=("rgb", "event", "fusion"), help="which FRED images to evaluate on (default: the one "
                    "the checkpoints were trained on)")
     p.add_argument("--allow_modality_mismatch", action="store_true", help="evaluate checkpoints trained on the other "
                    "modality (refused otherwise)")
@@ -111,6 +111,7 @@ from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
 from evaluation.evaluator import evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
 from nets import build_model, load_weights  # noqa: E402
+from nets.fusion import FUSION_KINDS, build_fusion_model, fusion_kind  # noqa: E402
 from nets.weights import checkpoint_info, infer_arch, read_state_dict  # noqa: E402
 from nets.yolov8 import ARCHS, model_name  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
@@ -145,9 +146,14 @@ def read_checkpoint(path: str, phi: str | None) -> dict:
     if meta["arch"] not in ARCHS:
         raise EvalError(f"{path} records the architecture {meta['arch']!r}, which this version does not know "
                         f"({', '.join(ARCHS)}): evaluate it with the version that trained it")
+    meta["fusion"] = ckpt.get("fusion") or fusion_kind(state)
+    if meta["fusion"] is not None and meta["fusion"] not in FUSION_KINDS:
+        raise EvalError(f"{path} records the fusion kind {meta['fusion']!r}, which this version does not know "
+                        f"({', '.join(FUSION_KINDS)}): evaluate it with the version that trained it")
     config, modality = ckpt.get("config"), ckpt.get("modality")
+    modality = "fusion" if meta["fusion"] else modality
     return {"state": state, "config": config if isinstance(config, dict) else {},
-            "modality": modality if modality in ("rgb", "event") else None, **meta}
+            "modality": modality if modality in build_fred.MODALITIES else None, **meta}
 
 
 def resolve_modality(asked: str | None, paths: list[str], checkpoints: list[dict], allow_mismatch: bool) -> str:
@@ -164,6 +170,9 @@ def resolve_modality(asked: str | None, paths: list[str], checkpoints: list[dict
                             "dict or an older checkpoint)")
         asked = next(iter(trained.values()))
     for path, modality in trained.items():
+        if modality != asked and "fusion" in (modality, asked):
+            raise EvalError(f"{path} was trained on {modality}, not {asked}: a fusion network takes fused frames and "
+                            f"a single-modality one takes one kind; evaluate with --modality {modality}")
         if modality != asked:
             if not allow_mismatch:
                 raise EvalError(f"{path} was trained on {modality}, not {asked}: evaluate with --modality {modality}, "
@@ -185,7 +194,10 @@ def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torc
         raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
                         f"--set NUM_CLASSES={nc} (and CLASS_NAMES) or pick a checkpoint trained on these labels")
     with device:  # parameters made on the device: no CPU initialisation to overwrite, no copy of the model
-        model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)), ckpt.get("arch", "yolov8"))
+        if ckpt.get("fusion"):
+            model = build_fusion_model(ckpt["phi"], nc, ckpt["fusion"], ckpt.get("arch", "yolov8"))
+        else:
+            model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)), ckpt.get("arch", "yolov8"))
     try:
         report = load_weights(model, ckpt["state"])
     except ValueError as e:
@@ -270,7 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), cfg["DATA_ROOT"])
     # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
-    dataset = build_fred.val_dataset(cfg, frames, build_fred.build_frame_cache(cfg, frames, "val"))
+    dataset = build_fred.val_dataset(cfg, frames, **build_fred.build_frame_caches(cfg, frames, "val"))
     loader = build_fred.val_loader(cfg, dataset, device, persistent=False)
     settings = build_fred.evaluation_settings(cfg, device)
     rows, per_sequence = [], []

@@ -34,8 +34,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     """Command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", choices=("rgb", "event", "fusion"), help="which frames to train on (taken from "
-                   "--resume's checkpoint when omitted); fusion: PADDED_RGB and event frames paired by time "
-                   "(--check_data only for now)")
+                   "--resume's checkpoint when omitted); fusion: PADDED_RGB and event frames paired by time, one "
+                   "network on both (config FUSION)")
     p.add_argument("--data_root", help="FRED root (config DATA_ROOT)")
     p.add_argument("--split", help="canonical | challenging | random:<val_fraction>:<seed> | folder (config SPLIT)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"), help="YOLOv8 size (config PHI)")
@@ -43,6 +43,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--save_dir", help="parent folder of the run folder (config SAVE_DIR)")
     p.add_argument("--resume", help="last.pth of a run to continue (its config is the base; --set extends it)")
     p.add_argument("--weights", help="initial weights, ours or converted Ultralytics (config MODEL_PATH)")
+    p.add_argument("--weights_rgb", help="--modality fusion: start from this RGB checkpoint (config FUSION_RGB_WEIGHTS)")
+    p.add_argument("--weights_event", help="--modality fusion: start from this event checkpoint (config "
+                   "FUSION_EVENT_WEIGHTS); with --weights_rgb both are used")
     p.add_argument("--no_eval_map", action="store_true", help="skip COCO mAP; best.pth follows the val loss")
     p.add_argument("--demo", action="store_true", help=f"generate a FRED sample in {DEMO_ROOT} if absent and train "
                    "a short schedule sized to this machine")
@@ -118,7 +121,8 @@ def resolve_config(args: argparse.Namespace, resume_state: Optional[dict], cuda:
         cfg.update(demo_config(cuda), DATA_ROOT=DEMO_ROOT)
     cfg = apply_overrides(cfg, args.set)
     for flag, key in (("data_root", "DATA_ROOT"), ("split", "SPLIT"), ("phi", "PHI"), ("save_dir", "SAVE_DIR"),
-                      ("weights", "MODEL_PATH")):
+                      ("weights", "MODEL_PATH"), ("weights_rgb", "FUSION_RGB_WEIGHTS"),
+                      ("weights_event", "FUSION_EVENT_WEIGHTS")):
         if getattr(args, flag) is not None:
             cfg[key] = getattr(args, flag)
     if args.no_eval_map:
@@ -167,9 +171,13 @@ def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
             return (f"{path} was trained with {key}={held!r}, this run asks for {asked!r} ({how}). A resumed run "
                     f"keeps the checkpoint's model, classes and optimizer: drop the override, or start a new run "
                     f"from these weights with --weights {path}")
-    if state.get("in_channels", build_fred.IN_CHANNELS) != build_fred.IN_CHANNELS:
+    channels = build_fred.input_channels(state.get("modality", "rgb"))
+    if state.get("in_channels", channels) != channels:
         return (f"{path} holds a model with {state['in_channels']} input channels; train_fred.py trains models with "
-                f"{build_fred.IN_CHANNELS} input channels (RGB or event frames)")
+                f"{channels} input channels on {state.get('modality', 'rgb')} frames")
+    if state.get("modality") == "fusion" and state["config"].get("FUSION") != cfg["FUSION"]:
+        return (f"{path} was trained with FUSION={state['config'].get('FUSION')!r}, this run asks for "
+                f"{cfg['FUSION']!r}: a resumed run keeps the checkpoint's network; drop the override")
     return None
 
 
@@ -230,7 +238,7 @@ def missing_root_hint(cfg: dict, modality: str) -> str:
     if os.path.isdir(os.path.expanduser(cfg["DATA_ROOT"])):
         return ""
     return ("\nno FRED at hand? try the trainer on a generated sample: "
-            f"python train_fred.py --modality {modality} --demo" + (" --check_data" if modality == "fusion" else ""))
+            f"python train_fred.py --modality {modality} --demo")
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -353,9 +361,17 @@ class Run:
     def state(self, epoch: int, iteration: int, phase: str, epoch_sums: Optional[dict] = None) -> dict:
         """training_state() of the run after `iteration` steps of epoch `epoch` (0 steps: after epoch - 1)."""
         meta = {"phi": self.model.phi, "arch": self.model.arch, "num_classes": self.model.num_classes,
-                "in_channels": self.model.in_channels, "modality": self.modality, "train_seconds": self.elapsed()}
+                "in_channels": self.model.in_channels, "modality": self.modality,
+                "fusion": self.cfg["FUSION"] if self.modality == "fusion" else None, "train_seconds": self.elapsed()}
         return training_state(self.model, self.ema, self.optimizer, self.scaler, epoch, iteration, phase, self.best,
                               self.cfg, meta, epoch_sums)
+
+
+def weights_named(cfg: dict) -> str:
+    """The weights a run starts from, as the user set them (for messages)."""
+    if cfg["MODEL_PATH"] or not (cfg["FUSION_RGB_WEIGHTS"] or cfg["FUSION_EVENT_WEIGHTS"]):
+        return f"MODEL_PATH / --weights {cfg['MODEL_PATH']}"
+    return " and ".join(f"{key} {cfg[key]}" for key in ("FUSION_RGB_WEIGHTS", "FUSION_EVENT_WEIGHTS") if cfg[key])
 
 
 def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
@@ -369,11 +385,11 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
         on_demo_sample = os.path.abspath(cfg["DATA_ROOT"]) == os.path.abspath(DEMO_ROOT)  # --demo or its resume
         print("steps: " + step_advice(cfg, len(index.train), advise=not on_demo_sample), flush=True)
     try:
-        model, info = build_fred.build_train_model(cfg, device, world, weights=resume_state is None)
+        model, info = build_fred.build_train_model(cfg, device, world, modality, weights=resume_state is None)
     except (OSError, ValueError) as e:
-        raise RunStop(EXIT_BAD_CONFIG, f"MODEL_PATH / --weights {cfg['MODEL_PATH']}: {e}") from None
+        raise RunStop(EXIT_BAD_CONFIG, f"{weights_named(cfg)}: {e}") from None
     if main_proc and info:
-        print(f"weights {cfg['MODEL_PATH']}: loaded {info['loaded']}/{info['total']} tensors, skipped "
+        print(f"{weights_named(cfg)}: loaded {info['loaded']}/{info['total']} tensors, skipped "
               f"{info['skipped']} of the file's ({', '.join(info['skipped_keys'][:4])}"
               f"{' ...' if info['skipped'] > 4 else ''}), {info['missing']} model tensors kept their init")
     if main_proc and cfg["SYNC_BN"] and world > 1 and device.type != "cuda":
@@ -399,20 +415,22 @@ def setup_data(run: Run, index: FredIndex) -> None:
     cfg, device, world = run.cfg, run.device, dist.get_world_size()
     caches = {}
     if dist.is_main():  # rank 0 builds the caches, the other processes then open the train one
-        caches = {what: build_fred.build_frame_cache(cfg, frames, what) for what, frames in
+        caches = {what: build_fred.build_frame_caches(cfg, frames, what) for what, frames in
                   (("train", index.train), ("val", index.val))}
     dist.barrier()
     if not dist.is_main():
-        caches["train"] = build_fred.build_frame_cache(cfg, index.train, "train", progress=False)
-    run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir, caches["train"],
-                                             cfg["HSV_ON_GPU"] and device.type == "cuda")
+        caches["train"] = build_fred.build_frame_caches(cfg, index.train, "train", progress=False)
+    run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir,
+                                             hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda",
+                                             **caches["train"])
     run.step = build_fred.step_options(cfg, device, run.train_set)
     first = build_fred.phase_name(cfg, 0)  # the warmup follows the run's first phase, a resumed run's too
     per_rank = (cfg["FREEZE_BATCH_SIZE"] if first == "frozen" else cfg["UNFREEZE_BATCH_SIZE"]) // world
     run.warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] / max(1, math.ceil(len(index.train) / world)
                                                                           // per_rank))
     if dist.is_main():
-        val_set = build_fred.val_dataset(cfg, index.val, caches["val"], os.path.join(run.run_dir, "bad_images.txt"))
+        val_set = build_fred.val_dataset(cfg, index.val, bad_image_log=os.path.join(run.run_dir, "bad_images.txt"),
+                                         **caches["val"])
         run.log = RunLog(run.run_dir, run.start_epoch)
         run.epoch_end = EpochEnd(run.model, run.ema, run.criterion, build_fred.val_loader(cfg, val_set, device),
                                  index.val, device, build_fred.evaluation_settings(cfg, device),
@@ -586,10 +604,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo_data(cfg["DATA_ROOT"], cuda)
     if args.check_data:
         return run_check_data(cfg, modality)
-    if modality == "fusion":
-        print("fusion training is not built yet: --modality fusion works with --check_data only (pairing and "
-              "labels); train on rgb or event", file=sys.stderr)
-        return EXIT_BAD_CONFIG
 
     device = dist.setup(args.device)
     stop = StopFlag()

@@ -85,9 +85,31 @@ def choose_samples(ground_truth: dict, detections: list[dict], count: int, score
     return sorted(pool[int(k)] for k in np.linspace(0, len(pool) - 1, count).round())
 
 
+def _sample_view(path: str, tile: tuple[int, int], truth: list, found: list) -> np.ndarray:
+    """The image at path letterboxed into tile (h, w) with boxes truth (xywh, red) and found (xywh, score; green)."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        image = np.full((*tile, 3), 60, np.uint8)
+        cv2.putText(image, "unreadable", (10, tile[0] // 2), _FONT, 0.6, RED, 1, cv2.LINE_AA)
+        return image
+    image, ratio, pad = letterbox(image, tile)
+    image = np.ascontiguousarray(image)
+    for boxes, colour in ((truth, RED), (found, GREEN)):
+        if not boxes:
+            continue
+        b = np.asarray(boxes, np.float64)
+        xyxy = boxes_xyxy_original_to_letterbox(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], 1), ratio, pad)
+        for k, (x1, y1, x2, y2) in enumerate(xyxy.round().astype(int).tolist()):
+            cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
+            if colour == GREEN:
+                cv2.putText(image, f"{b[k, 4]:.2f}", (x1, max(y1 - 3, 10)), _FONT, 0.4, colour, 1, cv2.LINE_AA)
+    return image
+
+
 def plot_samples(frames: Sequence, ground_truth: dict, detections: list[dict], path: str, count: int = 16,
                  score_thres: float = 0.25, tile: tuple[int, int] = (225, 400), columns: int = 4) -> None:
-    """Write a grid of frames: ground truth in red, detections with score >= score_thres in green with the score."""
+    """Write a grid of frames: ground truth in red, detections with score >= score_thres in green with the score;
+    fused frames (with an event_image) show their RGB frame above their event frame."""
     ids = choose_samples(ground_truth, detections, count, score_thres)
     gt_by_image: dict[int, list] = {}
     for a in ground_truth["annotations"]:
@@ -96,29 +118,19 @@ def plot_samples(frames: Sequence, ground_truth: dict, detections: list[dict], p
     for d in detections:
         if d["score"] >= score_thres:
             dt_by_image.setdefault(d["image_id"], []).append([*d["bbox"], d["score"]])
+    streams = 2 if getattr(frames[ids[0]] if ids else None, "event_image", "") else 1
+    size = (tile[0] * streams, tile[1])  # a fused frame: its RGB frame above its event frame, the same boxes on both
     tiles = []
     for image_id in ids:
         frame = frames[image_id]
-        image = cv2.imread(frame.image, cv2.IMREAD_COLOR)
-        if image is None:
-            tiles.append(np.full((*tile, 3), 60, np.uint8))
-            cv2.putText(tiles[-1], "unreadable", (10, tile[0] // 2), _FONT, 0.6, RED, 1, cv2.LINE_AA)
-            continue
-        image, ratio, pad = letterbox(image, tile)
-        image = np.ascontiguousarray(image)
-        for boxes, colour in ((gt_by_image.get(image_id, []), RED), (dt_by_image.get(image_id, []), GREEN)):
-            if not boxes:
-                continue
-            b = np.asarray(boxes, np.float64)
-            xyxy = boxes_xyxy_original_to_letterbox(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], 1), ratio, pad)
-            for k, (x1, y1, x2, y2) in enumerate(xyxy.round().astype(int).tolist()):
-                cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
-                if colour == GREEN:
-                    cv2.putText(image, f"{b[k, 4]:.2f}", (x1, max(y1 - 3, 10)), _FONT, 0.4, colour, 1, cv2.LINE_AA)
+        paths = [frame.image, frame.event_image] if streams == 2 else [frame.image]
+        views = [_sample_view(p, tile, gt_by_image.get(image_id, []), dt_by_image.get(image_id, [])) for p in paths]
+        image = np.concatenate(views, 0)
         caption = f"{frame.sequence}: {os.path.basename(frame.image)}"
         cv2.rectangle(image, (0, 0), (min(tile[1], 7 * len(caption) + 6), 16), (0, 0, 0), -1)
         cv2.putText(image, caption, (3, 12), _FONT, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(image)
+    tile = size
     if not tiles:
         tiles.append(np.full((*tile, 3), 60, np.uint8))
     columns = min(columns, len(tiles))

@@ -57,15 +57,23 @@ def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]
 
 def infer_phi(state_dict: Mapping[str, torch.Tensor]) -> str:
     """YOLOv8 size (n/s/m/l/x) of a state dict in our layout, from its stem and P5 widths and C2f depth."""
-    if _STEM not in state_dict or _P5 not in state_dict:
+    prefix = _backbone(state_dict)
+    stem_key, p5_key = _STEM.replace("backbone.", prefix, 1), _P5.replace("backbone.", prefix, 1)
+    if stem_key not in state_dict or p5_key not in state_dict:
         raise ValueError(f"not a YOLOv8 state dict in our layout (no {_STEM!r} / {_P5!r})")
-    stem, p5 = state_dict[_STEM].shape[0], state_dict[_P5].shape[0]
-    depth = len({k.split(".")[4] for k in state_dict if k.startswith("backbone.dark3.1.m.")})
+    stem, p5 = state_dict[stem_key].shape[0], state_dict[p5_key].shape[0]
+    bottlenecks = f"{prefix}dark3.1.m."
+    depth = len({k[len(bottlenecks):].split(".")[0] for k in state_dict if k.startswith(bottlenecks)})
     for phi in SCALES:
         if (stem, p5, depth) == (scaled_width(64, phi), scaled_width(1024, phi), scaled_depth(6, phi)):
             return phi
     raise ValueError(f"state dict matches no YOLOv8 size: stem {stem} channels, P5 {p5} channels, "
                      f"{depth} bottlenecks in the P3 C2f")
+
+
+def _backbone(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Key prefix of the (first) backbone: "backbone." or, in a mid-fusion network, "backbone.rgb."."""
+    return "backbone.rgb." if "backbone.rgb.stem.conv.weight" in state_dict else "backbone."
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -74,11 +82,12 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def checkpoint_info(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int, int]:
-    """(phi, num_classes, in_channels) of a state dict in our layout."""
+    """(phi, num_classes, in_channels) of a state dict in our layout (a mid-fusion network's: both stems')."""
     phi = infer_phi(state_dict)
     if _CLS_OUT not in state_dict:
         raise ValueError(f"not a YOLOv8 state dict in our layout (no {_CLS_OUT!r})")
-    return phi, state_dict[_CLS_OUT].shape[0], state_dict[_STEM].shape[1]
+    stems = [v.shape[1] for k, v in state_dict.items() if k.endswith("stem.conv.weight") and k.startswith("backbone.")]
+    return phi, state_dict[_CLS_OUT].shape[0], sum(stems)
 
 
 def tensors_to_device(tensors: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -234,23 +234,27 @@ LARGE_BOX_SETS = ["INPUT_SHAPE=[64,64]", "CONFIDENCE=0.0001", "NMS_IOU=0.6", "MA
                   "NUM_WORKERS=0", "EVAL_WORKERS=0"]
 
 
-def train_on_large_boxes(tmp_path, capsys, *sets: str) -> tuple[str, dict]:
-    """One epoch of train_fred.py (phi n, 64 px, event) on 4 generated sequences whose labels are rewritten to large
-    boxes, so that even a barely trained model scores a non-zero mAP: (data root, the run's final JSON line)."""
+def train_on_large_boxes(tmp_path, capsys, *sets: str, modality: str = "event", root: str = "",
+                         extra: tuple = ()) -> tuple[str, dict]:
+    """One epoch of train_fred.py (phi n, 64 px, modality; event labels) on 4 generated sequences whose labels are
+    rewritten to large boxes, so that even a barely trained model scores a non-zero mAP: (data root, the run's final
+    JSON line). root: such a data root already made; extra: more command-line arguments."""
     import numpy as np
 
     import train_fred
 
-    root = str(tmp_path / "fred")
-    generate_fred(root, sequences=4, frames=6, seed=5, size=(96, 160))
+    made, root = bool(root), root or str(tmp_path / "fred")
+    if not made:
+        generate_fred(root, sequences=4, frames=6, seed=5, size=(96, 160))
     rng = np.random.default_rng(0)
-    for label in sorted(glob.glob(os.path.join(root, "*", "Event_YOLO", "*.txt"))):
+    for label in [] if made else sorted(glob.glob(os.path.join(root, "*", "Event_YOLO", "*.txt"))):
         w, h = rng.uniform(0.5, 0.95, 2)
         cx, cy = rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)
         with open(label, "w") as f:
             f.write(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" if rng.random() < 0.8 else "")
-    status = train_fred.main(["--modality", "event", "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
-                              "--device", "cpu", "--save_dir", str(tmp_path / "runs"), "--set", *LARGE_BOX_SETS,
+    status = train_fred.main(["--modality", modality, "--data_root", root, "--split", "random:0.5:0", "--phi", "n",
+                              "--device", "cpu", "--save_dir", str(tmp_path / f"runs_{modality}"), *extra,
+                              "--set", *LARGE_BOX_SETS,
                               "FREEZE_TRAIN=False", "UNFREEZE_EPOCH=1", "UNFREEZE_BATCH_SIZE=4", "EVAL_PERIOD=1",
                               *sets])
     out = capsys.readouterr().out
