@@ -322,12 +322,13 @@ def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progre
                 if pos == 0 and data.nbytes * n > max_bytes:
                     raise OSError(errno.EFBIG, f"the frame cache would take about {data.nbytes * n / 1e9:.1f} GB "
                                   f"({n} {how} of {data.nbytes / 1e6:.2f} MB), over FRAME_CACHE_MAX_GB="
-                                  f"{max_bytes / 1e9:g}: raise it, or raise FRAME_STRIDE")
+                                  f"{max_bytes / 1e9:g}: raise it where the disk has the room (a cache larger than "
+                                  "the RAM is read from the disk), or raise FRAME_STRIDE")
                 if pos + data.nbytes > max_bytes:
                     raise OSError(errno.EFBIG, f"the frame cache grew past FRAME_CACHE_MAX_GB={max_bytes / 1e9:g} "
-                                  f"at frame {i} of {n} ({printable(paths[i])}): frames that are not three-coloured "
-                                  "event frames take 12 times the room of packed ones; raise FRAME_CACHE_MAX_GB, or "
-                                  "check those frames")
+                                  f"at frame {i} of {n} ({printable(paths[i])}): its frames take more room than the "
+                                  "first one (24-bit frames among packed event frames, or larger images); raise "
+                                  "FRAME_CACHE_MAX_GB, or check those frames")
                 shapes[i] = shape
                 orig_shapes[i] = orig
                 encodings[i] = encoding

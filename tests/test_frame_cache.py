@@ -381,6 +381,22 @@ def test_size_limit_counts_packed_event_frames_at_their_packed_size(tmp_path, fr
         build_frame_cache(_paths(square * 4), 40, str(tmp_path / "c"), progress=False, max_bytes=limit)
 
 
+def test_cache_that_outgrows_the_limit_after_packed_frames_stops_naming_the_frame(tmp_path):
+    """The first frame is packed, so the estimate fits; 24-bit frames after it push the cache past the limit: the
+    build stops there, naming the frame, and leaves nothing behind."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, [(36, 64)] * 6, 1)
+    for f in frames[3:]:
+        img = cv2.imread(f.image)
+        img[0, 0] = (1, 2, 3)
+        cv2.imwrite(f.image, img)
+    limit = 3 * _packed_bytes(36, 64) + 36 * 64 * 3 + 10  # room for one 24-bit frame, not for two
+    with pytest.raises(OSError, match=r"grew past FRAME_CACHE_MAX_GB.* frame 4 of 6 .*e004\.png"):
+        build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), workers=1, progress=False, max_bytes=limit)
+    assert _cache_files(str(tmp_path / "c")) == []
+
+
 def test_a_cache_of_the_previous_format_is_built_again(frames, tmp_path, monkeypatch):
     """FORMAT_VERSION 4 (packed event frames) leaves version 3 caches unused."""
     version = fc.FORMAT_VERSION
