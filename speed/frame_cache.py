@@ -409,5 +409,6 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
     if meta["bad"]:
         logger.warning("frame cache: %d of %d images did not decode (they are replaced during training), e.g. %s",
                        len(meta["bad"]), len(paths), paths[int(next(iter(meta["bad"])))])
-    logger.info("frame cache: %d frames, %.2f GB in %s", len(paths), meta["nbytes"] / 1e9, bin_path)
+    logger.info("frame cache: %d frames (%d packed event frames), %.2f GB in %s", len(paths),
+                sum(e == EVENT_PLANES for e in meta["encodings"]), meta["nbytes"] / 1e9, bin_path)
     return FrameCache(bin_path, meta, built=True)

@@ -284,7 +284,8 @@ def _packed_bytes(h: int, w: int) -> int:
 def test_event_frames_are_packed_and_read_back_as_the_decoded_png(tmp_path, scale):
     """Three-colour frames are stored as two bit planes (2 bits per pixel, 12x smaller than BGR): what the cache
     gives is, bit for bit, the decoded PNG resized as the cache resizes (at the native size, and at half size where
-    the frame stays three-coloured); so are the validation items made from it. Pixel counts not a multiple of 8 too."""
+    the frame stays three-coloured); so are the validation items and training mosaics made from it. Pixel counts not
+    a multiple of 8 too."""
     shapes, long_side, block = {"native": ([(45, 27), (27, 45), (45, 45), (9, 45)], 45, 1),
                                 "halved": ([(36, 64), (64, 36), (64, 64)], 32, 2)}[scale]
     folder = tmp_path / "ev"
@@ -308,6 +309,11 @@ def test_event_frames_are_packed_and_read_back_as_the_decoded_png(tmp_path, scal
     cached = FredDataset(frames, (long_side, long_side), frame_cache=cache)
     for i in range(len(frames)):
         assert torch.equal(plain[i]["image"], cached[i]["image"])
+    aug = Augmentation(mosaic_prob=1.0)
+    for seed in range(2):  # training mosaics too: the very ones made from the files
+        a = FredDataset(frames, (long_side, long_side), aug, seed=seed)[seed]
+        b = FredDataset(frames, (long_side, long_side), aug, seed=seed, frame_cache=cache)[seed]
+        assert torch.equal(a["image"], b["image"])
 
 
 def test_packed_event_frame_holds_the_on_and_off_planes_one_unpackbits_away(tmp_path):
