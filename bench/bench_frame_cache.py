@@ -20,10 +20,13 @@ Measured (one H100 host, 16 cores, 125 GB RAM; --sequences 4 --frames 30: 128 ev
   rgb:   JPEG decode 3.63 ms (read_image), 4.23 (cv2.imread), 3.29 (torchvision CPU); 24-bit cache copy 0.24 ms
          (RAM), 0.43 ms (pages dropped: this host's virtual disk); decode_jpeg on the GPU 8,750 frames/s (batch 64)
   sizes for 48,000 frames: 33.2 GB at 640 (24-bit); at 1280 RGB 132.7 GB, event packed 11.1 GB
-The same host, loader alone at input 1280 (bench_data.py --input 1280 --hsv_in_batch, 8 sequences x 60 frames,
-batch 32, mosaic 0.5), img/s with FRAME_CACHE off / disk: RGB 320 / 474 (8 workers), 503 / 903 (15 workers); event
-212 / 410 (8 workers). YOLOv8s at 1280 on that H100 (bench_train.measure_ceiling, CUDA graph) takes 459 img/s
-frozen (batch 32), 304 unfrozen (batch 16).
+Loader alone at input 1280 (bench_data.py --input 1280 --hsv_in_batch, 8 sequences x 60 frames, batch 32, mosaic
+0.5), img/s with FRAME_CACHE off (decoding) / disk (cache in RAM), on two H100 hosts of 16 cores (A: the one above;
+B: a faster CPU; compare within a host):
+  RGB    8 workers: A 320 / 474, B 427 / 685;  12 workers: B 720 / 1,029;  15 workers: A 503 / 903, B 777 / 1,189
+  event  8 workers: A 212 / 410, B 296 / 586;  15 workers: B 605 / 1,082 (disk: packed, 2 bits/px)
+YOLOv8s at 1280 on host A's H100 (bench_train.measure_ceiling, CUDA graph) takes 459 img/s frozen (batch 32), 304
+unfrozen (batch 16): decoding RGB JPEGs keeps up with 15 workers, not always with 8 (frozen phase).
 """
 import argparse
 import glob
