@@ -10,11 +10,12 @@ frame whose every pixel, at the cached size, is the background, ON (white) or OF
 planes, np.packbits of its ON mask then of its OFF mask (h x w, row order, each padded to whole bytes), so
 2 * ceil(h * w / 8) bytes: 230,400 per 1280x720 frame, 11.1 GB for 48,000 frames (24-bit: 2.76 MB, 133 GB).
 The planes are what fusion of the polarities needs (np.unpackbits of each half); get() turns them back into the BGR
-image with one 16-bit lookup (8 pixels per lookup; 0.7 ms per 1280x720 frame on one CPU core, where a 24-bit frame
-is a view). A frame is packed only when unpacking gives back its exact pixels, so a read is bit for bit the decoded
-and resized file either way. Resized event frames (long side below 1280) are no longer three-coloured where the
-resize blends neighbours, and frames with any other colour (RGB frames) are stored 24-bit; in a cache that packs
-some frames, the frames stored 24-bit are reported with a warning (they make it larger than planned).
+image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core, where a 24-bit
+frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed only when
+unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way. Event frames
+resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer three-coloured:
+the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are stored 24-bit. In a
+cache that packs some frames, those stored 24-bit are reported with a warning (they make it larger than planned).
 
 Files in cache_dir, per list of frames (a "slot": hash of format version, long side and image paths):
   frames-<slot>.bin   the resized frames back to back: as decoded (BGR), HxWxC uint8 each, or packed as above
@@ -345,7 +346,7 @@ def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progre
 
 
 def _report_encodings(paths: list[str], meta: dict, long_side: int) -> None:
-    """Log how many frames were packed; warn about the frames stored 24-bit in a cache that packs the others."""
+    """Warn about the frames stored 24-bit in a cache that packs the others; say why when none was packed."""
     encodings = np.asarray(meta["encodings"], dtype=np.int64)
     good = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)[:, 0] > 0
     packed = int(np.count_nonzero(encodings[good] == EVENT_PLANES))
