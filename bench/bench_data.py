@@ -1,6 +1,7 @@
 """Data-only img/s of our training loader (mosaic on, prob 0.5) with FRAME_CACHE off vs disk, on generated frames.
 
-    python bench/bench_data.py [--root DIR] [--modality event] [--workers 8] [--batch 32] [--batches 60] [--quick]
+    python bench/bench_data.py [--root DIR] [--modality event] [--input 640] [--workers 8] [--batch 32]
+                               [--batches 60] [--hsv_in_batch] [--quick]
 
 Generates a FRED-shaped set at 1280x720 (tools.synthetic.generate_fred) in --root (kept and reused when it
 exists) or a temporary folder, then times the DataLoader of train_fred.py's training set (input 640, mosaic prob
@@ -30,9 +31,11 @@ from tools.synthetic import generate_fred  # noqa: E402
 
 
 def loader_img_per_s(frames: list, cache, input_size: int, workers: int, batch: int, batches: int,
-                     warmup: int) -> float:
-    """Images per second of the training DataLoader over `batches` batches after `warmup` untimed ones."""
-    ds = FredDataset(frames, (input_size, input_size), Augmentation(mosaic=True, mosaic_prob=0.5), frame_cache=cache)
+                     warmup: int, hsv_in_batch: bool = False) -> float:
+    """Images per second of the training DataLoader over `batches` batches after `warmup` untimed ones
+    (hsv_in_batch: the workers leave the HSV jitter to the batch, as train_fred.py on CUDA)."""
+    aug = Augmentation(mosaic=True, mosaic_prob=0.5, hsv_in_batch=hsv_in_batch)
+    ds = FredDataset(frames, (input_size, input_size), aug, frame_cache=cache)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + batches) * batch,
                                              generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_fred,
@@ -57,6 +60,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=60, help="timed batches per mode")
     p.add_argument("--warmup", type=int, default=4, help="untimed batches first (worker start-up)")
+    p.add_argument("--hsv_in_batch", action="store_true",
+                   help="workers leave the HSV jitter to the GPU (train_fred.py's HSV_ON_GPU on CUDA)")
     p.add_argument("--quick", action="store_true", help="small set, 2 workers, batch 8, 12 batches (CPU)")
     args = p.parse_args()
     cv2.setNumThreads(0)  # as train_fred.main does: the workers fill the cores
@@ -80,7 +85,7 @@ def main() -> None:
               f"{args.workers} workers, batch {args.batch}, {args.batches} timed batches", flush=True)
 
         rows = [("off", loader_img_per_s(frames, None, args.input, args.workers, args.batch, args.batches,
-                                         args.warmup), None, None, None)]
+                                         args.warmup, args.hsv_in_batch), None, None, None)]
         start = time.perf_counter()
         cache = build_frame_cache([f.image for f in frames], args.input, cache_dir, workers=os.cpu_count() or 1)
         build_s = time.perf_counter() - start
@@ -88,7 +93,7 @@ def main() -> None:
         build_frame_cache([f.image for f in frames], args.input, cache_dir, progress=False)
         reuse_s = time.perf_counter() - start
         rows.append(("disk", loader_img_per_s(frames, cache, args.input, args.workers, args.batch, args.batches,
-                                              args.warmup), build_s, reuse_s, cache.nbytes / 1e9))
+                                              args.warmup, args.hsv_in_batch), build_s, reuse_s, cache.nbytes / 1e9))
         print(f"\n{'FRAME_CACHE':<12}{'img/s':>9}{'build s':>10}{'reuse s':>10}{'cache GB':>10}")
         for mode, ips, b, r, gb in rows:
             extra = "" if b is None else f"{b:10.1f}{r:10.2f}{gb:10.2f}"

@@ -5,10 +5,23 @@ decoded pixels from a read-only np.memmap (the OS page cache shares them between
 Each frame is resized (cv2.INTER_LINEAR, aspect kept) so that its long side is `long_side`, exactly the resize the
 letterbox does for a square input of that size, so a validation sample read from the cache is the same image.
 
+Event frames (FRED's three colours, shared/fred/FORMAT.md) are stored packed, 2 bits per pixel instead of 24: a
+frame whose every pixel, at the cached size, is the background, ON (white) or OFF (blue) colour is kept as two bit
+planes, np.packbits of its ON mask then of its OFF mask (h x w, row order, each padded to whole bytes), so
+2 * ceil(h * w / 8) bytes: 230,400 per 1280x720 frame, 11.1 GB for 48,000 frames (24-bit: 2.76 MB, 133 GB).
+The planes are what fusion of the polarities needs (np.unpackbits of each half); get() turns them back into the BGR
+image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core, where a 24-bit
+frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed only when
+unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way. Event frames
+resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer three-coloured:
+the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are stored 24-bit. In a
+cache that packs some frames, those stored 24-bit are reported with a warning (they make it larger than planned).
+
 Files in cache_dir, per list of frames (a "slot": hash of format version, long side and image paths):
-  frames-<slot>.bin   the resized frames as decoded (BGR) back to back, HxWxC uint8 each
-  frames-<slot>.json  format version, key, per frame byte offset, cached (h, w), original (h, w), CRC-32 of the
-                      cached bytes; bad frames + reason; the .bin's mtime_ns when it was written
+  frames-<slot>.bin   the resized frames back to back: as decoded (BGR), HxWxC uint8 each, or packed as above
+  frames-<slot>.json  format version, key, per frame byte offset, cached (h, w), original (h, w), encoding (0: as
+                      decoded, 1: packed event frame), CRC-32 of the stored bytes; bad frames + reason; the .bin's
+                      mtime_ns when it was written
 The key hashes the slot and every image's mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A
 build writes temporary files and renames them (the old .json is removed first), so a crash never leaves a cache that
 is used: a missing, damaged or stale cache is simply built again. Frames that do not decode are recorded as bad.
@@ -29,6 +42,7 @@ What opening a cache checks, and so guarantees (a cache that fails a check is bu
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -44,17 +58,22 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.fred_index import writable_dir
-from datasets.image_io import read_image
+from datasets.image_io import printable, read_image
 from utils.letterbox import letterbox_params
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # bump when the file layout, the resize or the decoding changes: old caches are then ignored
+FORMAT_VERSION = 4  # bump when the file layout, the resize or the decoding changes: old caches are then ignored
 VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
+AS_DECODED, EVENT_PLANES = 0, 1  # per-frame encodings: the decoded pixels; ON and OFF bit planes of an event frame
+# FRED's event frame colours as decoded (BGR): background, ON (positive polarity), OFF (negative); code 3 is unused
+EVENT_COLOURS_BGR = np.array([[52, 37, 30], [255, 255, 255], [200, 126, 64], [0, 0, 0]], dtype=np.uint8)
+_BLUE_TO_CODE = np.full(256, 3, dtype=np.uint8)  # the blue channel alone tells the three colours apart
+_BLUE_TO_CODE[EVENT_COLOURS_BGR[:3, 0]] = [0, 1, 2]
 
 
 class FrameCache:
-    """Read side of a built cache: get(i) -> the cached uint8 [h, w, C] view of frame i (None when bad)."""
+    """Read side of a built cache: get(i) -> the cached uint8 [h, w, C] image of frame i (None when bad)."""
 
     def __init__(self, bin_path: str, meta: dict, built: bool = False):
         """bin_path: the .bin file; meta: its parsed .json; built: whether this process just built it."""
@@ -65,6 +84,7 @@ class FrameCache:
         self.sizes = _frame_sizes(meta)
         self.shapes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)
         self.orig_shapes = np.asarray(meta["orig_shapes"], dtype=np.int64).reshape(-1, 2)
+        self.encodings = np.asarray(meta["encodings"], dtype=np.int64)
         self.bad = {int(k): str(v) for k, v in meta["bad"].items()}
         self.nbytes = int(meta["nbytes"])
         self.built = built
@@ -93,15 +113,18 @@ class FrameCache:
         return len(self.offsets)
 
     def get(self, i: int) -> np.ndarray | None:
-        """Frame i as a read-only uint8 [h, w, C] view into the mapped file (C: the decoded image's channels, BGR
-        for colour), or None when it did not decode."""
+        """Frame i as a read-only uint8 [h, w, C] array (C: the decoded image's channels, BGR for colour), or None
+        when it did not decode: a view into the mapped file, or for a packed event frame its unpacked pixels."""
         if self._data is None:
             self._data = self._open()
         h, w = self.shapes[i]
         if h == 0:
             return None
         start = self.offsets[i]
-        return self._data[start:start + self.sizes[i]].reshape(h, w, -1)
+        data = self._data[start:start + self.sizes[i]]
+        if self.encodings[i] == EVENT_PLANES:
+            return unpack_event_frame(data, int(h), int(w))
+        return data.reshape(h, w, -1)
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""
@@ -114,6 +137,37 @@ class FrameCache:
     def matches(self, paths: Sequence[str]) -> bool:
         """True when the cache was built for exactly these image paths, in this order."""
         return len(paths) == len(self) and _paths_digest(paths) == self.paths_digest
+
+
+@functools.lru_cache(maxsize=1)
+def _planes_lut() -> np.ndarray:
+    """uint8 [65536, 24]: for an ON byte a and an OFF byte b (np.packbits order), entry a | b << 8 holds the BGR
+    pixels of those 8 pixels (1.5 MB, built once per process)."""
+    bits = (np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1  # [byte, pixel]: big-endian, as np.packbits
+    index = np.arange(65536)
+    codes = bits[index & 255] + 2 * bits[index >> 8]  # [65536, 8] codes 0..3
+    return np.ascontiguousarray(EVENT_COLOURS_BGR[codes].reshape(65536, 24))
+
+
+def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
+    """The ON and OFF bit planes of a BGR event frame (uint8 [2 * ceil(h * w / 8)]), or None when a pixel is not
+    one of EVENT_COLOURS_BGR' three colours (the planes would not give the image back)."""
+    if img.ndim != 3 or img.shape[2] != 3:
+        return None
+    codes = _BLUE_TO_CODE[img[..., 0]]
+    if codes.max(initial=0) > 2:
+        return None
+    packed = np.concatenate([np.packbits(codes == 1), np.packbits(codes == 2)])
+    return packed if np.array_equal(unpack_event_frame(packed, *img.shape[:2]), img) else None
+
+
+def unpack_event_frame(packed: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes."""
+    n = len(packed) // 2
+    index = packed[:n].astype(np.intp) | (packed[n:].astype(np.intp) << 8)
+    img = np.take(_planes_lut(), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
+    img.flags.writeable = False
+    return img
 
 
 def default_frame_cache_dir(data_root: str) -> str:
@@ -164,6 +218,18 @@ def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[i
     return np.ascontiguousarray(img), orig, ""
 
 
+def _load_stored(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[int, int], int, tuple[int, int], str]:
+    """(bytes to store or None, cached (h, w), their encoding, original (h, w), reason it failed or "") of one
+    frame: packed when it is an event frame at the cached size, else its decoded, resized pixels."""
+    img, orig, reason = _load_resized(path, long_side)
+    if img is None:
+        return None, (0, 0), AS_DECODED, orig, reason
+    packed = pack_event_frame(img)
+    if packed is None:
+        return img.reshape(-1), img.shape[:2], AS_DECODED, orig, ""
+    return packed, img.shape[:2], EVENT_PLANES, orig, ""
+
+
 def _frame_sizes(meta: dict) -> np.ndarray:
     """Bytes of each frame in the .bin: frames lie back to back in order (a bad one takes none), so each runs from
     its offset to the next frame's (the last one's to the end of the file)."""
@@ -191,6 +257,8 @@ def _damage(bin_path: str, meta: dict) -> str | None:
         if os.stat(bin_path).st_mtime_ns != meta["bin_mtime_ns"]:
             return "was written to after it was built"
         shapes, sizes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2), _frame_sizes(meta)
+        if len(meta["encodings"]) != len(sizes):
+            return "has inconsistent metadata (one encoding per frame expected)"
         good = np.flatnonzero(shapes[:, 0] > 0)
         picks = good[np.unique(np.linspace(0, len(good) - 1, min(VERIFY_SAMPLE, len(good))).round().astype(int))]
         with open(bin_path, "rb") as f:
@@ -224,11 +292,14 @@ def _remove_orphans(cache_dir: str, stem: str) -> None:
 
 def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progress: bool, desc: str,
            max_bytes: float) -> dict:
-    """Decode, resize and append every frame to bin_path (a new file); returns the per-frame metadata."""
+    """Decode, resize, pack when possible and append every frame to bin_path (a new file); returns the per-frame
+    metadata. The size is checked against the free disk space and max_bytes at the first frame (all frames taken
+    as large as it) and against max_bytes at every frame."""
     n = len(paths)
     offsets = np.zeros(n, dtype=np.int64)
     shapes = np.zeros((n, 2), dtype=np.int64)
     orig_shapes = np.zeros((n, 2), dtype=np.int64)
+    encodings = np.zeros(n, dtype=np.int64)
     crcs = np.zeros(n, dtype=np.int64)
     bad: dict[str, str] = {}
     pos = 0
@@ -237,31 +308,56 @@ def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progre
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # bad frames are recorded, not printed
     try:
         with open(bin_path, "wb") as f, ThreadPool(max(1, workers)) as pool:
-            results = pool.imap(lambda p: _load_resized(p, long_side), paths, chunksize=4)
+            results = pool.imap(lambda p: _load_stored(p, long_side), paths, chunksize=4)
             bar = tqdm(results, total=n, desc=desc, unit="img", disable=not progress)
-            for i, (img, orig, reason) in enumerate(bar):
+            for i, (data, shape, encoding, orig, reason) in enumerate(bar):
                 offsets[i] = pos
-                if img is None:
+                if data is None:
                     bad[str(i)] = reason
                     continue
-                if pos == 0 and img.nbytes * n > free:  # fail at once rather than after filling the disk
-                    raise OSError(errno.ENOSPC, f"the frame cache needs about {img.nbytes * n / 1e9:.1f} GB and "
-                                  f"{os.path.dirname(bin_path)} has {free / 1e9:.1f} GB free: set FRAME_CACHE_DIR "
-                                  "to a larger disk, or FRAME_CACHE='off'")
-                if pos == 0 and img.nbytes * n > max_bytes:
-                    raise OSError(errno.EFBIG, f"the frame cache would take about {img.nbytes * n / 1e9:.1f} GB, "
-                                  f"over FRAME_CACHE_MAX_GB={max_bytes / 1e9:g}: raise it, or raise FRAME_STRIDE")
-                shapes[i] = img.shape[:2]
+                how = "packed event frames" if encoding == EVENT_PLANES else "24-bit frames"
+                if pos == 0 and data.nbytes * n > free:  # fail at once rather than after filling the disk
+                    raise OSError(errno.ENOSPC, f"the frame cache needs about {data.nbytes * n / 1e9:.1f} GB "
+                                  f"({how}) and {os.path.dirname(bin_path)} has {free / 1e9:.1f} GB free: set "
+                                  "FRAME_CACHE_DIR to a larger disk, or FRAME_CACHE='off'")
+                if pos == 0 and data.nbytes * n > max_bytes:
+                    raise OSError(errno.EFBIG, f"the frame cache would take about {data.nbytes * n / 1e9:.1f} GB "
+                                  f"({n} {how} of {data.nbytes / 1e6:.2f} MB), over FRAME_CACHE_MAX_GB="
+                                  f"{max_bytes / 1e9:g}: raise it where the disk has the room (a cache larger than "
+                                  "the RAM is read from the disk), or raise FRAME_STRIDE")
+                if pos + data.nbytes > max_bytes:
+                    raise OSError(errno.EFBIG, f"the frame cache grew past FRAME_CACHE_MAX_GB={max_bytes / 1e9:g} "
+                                  f"at frame {i} of {n} ({printable(paths[i])}): its frames take more room than the "
+                                  "first one (24-bit frames among packed event frames, or larger images); raise "
+                                  "FRAME_CACHE_MAX_GB, or check those frames")
+                shapes[i] = shape
                 orig_shapes[i] = orig
-                crcs[i] = zlib.crc32(img.data)
-                f.write(img.data)
-                pos += img.nbytes
+                encodings[i] = encoding
+                crcs[i] = zlib.crc32(data.data)
+                f.write(data.data)
+                pos += data.nbytes
             f.flush()
             os.fsync(f.fileno())
     finally:
         cv2.utils.logging.setLogLevel(level)
     return {"offsets": offsets.tolist(), "shapes": shapes.tolist(), "orig_shapes": orig_shapes.tolist(),
-            "crc32": crcs.tolist(), "bad": bad, "nbytes": pos, "bin_mtime_ns": os.stat(bin_path).st_mtime_ns}
+            "encodings": encodings.tolist(), "crc32": crcs.tolist(), "bad": bad, "nbytes": pos,
+            "bin_mtime_ns": os.stat(bin_path).st_mtime_ns}
+
+
+def _report_encodings(paths: list[str], meta: dict, long_side: int) -> None:
+    """Warn about the frames stored 24-bit in a cache that packs the others; say why when none was packed."""
+    encodings = np.asarray(meta["encodings"], dtype=np.int64)
+    good = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)[:, 0] > 0
+    packed = int(np.count_nonzero(encodings[good] == EVENT_PLANES))
+    whole = np.flatnonzero(good & (encodings == AS_DECODED))
+    if packed and len(whole):
+        logger.warning("frame cache: %d of %d frames are not three-coloured event frames at long side %d (other "
+                       "colours), e.g. %s: stored at 24 bits per pixel, the other %d packed at 2 bits",
+                       len(whole), int(good.sum()), long_side, printable(paths[int(whole[0])]), packed)
+    elif not packed and len(whole):
+        logger.info("frame cache: frames stored at 24 bits per pixel (none is a three-coloured event frame at long "
+                    "side %d: RGB frames, or event frames whose resize blends the colours)", long_side)
 
 
 def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, workers: int = 4,
@@ -310,8 +406,10 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
         for tmp in (tmp_bin, tmp_json):
             if os.path.exists(tmp):
                 os.remove(tmp)
+    _report_encodings(paths, meta, long_side)
     if meta["bad"]:
         logger.warning("frame cache: %d of %d images did not decode (they are replaced during training), e.g. %s",
                        len(meta["bad"]), len(paths), paths[int(next(iter(meta["bad"])))])
-    logger.info("frame cache: %d frames, %.2f GB in %s", len(paths), meta["nbytes"] / 1e9, bin_path)
+    logger.info("frame cache: %d frames (%d packed event frames), %.2f GB in %s", len(paths),
+                sum(e == EVENT_PLANES for e in meta["encodings"]), meta["nbytes"] / 1e9, bin_path)
     return FrameCache(bin_path, meta, built=True)

@@ -256,6 +256,162 @@ def test_cache_over_the_size_limit_is_not_built(frames, tmp_path):
     assert build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False, max_bytes=1e9).built
 
 
+# ----------------------------------------------------------------------------------------------- event frames
+EVENT_BGR = ((52, 37, 30), (255, 255, 255), (200, 126, 64))  # FORMAT.md's background, ON, OFF colours, as BGR
+
+
+def _event_frames(folder, shapes, block: int, seed: int = 0) -> list[FakeFrame]:
+    """PNG event frames of these (h, w): background with sparse ON and OFF pixels, in aligned block x block squares
+    (a resize by 1 / block keeps such a frame three-coloured)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i, (h, w) in enumerate(shapes):
+        draw = rng.random((h // block, w // block))
+        codes = (draw < 0.1).astype(np.uint8) + 2 * (draw > 0.93)
+        codes = np.repeat(np.repeat(codes, block, axis=0), block, axis=1)
+        path = str(folder / f"e{i:03d}.png")
+        cv2.imwrite(path, np.array(EVENT_BGR, np.uint8)[codes])
+        frames.append(FakeFrame(path, np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)))
+    return frames
+
+
+def _packed_bytes(h: int, w: int) -> int:
+    """Bytes of one packed event frame: an ON and an OFF bit plane, each padded to whole bytes."""
+    return 2 * -(-h * w // 8)
+
+
+@pytest.mark.parametrize("scale", ["native", "halved"])
+def test_event_frames_are_packed_and_read_back_as_the_decoded_png(tmp_path, scale):
+    """Three-colour frames are stored as two bit planes (2 bits per pixel, 12x smaller than BGR): what the cache
+    gives is, bit for bit, the decoded PNG resized as the cache resizes (at the native size, and at half size where
+    the frame stays three-coloured); so are the validation items and training mosaics made from it. Pixel counts not
+    a multiple of 8 too."""
+    shapes, long_side, block = {"native": ([(45, 27), (27, 45), (45, 45), (9, 45)], 45, 1),
+                                "halved": ([(36, 64), (64, 36), (64, 64)], 32, 2)}[scale]
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, shapes, block)
+    cache = build_frame_cache(_paths(frames), long_side, str(tmp_path / "c"), workers=2, progress=False)
+    stored = []
+    for i, f in enumerate(frames):
+        want = _expected(cv2.imread(f.image), long_side)
+        assert set(map(tuple, want.reshape(-1, 3).tolist())) <= set(EVENT_BGR)
+        got = cache.get(i)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.uint8 and not got.flags.writeable
+        assert cache.orig_shape(i) == tuple(shapes[i])
+        stored.append(want.shape[:2])
+    assert os.path.getsize(cache.bin_path) == sum(_packed_bytes(h, w) for h, w in stored)
+    assert os.path.getsize(cache.bin_path) * 11.5 < sum(h * w * 3 for h, w in stored)
+    again = pickle.loads(pickle.dumps(cache))
+    np.testing.assert_array_equal(again.get(2), cache.get(2))
+    plain = FredDataset(frames, (long_side, long_side))
+    cached = FredDataset(frames, (long_side, long_side), frame_cache=cache)
+    for i in range(len(frames)):
+        assert torch.equal(plain[i]["image"], cached[i]["image"])
+    aug = Augmentation(mosaic_prob=1.0)
+    for seed in range(2):  # training mosaics too: the very ones made from the files
+        a = FredDataset(frames, (long_side, long_side), aug, seed=seed)[seed]
+        b = FredDataset(frames, (long_side, long_side), aug, seed=seed, frame_cache=cache)[seed]
+        assert torch.equal(a["image"], b["image"])
+
+
+def test_packed_event_frame_holds_the_on_and_off_planes_one_unpackbits_away(tmp_path):
+    """The layout fusion reads (issue 18): frame i's bytes are the ON plane (white) then the OFF plane (blue), each
+    np.packbits of the h x w mask in row order."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, [(27, 45), (45, 27)], 1, seed=3)
+    cache = build_frame_cache(_paths(frames), 45, str(tmp_path / "c"), progress=False)
+    data = np.fromfile(cache.bin_path, dtype=np.uint8)
+    for i, f in enumerate(frames):
+        img = cv2.imread(f.image)
+        h, w = img.shape[:2]
+        n = _packed_bytes(h, w) // 2
+        frame = data[cache.offsets[i]:cache.offsets[i] + 2 * n]
+        on = np.unpackbits(frame[:n], count=h * w).reshape(h, w)
+        off = np.unpackbits(frame[n:], count=h * w).reshape(h, w)
+        np.testing.assert_array_equal(on, (img == EVENT_BGR[1]).all(-1))
+        np.testing.assert_array_equal(off, (img == EVENT_BGR[2]).all(-1))
+        assert on.any() and off.any()
+
+
+def test_frame_that_is_not_three_coloured_is_stored_whole_with_a_warning(tmp_path, caplog):
+    """One frame with another colour (and resized event frames, whose colours mix) keeps its 24-bit pixels: read
+    back unchanged, the others stay packed, and a warning names the frame."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, [(36, 64)] * 4, 1)
+    odd = cv2.imread(frames[2].image)
+    odd[5, 7] = (0, 0, 0)
+    cv2.imwrite(frames[2].image, odd)
+    cache = build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False)
+    for i, f in enumerate(frames):
+        np.testing.assert_array_equal(cache.get(i), cv2.imread(f.image))
+    assert os.path.getsize(cache.bin_path) == 3 * _packed_bytes(36, 64) + 36 * 64 * 3
+    assert "1 of 4" in caplog.text and frames[2].image in caplog.text
+    assert not build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False).built
+
+    resized = build_frame_cache(_paths(frames), 48, str(tmp_path / "c"), progress=False)  # 64 -> 48: colours mix
+    for i, f in enumerate(frames):
+        np.testing.assert_array_equal(resized.get(i), _expected(cv2.imread(f.image), 48))
+    assert os.path.getsize(resized.bin_path) == 4 * 27 * 48 * 3
+
+
+def test_damaged_packed_frame_is_found_by_its_checksum_and_rebuilt(tmp_path, caplog):
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, [(36, 64)] * 3, 1)
+    cache = build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False)
+    st = os.stat(cache.bin_path)
+    with open(cache.bin_path, "r+b") as f:  # one ON bit flipped in frame 1, the mtime put back
+        f.seek(int(cache.offsets[1]) + 10)
+        byte = f.read(1)[0]
+        f.seek(int(cache.offsets[1]) + 10)
+        f.write(bytes([byte ^ 0x01]))
+    os.utime(cache.bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), progress=False)
+    assert again.built and "frame 1 does not match its checksum" in caplog.text
+    np.testing.assert_array_equal(again.get(1), cv2.imread(frames[1].image))
+
+
+def test_size_limit_counts_packed_event_frames_at_their_packed_size(tmp_path, frames):
+    """A limit between the packed and the 24-bit size: the event cache is built, 24-bit frames of that size are not."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    events = _event_frames(folder, [(40, 40)] * len(frames), 1)
+    limit = len(frames) * 40 * 40 * 3 / 4
+    assert build_frame_cache(_paths(events), 40, str(tmp_path / "c"), progress=False, max_bytes=limit).built
+    square = [f for f in frames if f.image.endswith(("3.png", "7.png"))]  # the 40x40 ones
+    with pytest.raises(OSError, match="FRAME_CACHE_MAX_GB"):
+        build_frame_cache(_paths(square * 4), 40, str(tmp_path / "c"), progress=False, max_bytes=limit)
+
+
+def test_cache_that_outgrows_the_limit_after_packed_frames_stops_naming_the_frame(tmp_path):
+    """The first frame is packed, so the estimate fits; 24-bit frames after it push the cache past the limit: the
+    build stops there, naming the frame, and leaves nothing behind."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    frames = _event_frames(folder, [(36, 64)] * 6, 1)
+    for f in frames[3:]:
+        img = cv2.imread(f.image)
+        img[0, 0] = (1, 2, 3)
+        cv2.imwrite(f.image, img)
+    limit = 3 * _packed_bytes(36, 64) + 36 * 64 * 3 + 10  # room for one 24-bit frame, not for two
+    with pytest.raises(OSError, match=r"grew past FRAME_CACHE_MAX_GB.* frame 4 of 6 .*e004\.png"):
+        build_frame_cache(_paths(frames), 64, str(tmp_path / "c"), workers=1, progress=False, max_bytes=limit)
+    assert _cache_files(str(tmp_path / "c")) == []
+
+
+def test_a_cache_of_the_previous_format_is_built_again(frames, tmp_path, monkeypatch):
+    """FORMAT_VERSION 4 (packed event frames) leaves version 3 caches unused."""
+    version = fc.FORMAT_VERSION
+    monkeypatch.setattr(fc, "FORMAT_VERSION", 3)
+    assert build_frame_cache(_paths(frames), 32, str(tmp_path / "c"), progress=False).built
+    monkeypatch.setattr(fc, "FORMAT_VERSION", version)
+    assert build_frame_cache(_paths(frames), 32, str(tmp_path / "c"), progress=False).built
+
+
 # ----------------------------------------------------------------------------------------------- FredDataset
 def test_bad_image_is_recorded_and_replaced_in_the_dataset(frames, tmp_path, caplog):
     corrupt = tmp_path / "corrupt.png"
