@@ -76,13 +76,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line; --quick replaces the sizes by a CPU smoke-test set."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="speed,data,ceiling,eval", help=f"comma list of {', '.join(PARTS)} or all")
-    p.add_argument("--modalities", default="event,rgb", help="modalities of the speed and data parts")
+    p.add_argument("--modalities", default="event,rgb", help="modalities of the speed and data parts (speed: also "
+                   "fusion, ours only)")
     p.add_argument("--sequences", type=int, default=24)
     p.add_argument("--frames", type=int, default=100, help="RGB frames per sequence (event: a few more)")
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--phi", default="s")
     p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--arch", default="yolov8", choices=("yolov8", "yolov8-p2"), help="both trainers' architecture "
+                   "(ours: ARCH; Ultralytics: yolov8<phi>-p2.yaml for yolov8-p2)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--frozen_batch", type=int, default=32)
     p.add_argument("--unfrozen_batch", type=int, default=16)
@@ -190,7 +193,7 @@ class Bench:
     def ours_sets(self, **extra) -> dict:
         """Config overrides common to our runs."""
         a = self.a
-        return {"INPUT_SHAPE": [a.imgsz, a.imgsz], "NUM_WORKERS": a.workers,
+        return {"INPUT_SHAPE": [a.imgsz, a.imgsz], "ARCH": a.arch, "NUM_WORKERS": a.workers,
                 "EVAL_WORKERS": self.eval_workers(), "MOSAIC": a.mosaic_prob > 0,
                 "MOSAIC_PROB": a.mosaic_prob, "MIXUP": False, "FP16": True, "SEED": a.seed, **extra}
 
@@ -231,7 +234,7 @@ class Bench:
         out_json = self.logs / f"ultra_{tag}.json"
         cmd = [sys.executable, str(REPO / "bench" / "ultra_ref.py"), mode, "--data", data_yaml, "--out",
                str(out_json), "--phi", self.a.phi, "--imgsz", str(self.a.imgsz), "--workers", str(self.a.workers),
-               "--device", ultra_device(self.a.device), "--mosaic", str(self.a.mosaic_prob),
+               "--device", ultra_device(self.a.device), "--mosaic", str(self.a.mosaic_prob), "--arch", self.a.arch,
                "--project", str(self.logs / "ultra_runs"), "--name", tag, "--seed", str(self.a.seed), *extra]
         log = self.logs / f"ultra_{tag}.log"
         print(f"  Ultralytics {tag} ... (log {log})", flush=True)
@@ -261,7 +264,8 @@ def part_speed(b: Bench) -> dict:
     out: dict = {}
     for modality in a.modalities:
         print(f"[speed] {modality}", flush=True)
-        data_yaml = b.ultra_data(modality, a.speed_val_stride)
+        ultra = not a.skip_ultra and modality != "fusion"  # Ultralytics trains on one modality
+        data_yaml = b.ultra_data(modality, a.speed_val_stride) if ultra else ""
         idx = b.index(modality, a.speed_val_stride)
         entry: dict = {"train_frames": len(idx.train), "val_frames": len(idx.val)}
         sets = b.ours_sets(FREEZE_TRAIN=True, FREEZE_EPOCH=k, UNFREEZE_EPOCH=2 * k, FREEZE_BATCH_SIZE=a.frozen_batch,
@@ -285,7 +289,7 @@ def part_speed(b: Bench) -> dict:
         if ours.get("run_dir") and modality == "event":
             b.weights.setdefault("ours", (str(Path(ours["run_dir"]) / "last.pth"), "speed run (barely trained)"))
         entry["ultralytics"] = {"phases": {}}
-        for phase, batch, freeze in () if a.skip_ultra else (("frozen", a.frozen_batch, 10), ("unfrozen", a.unfrozen_batch, 0)):
+        for phase, batch, freeze in () if not ultra else (("frozen", a.frozen_batch, 10), ("unfrozen", a.unfrozen_batch, 0)):
             u = b.run_ultra(f"speed_{modality}_{phase}", "train", data_yaml,
                             ["--epochs", str(k), "--batch", str(batch), "--freeze", str(freeze),
                              "--special_aug_ratio", "1.0", "--val_repeats", "0"])
@@ -753,6 +757,13 @@ def report(b: Bench) -> None:
         if ev.get("img_per_s") and rg.get("img_per_s"):
             frac = ev["img_per_s"] / rg["img_per_s"]
             targets.append(("event (PNG) as fast as RGB (JPEG), unfrozen, within 5%", frac >= 0.95, f"{frac:.2f}x"))
+        fu = speed.get("fusion", {}).get("ours", {}).get("phases", {})
+        for phase in ("frozen", "unfrozen") if ev.get("img_per_s") else ():
+            evp = speed["event"]["ours"]["phases"].get(phase, {})
+            if fu.get(phase, {}).get("img_per_s") and evp.get("img_per_s"):
+                frac = fu[phase]["img_per_s"] / evp["img_per_s"]
+                targets.append((f"fusion {phase} img/s >= 0.9x event (issue 18, early fusion)", frac >= 0.9,
+                                f"{frac:.2f}x"))
     if ceiling:
         print_table("Our model+loss ceiling on GPU-resident data (fp16 AMP, channels_last)",
                     ["phase", "batch", "engine step img/s", "engine + CUDA graph img/s", "bare step img/s",

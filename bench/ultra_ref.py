@@ -540,7 +540,7 @@ def ultra_train(a: argparse.Namespace) -> dict:
     from ultralytics import YOLO
 
     t_process = time.time()
-    model = YOLO(f"yolov8{a.phi}.yaml")
+    model = YOLO(f"yolov8{a.phi}{'-p2' if a.arch == 'yolov8-p2' else ''}.yaml")
     epochs: list[dict] = []
     state: dict = {}
 
@@ -687,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="data.yaml written by build_ultra_dataset")
     p.add_argument("--out", required=True, help="JSON result file")
     p.add_argument("--phi", default="s")
+    p.add_argument("--arch", default="yolov8", choices=("yolov8", "yolov8-p2"), help="train: yolov8<phi>.yaml or "
+                   "yolov8<phi>-p2.yaml (ours: ARCH)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--val_batch", type=int, default=32)
