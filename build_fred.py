@@ -21,6 +21,7 @@ from datasets.augment import Augmentation
 from datasets.event_frames import EVENT_PALETTE, INPUT_CHANNELS
 from datasets.fred_dataset import FredDataset, worker_init
 from datasets.fred_index import FredIndex, build_fred_index
+from datasets.image_io import read_image
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
 from nets.fusion import FUSION_KINDS, build_fusion_model, load_fusion_weights
@@ -155,9 +156,16 @@ def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True)
 
 
 def build_frame_caches(cfg: dict, frames: list, what: str, progress: bool = True) -> dict:
-    """The frame caches of frames as FredDataset's keyword arguments: {"frame_cache": ..., "event_cache": ...}
-    (build_frame_cache() of their images; fused frames' event images are decoded from their files)."""
-    return {"frame_cache": build_frame_cache(cfg, frames, what, progress), "event_cache": None}
+    """The frame caches of frames as FredDataset's keyword arguments: {"frame_cache": build_frame_cache() of their
+    images, "event_cache": for fused frames, the cache of their event images at the frames' own size (FRED's three
+    colours stay exact: 2 bits per pixel, read straight into polarity planes), else None}."""
+    event_cache = None
+    if cfg["FRAME_CACHE"] != "off" and frames and getattr(frames[0], "event_image", ""):
+        first, _ = read_image(frames[0].event_image)
+        event_cache = open_frame_cache([f.event_image for f in frames], max(first.shape[:2]) if first is not None
+                                       else max(cfg["INPUT_SHAPE"]), cfg["FRAME_CACHE_DIR"], cfg["DATA_ROOT"],
+                                       cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress, f"event frame cache ({what})")
+    return {"frame_cache": build_frame_cache(cfg, frames, what, progress), "event_cache": event_cache}
 
 
 def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:

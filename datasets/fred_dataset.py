@@ -57,6 +57,9 @@ class FrameSource(Protocol):
     def bad_reason(self, i: int) -> str | None:
         """Why frame i could not be decoded (None when it was)."""
 
+    def planes(self, i: int) -> np.ndarray | None:
+        """Frame i's event polarity planes when it holds them directly (event_planes() layout), else None."""
+
 
 class FredDataset(Dataset):
     """FRED frames as network inputs: see the module docstring; items are described in __getitem__."""
@@ -160,11 +163,16 @@ class FredDataset(Dataset):
             img, orig, reason = self._read_one(path, j, self.frame_cache)
             if img is not None and self.fused:
                 path = str(self.frames[j].event_image)
-                event, event_orig, reason = self._read_one(path, j, self.event_cache)
-                if event is not None and event_orig != orig:
+                planes = self.event_cache.planes(j) if self.event_cache is not None else None
+                if planes is not None:
+                    event_orig, reason = self.event_cache.orig_shape(j), ""
+                else:
+                    event, event_orig, reason = self._read_one(path, j, self.event_cache)
+                    planes = event_planes(event) if event is not None else None
+                if planes is not None and event_orig != orig:
                     reason = (f"its size {event_orig[1]}x{event_orig[0]} differs from its RGB partner's "
                               f"{orig[1]}x{orig[0]} ({printable(str(self.frames[j].image))})")
-                img = fuse_streams(img, event_planes(event)) if event is not None and not reason else None
+                img = fuse_streams(img, planes) if planes is not None and not reason else None
             if img is not None:
                 return img, j, orig
             self._report_bad(path, reason)

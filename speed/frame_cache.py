@@ -58,6 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.fred_index import writable_dir
+from datasets.event_frames import EVENT_PALETTE
 from datasets.image_io import printable, read_image
 from utils.letterbox import letterbox_params
 
@@ -67,7 +68,7 @@ FORMAT_VERSION = 4  # bump when the file layout, the resize or the decoding chan
 VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
 AS_DECODED, EVENT_PLANES = 0, 1  # per-frame encodings: the decoded pixels; ON and OFF bit planes of an event frame
 # FRED's event frame colours as decoded (BGR): background, ON (positive polarity), OFF (negative); code 3 is unused
-EVENT_COLOURS_BGR = np.array([[52, 37, 30], [255, 255, 255], [200, 126, 64], [0, 0, 0]], dtype=np.uint8)
+EVENT_COLOURS_BGR = np.array([c[::-1] for c in EVENT_PALETTE] + [(0, 0, 0)], dtype=np.uint8)
 _BLUE_TO_CODE = np.full(256, 3, dtype=np.uint8)  # the blue channel alone tells the three colours apart
 _BLUE_TO_CODE[EVENT_COLOURS_BGR[:3, 0]] = [0, 1, 2]
 
@@ -125,6 +126,22 @@ class FrameCache:
         if self.encodings[i] == EVENT_PLANES:
             return unpack_event_frame(data, int(h), int(w))
         return data.reshape(h, w, -1)
+
+    def planes(self, i: int) -> np.ndarray | None:
+        """Frame i's polarity planes straight from its packed bits, as datasets.event_frames.event_planes() gives
+        them (uint8 [h, w, 3]: 255 where ON fired, 255 where OFF fired, 0), or None when it is not stored packed."""
+        if self.shapes[i][0] == 0 or self.encodings[i] != EVENT_PLANES:
+            return None
+        if self._data is None:
+            self._data = self._open()
+        h, w = (int(x) for x in self.shapes[i])
+        data = self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]]
+        n = len(data) // 2
+        out = np.zeros((h, w, 3), dtype=np.uint8)
+        for plane, bits in enumerate((data[:n], data[n:])):
+            out[..., plane] = np.unpackbits(bits, count=h * w).reshape(h, w)
+        out[..., :2] *= 255
+        return out
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""

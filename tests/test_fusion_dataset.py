@@ -84,3 +84,21 @@ def test_fused_item_image_is_rgb_then_two_planes():
     out = fused_item_image(fused)
     np.testing.assert_array_equal(out[..., :3], fused[..., 2::-1][..., :3])
     np.testing.assert_array_equal(out[..., 3:], fused[..., 3:5])
+
+
+def test_fused_items_from_the_frame_caches_equal_those_from_the_files(fusion_index, tmp_path):
+    import build_fred
+    import config_fred
+    from utils.config import config_dict
+
+    cfg = {**config_dict(config_fred), "FRAME_CACHE": "disk", "FRAME_CACHE_DIR": str(tmp_path / "cache"),
+           "INPUT_SHAPE": [64, 64], "DATA_ROOT": str(tmp_path)}
+    frames = fusion_index.val
+    caches = build_fred.build_frame_caches(cfg, frames, "val", progress=False)
+    event_cache = caches["event_cache"]
+    assert event_cache is not None and event_cache.long_side == 128  # the event frames' own size: kept packed
+    event, _ = read_image(frames[0].event_image)
+    np.testing.assert_array_equal(event_cache.planes(0), event_planes(event))
+    cached, plain = FredDataset(frames, (64, 64), **caches), FredDataset(frames, (64, 64))
+    for i in range(len(frames)):
+        torch.testing.assert_close(cached[i]["image"], plain[i]["image"])
