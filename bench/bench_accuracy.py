@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,7 @@ def train_ours(a: argparse.Namespace, name: str, modality: str, split: str, logs
     size = a.imgsz * conf["scale"]
     sets = {**ours_settings(a), "INPUT_SHAPE": [size, size], "EVAL_WORKERS": min(a.workers, 4), **conf["sets"]}
     save_dir = logs / f"{name}_{modality}"
+    shutil.rmtree(save_dir, ignore_errors=True)  # an earlier call's results.csv would be read as this run's
     cmd = ours_command(modality, a.data_root, split, a.phi, a.device, str(save_dir), sets)
     watcher = CsvWatcher(str(save_dir / "loss_*" / "results.csv"))
     log = logs / f"{name}_{modality}.log"
