@@ -22,10 +22,11 @@ large px wide at 1280; a frame's bucket is that of its narrowest drone), train-l
 after the first), peak reserved GPU memory, train seconds and the GPU it ran on (compare speeds of one GPU type only).
 
 Full size (the defaults: 24 sequences x 100 frames at 1280x720, 18 train / 6 val sequences, about 1,800 / 600 frames
-per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take well under a minute on 16 cores). One modality's
-seven configs take about 20-25 minutes of an H100, so split them over device calls with --configs; --out is read
-back and each call's configs are merged into it (the settings must match), so copy the previous call's JSON to --out
-first. For example, per modality M (event, rgb), with --timeout bounding each trainer process:
+per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take under a minute on 16 cores). One modality's
+seven configs should take about 20-25 minutes of an H100 (estimated from bench/README.md's speeds, not yet measured),
+so split them over device calls with --configs; --out is read back and each call's configs are merged into it (the
+settings must match), so copy the previous call's JSON to --out first. For example, per modality M (event, rgb),
+--timeout bounding each trainer process:
     python bench/bench_accuracy.py --modality M --configs ours640,ultra640,ours640_tiny,ours640_p2 --timeout 420 \\
         --out $OUT/bench_accuracy_M.json
     python bench/bench_accuracy.py --modality M --configs ultra640_p2,ours1280 --timeout 420 \\
