@@ -10,8 +10,8 @@ Conditions per frame come from
 - or a JSON file of the user's, {frame stem: {condition: value}} (eval_fred.py --conditions FILE).
 Real FRED records none, so it is broken down per sequence only. A condition whose value is true puts a frame in the
 subset "<condition>" (night, rain, hovering, occluded); a text value v puts it in "<condition>=<v>" (size=tiny);
-false or null values put it in none. Subsets without scored images are left out; a subset without ground-truth boxes
-has mAP -1 (undefined), as in pycocotools.
+other values (false, null, numbers) put it in none. Subsets without scored images are left out; a subset without
+ground-truth boxes has mAP -1 (undefined), as in pycocotools.
 """
 from __future__ import annotations
 
