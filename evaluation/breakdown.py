@@ -56,12 +56,13 @@ def sequence_subsets(gt: dict, frames: Sequence) -> dict[str, list[int]]:
 
 def condition_subsets(gt: dict, conditions: Sequence[dict | None]) -> dict[str, list[int]]:
     """{subset name: image ids} of gt's images by their conditions (conditions[image id]; None = unknown): "night"
-    for night true, "size=tiny" for size "tiny"; conditions in order of appearance, text values in bucket order."""
+    for night true, "size=tiny" for size "tiny"; conditions in the order of their keys, text values in bucket order."""
     members: dict[str, dict[object, list[int]]] = {}
     for image in gt["images"]:
         for key, value in (conditions[image["id"]] or {}).items():
+            by_value = members.setdefault(key, {})
             if value is True or isinstance(value, str):
-                members.setdefault(key, {}).setdefault(value, []).append(int(image["id"]))
+                by_value.setdefault(value, []).append(int(image["id"]))
     out = {}
     for key, by_value in members.items():
         for value in sorted(by_value, key=_value_rank):

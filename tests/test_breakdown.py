@@ -64,6 +64,9 @@ def test_condition_and_sequence_subsets():
     subsets = condition_subsets(gt, conditions)  # no subset for rain (never true) or size=small (frame 3 unscored)
     assert subsets == {"night": [0], "size=tiny": [0, 4], "size=large": [1]}
     assert list(subsets) == ["night", "size=tiny", "size=large"]  # sizes in the generator's bucket order
+    later_night = condition_subsets({"images": [{"id": 0}, {"id": 1}]},
+                                    [{"night": False, "size": "tiny"}, {"night": True, "size": "tiny"}])
+    assert list(later_night) == ["night", "size=tiny"]  # conditions in the order of their keys, not of a first true
     frames = [SimpleNamespace(sequence=s) for s in ("5", "5", "9", "9", "7")]
     assert sequence_subsets(gt, frames) == {"5": [0, 1], "9": [2], "7": [4]}
 
