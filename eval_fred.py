@@ -2,7 +2,8 @@
 
     python eval_fred.py --weights logs/fred_event/loss_.../best.pth [more.pth ...] [--modality rgb|event]
         [--allow_modality_mismatch] [--data_root DIR] [--split S] [--conf C] [--iou I] [--max_det N] [--batch B]
-        [--device D] [--phi P] [--save_json DIR] [--plots] [--per_sequence] [--workers N] [--set KEY=VALUE ...]
+        [--device D] [--phi P] [--save_json DIR] [--plots] [--per_sequence] [--conditions FILE] [--workers N]
+        [--set KEY=VALUE ...]
 
 --modality defaults to the one the checkpoints were trained on; a checkpoint trained on the other modality is
 refused unless --allow_modality_mismatch. What the first checkpoint was trained with that evaluation depends on
@@ -11,7 +12,9 @@ config_fred.py; --set and the flags override both. The evaluator is
 evaluation/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
 the same number for the same checkpoint, data and settings. Output: a table with one row per checkpoint, then one
 final line of JSON for the last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images,
-ms_per_image.
+ms_per_image, with --per_sequence per_sequence, and per_condition when the frames' conditions are known (a generated
+FRED-hard set's manifest, or --conditions FILE): a table and {name: {mAP50, mAP50_95, AP_small, images, boxes}}
+(evaluation/breakdown.py).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from utils.config import apply_overrides, config_dict
 
 LOGGER = logging.getLogger("eval_fred")
 JSON_KEYS = ("mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images", "ms_per_image")
+BREAKDOWN_KEYS = ("per_sequence", "per_condition")  # in the JSON line when computed (evaluation/breakdown.py)
 # config keys a train_fred.py checkpoint records that decide its evaluation: taken from it unless --set or a flag says
 # otherwise, so that eval_fred.py on a run's best.pth prints the number the run printed
 FROM_CHECKPOINT = ("DATA_ROOT", "SPLIT", "VAL_FRAME_STRIDE", "RGB_IMAGE_DIR", "NUM_CLASSES", "CLASS_NAMES",
@@ -89,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"score >= {PLOT_SCORE} in green, ground truth in red) into --save_json DIR or "
                    "logs/eval_<modality>_<time>/")
     p.add_argument("--per_sequence", action="store_true", help="print mAP50 and mAP50:95 per sequence, worst first")
+    p.add_argument("--conditions", metavar="FILE", help="JSON {frame stem: {condition: value}} to break mAP down by "
+                   "condition (default: the per-frame conditions of a generated FRED-hard set's manifest, if any)")
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a config_fred.py key with a Python literal, e.g. --set \"INPUT_SHAPE=[320,320]\"")
     return p.parse_args(argv)
@@ -107,6 +113,7 @@ from tqdm import tqdm  # noqa: E402
 
 import build_fred  # noqa: E402
 from datasets.fred_index import FredDataError  # noqa: E402
+from evaluation.breakdown import breakdown, format_breakdown, load_conditions  # noqa: E402
 from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
 from evaluation.evaluator import evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
@@ -279,6 +286,10 @@ def run(args: argparse.Namespace) -> dict:
     except FredDataError as e:
         raise EvalError(str(e)) from None
     frames = index.val
+    try:
+        conditions = load_conditions(frames, cfg["DATA_ROOT"], args.modality, args.conditions)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), cfg["DATA_ROOT"])
     # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
@@ -295,7 +306,8 @@ def run(args: argparse.Namespace) -> dict:
         model = build_checkpoint_model(path, ckpt, cfg["NUM_CLASSES"], device, settings["channels_last"])
         result = evaluate(model, tqdm(batches, total=len(loader), desc=os.path.basename(path), leave=False), frames,
                           device, **settings)
-        rows.append((path, result.metrics))
+        parts = breakdown(result.ground_truth, result.results, frames if args.per_sequence else None, conditions)
+        rows.append((path, {**result.metrics, **parts}))
         if args.per_sequence:
             per_sequence.append((path, per_sequence_metrics(result.ground_truth, result.results, frames)))
         if folder:
@@ -308,6 +320,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{'sequence':>8}  {'mAP50':>7}  {'mAP50:95':>8}  {'images':>6}")
         for sequence, m50, m50_95, n in seq_rows:
             print(f"{sequence:>8}  {m50:7.4f}  {m50_95:8.4f}  {n:6d}")
+    for path, metrics in rows if conditions is not None else ():
+        print(f"\nper condition ({path}); -1 = no ground truth box in those frames")
+        print(format_breakdown("condition", metrics["per_condition"]))
     return rows[-1][1]
 
 
@@ -320,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as e:
         print(f"eval_fred.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: metrics[k] for k in JSON_KEYS}))
+    print(json.dumps({k: metrics[k] for k in JSON_KEYS + BREAKDOWN_KEYS if k in metrics}))
     return 0
 
 

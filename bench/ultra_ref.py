@@ -16,6 +16,7 @@ Test-only code: the product never imports Ultralytics. Two halves:
 
 2. CLI, run as a subprocess so each trainer has its own process and CUDA context:
      python bench/ultra_ref.py train --data DIR/data.yaml --out R.json --epochs 10 --batch 32 --imgsz 640 ...
+         [--arch yolov8|yolov8-p2]
          [--freeze 10] [--val_every_epoch 1] [--stop_at_map50 0.9] [--val_repeats N] [--save_json 1]
      python bench/ultra_ref.py val --weights best.pt --data DIR/data.yaml --out R.json [--val_repeats 2]
      python bench/ultra_ref.py loader --data DIR/data.yaml --out R.json --batch 32 --batches 60
@@ -30,11 +31,11 @@ Offline / environment patches (harness only):
      retried (curl, with connect timeouts) before it gives up and enables AMP anyway. It is replaced by "AMP on
      CUDA, off on CPU": AMP really runs on the GPU, as our FP16=True does, without the wait.
    - YOLO_OFFLINE=1 is set before import (no network checks, no telemetry).
-Settings equalised (see ultra_train_args): model yolov8<phi>.yaml from scratch (pretrained=False), epochs, batch,
-imgsz, workers, SGD (not 'auto', which picks AdamW for short runs), lr0 0.01, lrf 0.01, cosine schedule, momentum
-0.937, weight decay 5e-4, warmup 3 epochs, mosaic probability 0.5, mosaic off for the last 30% of the epochs
-(close_mosaic), mixup 0, HSV 0.015/0.7/0.4, flip 0.5, translate 0.1, scale 0.5, conf 0.001, IoU 0.7, max_det 300,
-cache off, deterministic off (speed). Differences that cannot be equalised:
+Settings equalised (see ultra_train_args): model yolov8<phi>.yaml (--arch yolov8-p2: yolov8<phi>-p2.yaml) from
+scratch (pretrained=False), epochs, batch, imgsz, workers, SGD (not 'auto', which picks AdamW for short runs), lr0
+0.01, lrf 0.01, cosine schedule, momentum 0.937, weight decay 5e-4, warmup 3 epochs, mosaic probability 0.5, mosaic
+off for the last 30% of the epochs (close_mosaic), mixup 0, HSV 0.015/0.7/0.4, flip 0.5, translate 0.1, scale 0.5,
+conf 0.001, IoU 0.7, max_det 300, cache off, deterministic off (speed). Differences that cannot be equalised:
    - Ultralytics accumulates gradients to a nominal batch of 64 (batch 16 -> one optimizer step per 4 batches,
      weight decay scaled by batch*accumulate/64); ours steps every batch with the LR scaled by batch/64.
    - Ultralytics' mosaic is followed by its own random_perspective and its letterbox-then-affine for single images;
@@ -177,18 +178,19 @@ def _image_shape(path: str) -> tuple[int, int]:
 
 
 def ensure_generated(root: str, sequences: int, frames: int, size: tuple[int, int], seed: int = 0,
-                     workers: int = 1) -> tuple[dict, float]:
-    """A generated FRED tree at root (tools.synthetic), reused when its manifest matches; (manifest, seconds)."""
+                     workers: int = 1, profile: str = "default") -> tuple[dict, float]:
+    """A generated FRED tree at root (tools.synthetic, `profile` default or hard), reused when its manifest matches;
+    (manifest, seconds)."""
     from tools.synthetic import MANIFEST_NAME, generate_fred
 
     path = Path(root) / MANIFEST_NAME
     if path.is_file():
         m = json.loads(path.read_text())
-        if (len(m.get("ids", [])), m.get("frames"), list(m.get("size", [])), m.get("seed")) == \
-                (sequences, frames, [int(size[0]), int(size[1])], seed):
+        if (len(m.get("ids", [])), m.get("frames"), list(m.get("size", [])), m.get("seed"),
+                m.get("profile", "default")) == (sequences, frames, [int(size[0]), int(size[1])], seed, profile):
             return m, 0.0
     start = time.perf_counter()
-    manifest = generate_fred(root, sequences, frames, seed=seed, size=size, workers=workers)
+    manifest = generate_fred(root, sequences, frames, seed=seed, size=size, workers=workers, profile=profile)
     return manifest, round(time.perf_counter() - start, 1)
 
 
@@ -512,6 +514,17 @@ def _patch_ultralytics() -> None:
     del torch
 
 
+ULTRA_ARCHS = ("yolov8", "yolov8-p2")  # our ARCH names; Ultralytics' yaml: yolov8<phi>.yaml, yolov8<phi>-p2.yaml
+
+
+def model_yaml(phi: str, arch: str = "yolov8") -> str:
+    """Ultralytics model yaml of our (phi, ARCH): 'yolov8s.yaml', 'yolov8s-p2.yaml' (the scale is read from the
+    name)."""
+    if arch not in ULTRA_ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ULTRA_ARCHS)}, got {arch!r}")
+    return f"yolov8{phi}{arch.removeprefix('yolov8')}.yaml"
+
+
 def _sync() -> None:
     import torch
     if torch.cuda.is_available():
@@ -534,13 +547,14 @@ def _metric(metrics: dict, key: str) -> float | None:
 
 
 def ultra_train(a: argparse.Namespace) -> dict:
-    """Train Ultralytics YOLOv8 from scratch on a.data; per-epoch timings and metrics, then a timed val of best.pt."""
+    """Train Ultralytics YOLOv8 (a.arch: yolov8 or yolov8-p2) from scratch on a.data; per-epoch timings and metrics,
+    then a timed val of best.pt."""
     _patch_ultralytics()
     import torch
     from ultralytics import YOLO
 
     t_process = time.time()
-    model = YOLO(f"yolov8{a.phi}{'-p2' if a.arch == 'yolov8-p2' else ''}.yaml")
+    model = YOLO(model_yaml(a.phi, a.arch))
     epochs: list[dict] = []
     state: dict = {}
 
@@ -594,7 +608,8 @@ def ultra_train(a: argparse.Namespace) -> dict:
     trainer = model.trainer
     run_dir = Path(trainer.save_dir)
     best = trainer.best if Path(trainer.best).is_file() else trainer.last
-    out = {"settings": {**args, "phi": a.phi, "data": a.data}, "run_dir": str(run_dir), "best": str(best),
+    out = {"settings": {**args, "phi": a.phi, "arch": a.arch, "data": a.data}, "run_dir": str(run_dir),
+           "best": str(best), "last": str(trainer.last),
            "process_start": t_process, "train_start": state.get("train_start"), "train_wall_s": round(train_wall, 2),
            "train_images": state.get("train_images"), "epochs": epochs, "final": state.get("final_metrics"),
            "amp": bool(trainer.amp), "device": str(trainer.device)}
@@ -687,8 +702,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="data.yaml written by build_ultra_dataset")
     p.add_argument("--out", required=True, help="JSON result file")
     p.add_argument("--phi", default="s")
-    p.add_argument("--arch", default="yolov8", choices=("yolov8", "yolov8-p2"), help="train: yolov8<phi>.yaml or "
-                   "yolov8<phi>-p2.yaml (ours: ARCH)")
+    p.add_argument("--arch", choices=ULTRA_ARCHS, default="yolov8", help="train mode: the model (our ARCH names)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--val_batch", type=int, default=32)

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from evaluation.breakdown import sequence_subsets, subset_metrics
 from evaluation.coco_arrays import (accumulate, match_results, results_array_to_dicts, results_dicts_to_array,
                                     summarize)
 from evaluation.postprocess import non_max_suppression
@@ -126,15 +127,8 @@ def per_sequence_metrics(gt: dict, detections: Sequence[dict] | np.ndarray, fram
     """(sequence, mAP50, mAP50_95, images) per sequence, worst mAP50:95 first (sequences without boxes last).
 
     detections: COCO results dicts or float64 [N, 7] rows (as coco_eval)."""
-    matches = match_results(gt, _results_array(detections))  # per image: the same for every subset of images
-    by_sequence: dict[str, list[int]] = {}
-    for image in gt["images"]:
-        by_sequence.setdefault(str(frames[image["id"]].sequence), []).append(image["id"])
-    categories = [c["id"] for c in gt["categories"]]
-    rows = []
-    for sequence, ids in by_sequence.items():
-        stats = summarize(*accumulate(matches, ids, categories))
-        rows.append((sequence, float(stats[1]), float(stats[0]), len(ids)))
+    metrics = subset_metrics(gt, _results_array(detections), sequence_subsets(gt, frames))
+    rows = [(sequence, m["mAP50"], m["mAP50_95"], m["images"]) for sequence, m in metrics.items()]
     return sorted(rows, key=lambda r: (r[2] < 0, r[2], r[1], r[0]))
 
 

@@ -16,6 +16,8 @@ from datasets.fred_index import build_fred_index
 from evaluation.evaluator import coco_metrics
 from nets import build_model
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
+from tests.test_breakdown import HARD_IDS, pycocotools_subset_stats
+from tests.test_evaluator import reference_eval
 from tools.synthetic import generate_fred
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +58,7 @@ def test_end_to_end(fred, capsys):
     lines = out.strip().splitlines()
     result = json.loads(lines[-1])
     assert list(result) == ["mAP50", "mAP50_95", "mAP75", "AP_small", "AP_medium", "AP_large", "images",
-                            "ms_per_image"]
+                            "ms_per_image", "per_sequence"]  # no per_condition: the default profile records none
     assert result["images"] == len(fred["val"]) > 0
     assert result["ms_per_image"] > 0
     assert lines[0].split()[:3] == ["checkpoint", "mAP50", "mAP50:95"]
@@ -127,6 +129,52 @@ def test_not_a_checkpoint_exit_2_with_the_reason(kind, fred, tmp_path, capsys):
     assert f"{path} is not a checkpoint" in err and reason in err, err
     for wrong in ("Traceback", "weights_only", "pop from", "does not exist"):
         assert wrong not in err, err
+
+
+def test_per_condition_and_per_sequence_on_a_hard_profile_set(fred, tmp_path, capsys):
+    """A FRED-hard set: a per-condition table, and per_condition / per_sequence in the JSON line, each equal to
+    pycocotools with params.imgIds = that condition's (sequence's) val frames, from the saved files."""
+    root, out_dir = str(tmp_path / "hard"), str(tmp_path / "out")
+    manifest = generate_fred(root, sequences=len(HARD_IDS), frames=6, seed=3, size=(96, 160), ids=HARD_IDS,
+                             profile="hard")
+    status, out, err = run_main(["--modality", "event", "--split", "canonical", "--set", "INPUT_SHAPE=[64,64]",
+                                 "--device", "cpu", "--workers", "0", "--conf", "0.0001", "--data_root", root,
+                                 "--weights", fred["ckpt"], "--save_json", out_dir, "--per_sequence"], capsys)
+    assert status == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    frames = build_fred_index(root, "event", split="canonical").val
+    recorded = [manifest["sequences"][f.sequence]["frames"]["event"][os.path.splitext(os.path.basename(f.image))[0]]
+                for f in frames]
+    per_condition = result["per_condition"]
+    assert {"night", "rain", "size=none"} <= set(per_condition)
+    assert "per condition" in out and all(f"\n{name} " in out for name in per_condition)
+    ref = reference_eval(json.load(open(os.path.join(out_dir, "ground_truth.json"))),
+                         json.load(open(os.path.join(out_dir, "detections.json"))))
+    for name, m in per_condition.items():
+        key, _, value = name.partition("=")
+        ids = [i for i, c in enumerate(recorded) if (c[key] == value if value else c[key] is True)]
+        assert m["images"] == len(ids) > 0, name
+        stats = pycocotools_subset_stats(ref, ids)
+        assert (m["mAP50"], m["mAP50_95"], m["AP_small"]) == (stats[1], stats[0], stats[3]), name
+    assert sorted(result["per_sequence"]) == ["12", "8", "9"]  # the canonical test ids among HARD_IDS
+    assert sum(m["images"] for m in result["per_sequence"].values()) == result["images"] == len(frames)
+
+
+def test_conditions_file(fred, tmp_path, capsys):
+    """--conditions FILE: frames named in it are broken down; a file that names none of them exits 2 saying so."""
+    path = tmp_path / "conditions.json"
+    stems = [os.path.splitext(os.path.basename(f.image))[0] for f in fred["val"]]
+    path.write_text(json.dumps({stems[0]: {"night": True, "size": "tiny"}, stems[1]: {"night": True}}))
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], "--conditions",
+                                          str(path)], capsys)
+    assert status == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {k: v["images"] for k, v in result["per_condition"].items()} == {"night": 2, "size=tiny": 1}
+    assert "per_sequence" not in result  # only with --per_sequence
+    path.write_text(json.dumps({"Video_999_1": {"night": True}}))
+    status, out, err = run_main(COMMON + ["--data_root", fred["root"], "--weights", fred["ckpt"], "--conditions",
+                                          str(path)], capsys)
+    assert status == 2 and out == "" and str(path) in err and "no frame" in err, err
 
 
 @pytest.mark.parametrize("option, value, accepts", [

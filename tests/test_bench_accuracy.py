@@ -1,0 +1,59 @@
+"""bench/bench_accuracy.py's pieces that decide what is compared: configs, Ultralytics' model, data reuse, merging."""
+import json
+
+import pytest
+
+from bench.bench_accuracy import CONFIGS, SETUP_KEYS, load_previous, parse_args
+from bench.ultra_ref import ULTRA_ARCHS, ensure_generated, model_yaml
+from nets import build_model
+
+
+@pytest.mark.parametrize("arch", ULTRA_ARCHS)
+def test_ultralytics_model_yaml_is_our_arch(arch):
+    """The yaml bench/ultra_ref.py trains for an ARCH builds the network of that ARCH (same parameter count)."""
+    pytest.importorskip("ultralytics", reason="ultralytics is the bench's reference trainer")
+    from ultralytics.nn.tasks import DetectionModel
+
+    theirs = DetectionModel(model_yaml("n", arch), nc=1, verbose=False)
+    ours = build_model("n", 1, 3, arch)
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+    with pytest.raises(ValueError, match="yolov8-p6"):
+        model_yaml("n", "yolov8-p6")
+
+
+def test_configs():
+    """Ultralytics configs set ARCH only (an ARCH it can train); the quick and default selections parse."""
+    for name, conf in CONFIGS.items():
+        assert conf["trainer"] in ("ours", "ultralytics") and conf["scale"] in (1, 2), name
+        if conf["trainer"] == "ultralytics":
+            assert set(conf["sets"]) <= {"ARCH"} and conf["sets"].get("ARCH", "yolov8") in ULTRA_ARCHS, name
+    assert parse_args([]).configs == list(CONFIGS)
+    assert set(parse_args(["--quick"]).configs) < set(CONFIGS)
+    with pytest.raises(SystemExit):
+        parse_args(["--configs", "ours640,ours320"])
+
+
+def test_generated_data_is_reused_only_for_the_same_profile(tmp_path):
+    root = str(tmp_path / "data")
+    manifest, _ = ensure_generated(root, 4, 4, (64, 96), seed=1)
+    assert "profile" not in manifest
+    manifest, seconds = ensure_generated(root, 4, 4, (64, 96), seed=1, profile="hard")
+    assert manifest["profile"] == "hard" and seconds > 0
+    again, seconds = ensure_generated(root, 4, 4, (64, 96), seed=1, profile="hard")
+    assert seconds == 0.0 and again == json.loads(json.dumps(manifest))
+
+
+def test_results_of_one_setup_are_merged_and_others_refused(tmp_path):
+    out = tmp_path / "r.json"
+    setup = {"profile": "hard", **{k: 1 for k in SETUP_KEYS}}
+    assert load_previous(out, setup) is None
+    out.write_text(json.dumps({"bench": "accuracy", "setup": setup, "modalities": {"rgb": {"configs": {"x": {}}}}}))
+    assert load_previous(out, setup)["modalities"]["rgb"]["configs"] == {"x": {}}
+    with pytest.raises(ValueError, match=r"epochs: 1 there, 30 now.*another --out"):
+        load_previous(out, {**setup, "epochs": 30})
+    out.write_text(json.dumps({"bench": "learning"}))
+    with pytest.raises(ValueError, match="not a bench_accuracy.py result"):
+        load_previous(out, setup)
+    out.write_text("{")
+    with pytest.raises(ValueError, match="cannot be read as JSON"):
+        load_previous(out, setup)
