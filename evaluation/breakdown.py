@@ -107,8 +107,10 @@ def _read_json(path: str, what: str) -> object:
 def load_conditions(frames: Sequence, data_root: str, modality: str, path: str | None = None
                     ) -> list[dict | None] | None:
     """Per frame its conditions dict (None where not recorded), from the file at path ({frame stem: {condition:
-    value}}) when given, else from data_root's generator manifest; None when neither records any."""
-    stems = [Path(f.image).stem for f in frames]
+    value}}; a fused frame is keyed by its event frame) when given, else from data_root's generator manifest; None
+    when neither records any."""
+    stems = [Path(getattr(f, "event_image", "") or f.image).stem for f in frames]  # fused: the labelled event frame
+    modality = "event" if modality == "fusion" else modality
     if path:
         what = "a JSON object {frame stem: {condition: value}}, e.g. {\"Video_3_33333\": {\"night\": true}}"
         table = _read_json(path, what)

@@ -97,6 +97,9 @@ def test_load_conditions_from_the_hard_manifest(tmp_path):
         for frame, cond in zip(frames, conditions):
             assert cond == manifest["sequences"][frame.sequence]["frames"][modality][Path(frame.image).stem]
     assert {c["night"] for c in conditions} == {True, False} and any(c["rain"] for c in conditions)
+    fused = build_fred_index(root, "fusion", split="canonical").val  # a fused frame: its event frame's conditions
+    for frame, cond in zip(fused, load_conditions(fused, root, "fusion")):
+        assert cond == manifest["sequences"][frame.sequence]["frames"]["event"][Path(frame.event_image).stem]
 
 
 def test_load_conditions_without_a_manifest_and_from_a_file(tmp_path):
