@@ -10,7 +10,7 @@ B, G, R, then ON, OFF and a zero channel; fused_item_image() makes the network's
 import cv2
 import numpy as np
 
-from utils.streams import STREAM_CHANNELS
+from utils.streams import STREAM_CHANNELS, join_streams, pick_channels
 
 EVENT_BACKGROUND = (30, 37, 52)
 EVENT_POSITIVE = (255, 255, 255)
@@ -36,10 +36,9 @@ def fuse_streams(rgb_bgr: np.ndarray, planes: np.ndarray) -> np.ndarray:
     another size (a frame cache holding the RGB frame resized) are resized to the RGB frame's (bilinear)."""
     if planes.shape[:2] != rgb_bgr.shape[:2]:
         planes = cv2.resize(planes, (rgb_bgr.shape[1], rgb_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.concatenate([rgb_bgr, planes], axis=2)
+    return join_streams([rgb_bgr, planes])
 
 
 def fused_item_image(fused: np.ndarray) -> np.ndarray:
     """Fused sample [H, W, 6] (BGR, ON, OFF, 0) -> the network's channels [H, W, 5]: R, G, B, ON, OFF."""
-    return np.concatenate([cv2.cvtColor(np.ascontiguousarray(fused[..., :3]), cv2.COLOR_BGR2RGB),
-                           fused[..., 3:3 + 2]], axis=2)
+    return pick_channels(fused, (2, 1, 0, 3, 4))

@@ -30,7 +30,7 @@ from datasets.event_frames import FUSED_CHANNELS, INPUT_CHANNELS, event_planes, 
 from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
-from utils.streams import STREAM_CHANNELS, per_stream
+from utils.streams import STREAM_CHANNELS, join_streams, per_stream, pick_channels
 
 if TYPE_CHECKING:
     from datasets.fred_index import Frame
@@ -243,8 +243,8 @@ class FredDataset(Dataset):
         elif img.shape[2] == STREAM_CHANNELS:
             img = augment_hsv(img, aug.hsv, rng)
         else:  # fused: the RGB stream only
-            img = np.concatenate([augment_hsv(np.ascontiguousarray(img[..., :STREAM_CHANNELS]), aug.hsv, rng),
-                                  img[..., STREAM_CHANNELS:]], axis=2)
+            rgb = augment_hsv(pick_channels(img, range(STREAM_CHANNELS)), aug.hsv, rng)
+            img = join_streams([rgb, pick_channels(img, range(STREAM_CHANNELS, img.shape[2]))])
         if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
         item = _item(img, boxes, j, orig_shape, ratio, pad)

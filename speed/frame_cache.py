@@ -69,6 +69,8 @@ VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
 AS_DECODED, EVENT_PLANES = 0, 1  # per-frame encodings: the decoded pixels; ON and OFF bit planes of an event frame
 # FRED's event frame colours as decoded (BGR): background, ON (positive polarity), OFF (negative); code 3 is unused
 EVENT_COLOURS_BGR = np.array([c[::-1] for c in EVENT_PALETTE] + [(0, 0, 0)], dtype=np.uint8)
+# the same codes as polarity planes (datasets.event_frames.event_planes): ON plane, OFF plane, a zero channel
+PLANE_VALUES = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 0]], dtype=np.uint8)
 _BLUE_TO_CODE = np.full(256, 3, dtype=np.uint8)  # the blue channel alone tells the three colours apart
 _BLUE_TO_CODE[EVENT_COLOURS_BGR[:3, 0]] = [0, 1, 2]
 
@@ -135,13 +137,7 @@ class FrameCache:
         if self._data is None:
             self._data = self._open()
         h, w = (int(x) for x in self.shapes[i])
-        data = self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]]
-        n = len(data) // 2
-        out = np.zeros((h, w, 3), dtype=np.uint8)
-        for plane, bits in enumerate((data[:n], data[n:])):
-            out[..., plane] = np.unpackbits(bits, count=h * w).reshape(h, w)
-        out[..., :2] *= 255
-        return out
+        return unpack_event_frame(self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]], h, w, as_planes=True)
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""
@@ -156,14 +152,14 @@ class FrameCache:
         return len(paths) == len(self) and _paths_digest(paths) == self.paths_digest
 
 
-@functools.lru_cache(maxsize=1)
-def _planes_lut() -> np.ndarray:
+@functools.lru_cache(maxsize=2)
+def _planes_lut(as_planes: bool = False) -> np.ndarray:
     """uint8 [65536, 24]: for an ON byte a and an OFF byte b (np.packbits order), entry a | b << 8 holds the BGR
-    pixels of those 8 pixels (1.5 MB, built once per process)."""
+    pixels of those 8 pixels (as_planes: their PLANE_VALUES) (1.5 MB, built once per process)."""
     bits = (np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1  # [byte, pixel]: big-endian, as np.packbits
     index = np.arange(65536)
     codes = bits[index & 255] + 2 * bits[index >> 8]  # [65536, 8] codes 0..3
-    return np.ascontiguousarray(EVENT_COLOURS_BGR[codes].reshape(65536, 24))
+    return np.ascontiguousarray((PLANE_VALUES if as_planes else EVENT_COLOURS_BGR)[codes].reshape(65536, 24))
 
 
 def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
@@ -178,11 +174,12 @@ def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
     return packed if np.array_equal(unpack_event_frame(packed, *img.shape[:2]), img) else None
 
 
-def unpack_event_frame(packed: np.ndarray, h: int, w: int) -> np.ndarray:
-    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes."""
+def unpack_event_frame(packed: np.ndarray, h: int, w: int, as_planes: bool = False) -> np.ndarray:
+    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes (as_planes: the planes themselves,
+    datasets.event_frames.event_planes()' layout), by one table lookup per 8 pixels."""
     n = len(packed) // 2
     index = packed[:n].astype(np.intp) | (packed[n:].astype(np.intp) << 8)
-    img = np.take(_planes_lut(), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
+    img = np.take(_planes_lut(as_planes), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
     img.flags.writeable = False
     return img
 
