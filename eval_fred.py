@@ -70,8 +70,8 @@ def _fraction(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line; unset options fall back to config_fred.py (after --set)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", choices=("rgb", "event", "fusion"), help="which FRED images to evaluate on (default: the one "
-                   "the checkpoints were trained on)")
+    p.add_argument("--modality", choices=("rgb", "event", "fusion"), help="which FRED images to evaluate on "
+                   "(default: the one the checkpoints were trained on)")
     p.add_argument("--allow_modality_mismatch", action="store_true", help="evaluate checkpoints trained on the other "
                    "modality (refused otherwise)")
     p.add_argument("--weights", required=True, nargs="+", help="checkpoints (train_fred.py's best.pth / last.pth, "

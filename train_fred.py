@@ -43,7 +43,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--save_dir", help="parent folder of the run folder (config SAVE_DIR)")
     p.add_argument("--resume", help="last.pth of a run to continue (its config is the base; --set extends it)")
     p.add_argument("--weights", help="initial weights, ours or converted Ultralytics (config MODEL_PATH)")
-    p.add_argument("--weights_rgb", help="--modality fusion: start from this RGB checkpoint (config FUSION_RGB_WEIGHTS)")
+    p.add_argument("--weights_rgb", help="--modality fusion: start from this RGB checkpoint (config "
+                   "FUSION_RGB_WEIGHTS)")
     p.add_argument("--weights_event", help="--modality fusion: start from this event checkpoint (config "
                    "FUSION_EVENT_WEIGHTS); with --weights_rgb both are used")
     p.add_argument("--no_eval_map", action="store_true", help="skip COCO mAP; best.pth follows the val loss")

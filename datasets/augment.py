@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.streams import per_stream
+from utils.streams import Image, image_hw, per_stream
 
 PAD_VALUE = 114  # grey used for every area that no image covers
 HSV_KEY = "hsv"  # a training item's (and batch's) HSV draw, left to the batch transform (Augmentation.hsv_in_batch)
@@ -68,17 +68,18 @@ def scale_translate_matrix(scale_x: float, scale_y: float, pad: tuple[float, flo
     return np.array([[scale_x, 0.0, pad[0]], [0.0, scale_y, pad[1]], [0.0, 0.0, 1.0]])
 
 
-def warp_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE) -> np.ndarray:
-    """Warp a uint8 HWC image (one or more streams: utils/streams.py) with a 3x3 affine (continuous coordinates) to out_shape (h, w);
+def warp_affine(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE) -> Image:
+    """Warp a uint8 HWC image (or each stream of one: utils/streams.py) with a 3x3 affine (continuous coordinates)
+    to out_shape (h, w);
     bilinear, grey border."""
     a = matrix[:2, :2]
     # continuous x maps to a x + t; a pixel centre is x + 0.5, so OpenCV's matrix has t + a (0.5, 0.5) - 0.5
     t = matrix[:2, 2] + 0.5 * a.sum(axis=1) - 0.5
     m = np.concatenate([a, t[:, None]], axis=1)
     h, w = out_shape
-    out = per_stream(lambda x: cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                              borderValue=(border,) * 4), img)  # all four of OpenCV's Scalar
-    return out.reshape(out.shape[:2] + img.shape[2:])  # OpenCV drops a single channel axis
+    return per_stream(lambda x: cv2.warpAffine(  # all four of OpenCV's Scalar: every channel, any count
+        x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(border,) * 4
+    ).reshape((h, w) + x.shape[2:]), img)  # OpenCV drops a single channel axis
 
 
 def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tuple[int, int, int, int]:
@@ -95,8 +96,8 @@ def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tu
     return (src0, src1, dst0, dst1) if dst1 > dst0 else (0, 0, 0, 0)
 
 
-def resize_axis_aligned(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE
+                        ) -> tuple[Image, np.ndarray]:
     """warp_affine() for a matrix without rotation or shear (positive scales), by cv2.resize of the source pixels
     that reach the output: several times faster than cv2.warpAffine.
 
@@ -105,17 +106,23 @@ def resize_axis_aligned(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[in
     out_shape (h, w), matrix applied).
     """
     h, w = out_shape
-    out = np.full((h, w) + img.shape[2:], border, dtype=img.dtype)
-    x0, x1, u0, u1 = _resize_span(matrix[0, 0], matrix[0, 2], img.shape[1], w)
-    y0, y1, v0, v1 = _resize_span(matrix[1, 1], matrix[1, 2], img.shape[0], h)
-    if x1 == x0 or y1 == y0:  # nothing of the image lands on the output
-        return out, matrix
-    sx, sy = (u1 - u0) / (x1 - x0), (v1 - v0) / (y1 - y0)
-    part = per_stream(lambda x: cv2.resize(x, (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR), img[y0:y1, x0:x1])
-    part = part.reshape(part.shape[:2] + img.shape[2:])  # cv2.resize drops a single channel axis
+    src_h, src_w = image_hw(img)
+    x0, x1, u0, u1 = _resize_span(matrix[0, 0], matrix[0, 2], src_w, w)
+    y0, y1, v0, v1 = _resize_span(matrix[1, 1], matrix[1, 2], src_h, h)
     a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
-    out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
-    return out, np.array([[sx, 0.0, u0 - sx * x0], [0.0, sy, v0 - sy * y0], [0.0, 0.0, 1.0]])
+
+    def one(x: np.ndarray) -> np.ndarray:
+        out = np.full((h, w) + x.shape[2:], border, dtype=x.dtype)
+        if x1 > x0 and y1 > y0:  # some of the image lands on the output
+            part = cv2.resize(x[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+            part = part.reshape(part.shape[:2] + x.shape[2:])  # cv2.resize drops a single channel axis
+            out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
+        return out
+
+    if x1 == x0 or y1 == y0:
+        return per_stream(one, img), matrix
+    sx, sy = (u1 - u0) / (x1 - x0), (v1 - v0) / (y1 - y0)
+    return per_stream(one, img), np.array([[sx, 0.0, u0 - sx * x0], [0.0, sy, v0 - sy * y0], [0.0, 0.0, 1.0]])
 
 
 def _corners(boxes: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,8 +201,8 @@ def box_candidates(boxes_before: np.ndarray, boxes_after: np.ndarray, min_size: 
             & (w * h >= area_thr * area_before) & (aspect < ar_thr))
 
 
-def apply_affine(img: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int], boxes: np.ndarray,
-                 boxes_uncropped: np.ndarray, min_box_size: float) -> tuple[np.ndarray, np.ndarray]:
+def apply_affine(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], boxes: np.ndarray,
+                 boxes_uncropped: np.ndarray, min_box_size: float) -> tuple[Image, np.ndarray]:
     """Warp image and boxes to out_shape (h, w); boxes left too small by the crop are dropped.
 
     boxes: [N, 5] cls, xyxy of the visible part of each object in img; boxes_uncropped: [N, 4] xyxy of the whole
@@ -249,10 +256,10 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
-def flip_horizontal(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror image and [N, 5] cls, xyxy boxes left-right."""
-    w = img.shape[1]
+def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:
+    """Mirror image (each stream) and [N, 5] cls, xyxy boxes left-right."""
+    w = image_hw(img)[1]
     flipped = boxes.copy()
     flipped[:, 1] = w - boxes[:, 3]
     flipped[:, 3] = w - boxes[:, 1]
-    return cv2.flip(img, 1), flipped
+    return per_stream(lambda x: cv2.flip(x, 1), img), flipped

@@ -26,11 +26,11 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
                               random_affine_matrix, scale_translate_matrix)
-from datasets.event_frames import FUSED_CHANNELS, INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
+from datasets.event_frames import INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
-from utils.streams import STREAM_CHANNELS, join_streams, per_stream, pick_channels
+from utils.streams import Image, image_hw, per_stream
 
 if TYPE_CHECKING:
     from datasets.fred_index import Frame
@@ -150,8 +150,8 @@ class FredDataset(Dataset):
         img, reason = read_image(path)
         return img, ((0, 0) if img is None else (int(img.shape[0]), int(img.shape[1]))), reason
 
-    def _read(self, i: int) -> tuple[np.ndarray, int, tuple[int, int]]:
-        """BGR uint8 image of frame i (fused: [h, w, 6], datasets/event_frames.py), or of the next readable frame
+    def _read(self, i: int) -> tuple[Image, int, tuple[int, int]]:
+        """BGR uint8 image of frame i (fused: its two streams, datasets/event_frames.py), or of the next readable frame
         after it; returns (image, index used, original (h, w)). From the frame cache the image is pre-resized (a
         read-only view), else the original."""
         n = len(self.frames)
@@ -205,11 +205,12 @@ class FredDataset(Dataset):
                                           aug.degrees, aug.translate, aug.scale)
         else:
             src = img
-            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), img.shape[1], img.shape[0])
+            src_h, src_w = image_hw(img)
+            boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), src_w, src_h)
             uncropped = boxes[:, 1:]
             # the letterbox of utils/letterbox.py, with cv2.resize's per-axis scale, so that pixels match validation's
             # (nw, nh, pad are the original image's: a cached, pre-resized image lands on the same place)
-            letterbox_map = scale_translate_matrix(nw / img.shape[1], nh / img.shape[0], pad)
+            letterbox_map = scale_translate_matrix(nw / src_w, nh / src_h, pad)
             matrix = random_affine_matrix(rng, (w / 2, h / 2), self.input_shape,
                                           aug.degrees, aug.translate, aug.scale) @ letterbox_map
         out, boxes = apply_affine(src, matrix, self.input_shape, boxes, uncropped, aug.min_box_size)
@@ -218,7 +219,8 @@ class FredDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         """Sample i (or the next readable frame when its image cannot be read).
 
-        Returns {"image": uint8 [3, H, W] RGB (fused: [5, H, W] RGB, ON, OFF), "boxes": float32 [N, 5] cls, cx, cy, w, h in input pixels,
+        Returns {"image": uint8 [3, H, W] RGB (fused: [5, H, W] RGB, ON, OFF), "boxes": float32 [N, 5] cls, cx, cy,
+        w, h in input pixels,
         "index": frame index used, "orig_shape": (h, w), "ratio": float, "pad": (pad_w, pad_h)}; orig_shape, ratio
         and pad are the letterbox of that frame (exact for validation samples, nominal for augmented ones).
         With augmentation.hsv_in_batch, training items also hold HSV_KEY: float32 [3], the HSV jitter still to apply.
@@ -227,7 +229,7 @@ class FredDataset(Dataset):
             img, j, orig_shape = self._read(i)
             ratio, (nw, nh), (left, top) = letterbox_params(orig_shape, self.input_shape)
             pad = (float(left), float(top))
-            if img.shape[:2] != orig_shape and img.shape[:2] != (nh, nw):  # cached at another size than needed
+            if image_hw(img) != orig_shape and image_hw(img) != (nh, nw):  # cached at another size than needed
                 img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img)
             img_lb, _, _ = letterbox(img, self.input_shape)  # resizes the original; a cached image is only padded
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
@@ -240,11 +242,10 @@ class FredDataset(Dataset):
             img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
         if aug.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
             jitter = hsv_draw(aug.hsv, rng)
-        elif img.shape[2] == STREAM_CHANNELS:
+        elif isinstance(img, tuple):  # fused: the RGB stream only
+            img = (augment_hsv(img[0], aug.hsv, rng), *img[1:])
+        else:
             img = augment_hsv(img, aug.hsv, rng)
-        else:  # fused: the RGB stream only
-            rgb = augment_hsv(pick_channels(img, range(STREAM_CHANNELS)), aug.hsv, rng)
-            img = join_streams([rgb, pick_channels(img, range(STREAM_CHANNELS, img.shape[2]))])
         if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
         item = _item(img, boxes, j, orig_shape, ratio, pad)
@@ -253,12 +254,12 @@ class FredDataset(Dataset):
         return item
 
 
-def _item(img_bgr: np.ndarray, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
+def _item(img_bgr: Image, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[int, int], ratio: float,
           pad: tuple[float, float]) -> dict:
-    """Build the item dict: BGR HWC -> RGB uint8 [3, H, W] (fused [H, W, 6] -> [5, H, W] RGB, ON, OFF; a view of an
+    """Build the item dict: BGR HWC -> RGB uint8 [3, H, W] (fused streams -> [5, H, W] RGB, ON, OFF; a view of an
     HWC copy: collate_fred stacks batches in NHWC memory, the channels_last layout, with no transposing copy), boxes
     cls, xyxy -> cls, cx, cy, w, h."""
-    hwc = fused_item_image(img_bgr) if img_bgr.shape[2] == FUSED_CHANNELS else cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)
+    hwc = fused_item_image(img_bgr) if isinstance(img_bgr, tuple) else cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)
     image = torch.from_numpy(hwc).permute(2, 0, 1)
     b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 5)
     out = np.empty_like(b)

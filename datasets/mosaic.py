@@ -11,7 +11,7 @@ import numpy as np
 
 from datasets.augment import PAD_VALUE
 from utils.letterbox import letterbox_params
-from utils.streams import per_stream
+from utils.streams import Image, as_streams, image_hw, like, per_stream
 
 
 def boxes_cxcywh_norm_to_xyxy(labels: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -26,11 +26,12 @@ def boxes_cxcywh_norm_to_xyxy(labels: np.ndarray, width: float, height: float) -
     return out
 
 
-def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple[int, int],
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mosaic4(images: list[Image], labels: list[np.ndarray], out_shape: tuple[int, int],
+            rng: np.random.Generator) -> tuple[Image, np.ndarray, np.ndarray]:
     """Place 4 images (top-left, top-right, bottom-left, bottom-right) around a random centre of a 2H x 2W canvas.
 
-    images: 4 uint8 [h, w, C] (one channel count C); labels: 4 [N, 5] cls, cx, cy, w, h normalised to their image;
+    images: 4 uint8 [h, w, C] (one channel count C), or 4 tuples of streams (utils/streams.py) placed alike;
+    labels: 4 [N, 5] cls, cx, cy, w, h normalised to their image;
     out_shape (H, W). Each image is resized (cv2.INTER_LINEAR, aspect kept) to fit H x W; the centre is uniform in
     [H/2, 3H/2] x [W/2, 3W/2]. Returns (canvas uint8 [2H, 2W, C], boxes [N, 5] cls, xyxy of the part each object
     shows on the canvas, boxes_uncropped [N, 4] xyxy of the whole object in canvas pixels).
@@ -38,18 +39,19 @@ def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple
     h, w = out_shape
     yc = int(rng.uniform(h / 2, 3 * h / 2))
     xc = int(rng.uniform(w / 2, 3 * w / 2))
-    canvas = np.full((2 * h, 2 * w) + images[0].shape[2:], PAD_VALUE, dtype=np.uint8)
+    canvas = per_stream(lambda x: np.full((2 * h, 2 * w) + x.shape[2:], PAD_VALUE, dtype=np.uint8), images[0])
     visible, whole = [], []
     for k, (img, lab) in enumerate(zip(images, labels)):
-        _, (nw, nh), _ = letterbox_params(img.shape[:2], out_shape)
-        if (nw, nh) != (img.shape[1], img.shape[0]):
-            img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img
-                             ).reshape((nh, nw) + img.shape[2:])
+        _, (nw, nh), _ = letterbox_params(image_hw(img), out_shape)
+        if (nw, nh) != image_hw(img)[::-1]:
+            img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR
+                                                  ).reshape((nh, nw) + x.shape[2:]), img)
         ox = xc - nw if k in (0, 2) else xc  # canvas position of the image's top-left corner
         oy = yc - nh if k in (0, 1) else yc
         x1, y1 = max(ox, 0), max(oy, 0)  # canvas area the image covers
         x2, y2 = min(ox + nw, 2 * w), min(oy + nh, 2 * h)
-        canvas[y1:y2, x1:x2] = img[y1 - oy:y2 - oy, x1 - ox:x2 - ox]
+        for c, x in zip(as_streams(canvas), as_streams(img)):
+            c[y1:y2, x1:x2] = x[y1 - oy:y2 - oy, x1 - ox:x2 - ox]
         boxes = boxes_cxcywh_norm_to_xyxy(lab, nw, nh)
         boxes[:, 1::2] += ox
         boxes[:, 2::2] += oy
@@ -60,9 +62,9 @@ def mosaic4(images: list[np.ndarray], labels: list[np.ndarray], out_shape: tuple
     return canvas, np.concatenate(visible), np.concatenate(whole)
 
 
-def mixup_images(img1: np.ndarray, boxes1: np.ndarray, img2: np.ndarray, boxes2: np.ndarray, rng: np.random.Generator,
-          alpha: float = 32.0) -> tuple[np.ndarray, np.ndarray]:
+def mixup_images(img1: Image, boxes1: np.ndarray, img2: Image, boxes2: np.ndarray, rng: np.random.Generator,
+                 alpha: float = 32.0) -> tuple[Image, np.ndarray]:
     """Blend two same-size uint8 images with a Beta(alpha, alpha) weight and keep the boxes of both ([N, 5] each)."""
     lam = float(rng.beta(alpha, alpha))
-    img = cv2.addWeighted(img1, lam, img2, 1.0 - lam, 0.0)
+    img = like(img1, [cv2.addWeighted(a, lam, b, 1.0 - lam, 0.0) for a, b in zip(as_streams(img1), as_streams(img2))])
     return img, np.concatenate([boxes1, boxes2]).astype(np.float32, copy=False)

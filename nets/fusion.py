@@ -124,7 +124,8 @@ def load_fusion_weights(model: YoloV8, palette: tuple[tuple[int, int, int], ...]
     mid: each backbone from its checkpoint (the event stem through event_plane_filters), neck and head from the
     event checkpoint (the stronger modality on FRED) when given, else the RGB one, and the fusion convolutions pass
     that stream through: the network starts as that single-modality detector.
-    Returns {"loaded", "skipped", "skipped_keys", "missing", "total", "missing_keys", "sources"} (as load_weights); ValueError when a checkpoint is not a
+    Returns {"loaded", "skipped", "skipped_keys", "missing", "total", "missing_keys", "sources"} (as load_weights);
+    ValueError when a checkpoint is not a
     3-channel detector of the model's size and architecture."""
     if rgb is None and event is None:
         raise ValueError("load_fusion_weights: give an RGB checkpoint, an event checkpoint or both")

@@ -58,7 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.fred_index import writable_dir
-from datasets.event_frames import EVENT_PALETTE
+from datasets.event_frames import EVENT_PALETTE, event_planes
 from datasets.image_io import printable, read_image
 from utils.letterbox import letterbox_params
 
@@ -88,6 +88,7 @@ class FrameCache:
         self.shapes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)
         self.orig_shapes = np.asarray(meta["orig_shapes"], dtype=np.int64).reshape(-1, 2)
         self.encodings = np.asarray(meta["encodings"], dtype=np.int64)
+        self.holds_planes = bool(meta.get("as_planes", False))  # event frames stored as their polarity planes
         self.bad = {int(k): str(v) for k, v in meta["bad"].items()}
         self.nbytes = int(meta["nbytes"])
         self.built = built
@@ -130,8 +131,11 @@ class FrameCache:
         return data.reshape(h, w, -1)
 
     def planes(self, i: int) -> np.ndarray | None:
-        """Frame i's polarity planes straight from its packed bits, as datasets.event_frames.event_planes() gives
-        them (uint8 [h, w, 3]: 255 where ON fired, 255 where OFF fired, 0), or None when it is not stored packed."""
+        """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (uint8 [h, w, 3]: 255 where
+        ON fired, 255 where OFF fired, 0; in a cache built as_planes, resized: values between), straight from its
+        packed bits or as stored; None when it did not decode or holds colours (not packed)."""
+        if self.holds_planes:
+            return self.get(i)
         if self.shapes[i][0] == 0 or self.encodings[i] != EVENT_PLANES:
             return None
         if self._data is None:
@@ -191,13 +195,14 @@ def default_frame_cache_dir(data_root: str) -> str:
 
 
 def open_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, data_root: str, max_bytes: float,
-                     progress: bool = True, desc: str = "frame cache") -> FrameCache | None:
+                     progress: bool = True, desc: str = "frame cache", as_planes: bool = False) -> FrameCache | None:
     """build_frame_cache() in cache_dir ("" = default_frame_cache_dir(data_root)) with as many decoding threads as
     CPUs, or None, with a warning, when the cache cannot be written (disk full, no permission) or would exceed
     max_bytes: the dataset then decodes the image files."""
     try:
         return build_frame_cache(paths, long_side, cache_dir or default_frame_cache_dir(data_root),
-                                 workers=os.cpu_count() or 1, progress=progress, desc=desc, max_bytes=max_bytes)
+                                 workers=os.cpu_count() or 1, progress=progress, desc=desc, max_bytes=max_bytes,
+                                 as_planes=as_planes)
     except OSError as e:
         logger.warning("%s not used (%s): decoding the image files instead", desc, e)
         return None
@@ -220,11 +225,15 @@ def _file_stamp(path: str) -> tuple[int, int, int]:
     return st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
-def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[int, int], str]:
-    """(resized BGR image or None, original (h, w), reason it failed or "")."""
+def _load_resized(path: str, long_side: int, as_planes: bool = False
+                  ) -> tuple[np.ndarray | None, tuple[int, int], str]:
+    """(resized BGR image (as_planes: its event polarity planes, made before resizing) or None, original (h, w),
+    reason it failed or "")."""
     img, reason = read_image(path)
     if img is None:
         return None, (0, 0), reason
+    if as_planes:
+        img = event_planes(img)
     orig = (int(img.shape[0]), int(img.shape[1]))
     _, (nw, nh), _ = letterbox_params(orig, (long_side, long_side))
     if (nw, nh) != (orig[1], orig[0]):
@@ -232,13 +241,15 @@ def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[i
     return np.ascontiguousarray(img), orig, ""
 
 
-def _load_stored(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[int, int], int, tuple[int, int], str]:
+def _load_stored(path: str, long_side: int, as_planes: bool = False
+                 ) -> tuple[np.ndarray | None, tuple[int, int], int, tuple[int, int], str]:
     """(bytes to store or None, cached (h, w), their encoding, original (h, w), reason it failed or "") of one
-    frame: packed when it is an event frame at the cached size, else its decoded, resized pixels."""
-    img, orig, reason = _load_resized(path, long_side)
+    frame: packed when it is an event frame at the cached size, else its decoded, resized pixels (as_planes: its
+    resized polarity planes)."""
+    img, orig, reason = _load_resized(path, long_side, as_planes)
     if img is None:
         return None, (0, 0), AS_DECODED, orig, reason
-    packed = pack_event_frame(img)
+    packed = None if as_planes else pack_event_frame(img)
     if packed is None:
         return img.reshape(-1), img.shape[:2], AS_DECODED, orig, ""
     return packed, img.shape[:2], EVENT_PLANES, orig, ""
@@ -305,7 +316,7 @@ def _remove_orphans(cache_dir: str, stem: str) -> None:
 
 
 def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progress: bool, desc: str,
-           max_bytes: float) -> dict:
+           max_bytes: float, as_planes: bool = False) -> dict:
     """Decode, resize, pack when possible and append every frame to bin_path (a new file); returns the per-frame
     metadata. The size is checked against the free disk space and max_bytes at the first frame (all frames taken
     as large as it) and against max_bytes at every frame."""
@@ -322,7 +333,7 @@ def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progre
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # bad frames are recorded, not printed
     try:
         with open(bin_path, "wb") as f, ThreadPool(max(1, workers)) as pool:
-            results = pool.imap(lambda p: _load_stored(p, long_side), paths, chunksize=4)
+            results = pool.imap(lambda p: _load_stored(p, long_side, as_planes), paths, chunksize=4)
             bar = tqdm(results, total=n, desc=desc, unit="img", disable=not progress)
             for i, (data, shape, encoding, orig, reason) in enumerate(bar):
                 offsets[i] = pos
@@ -375,10 +386,13 @@ def _report_encodings(paths: list[str], meta: dict, long_side: int) -> None:
 
 
 def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, workers: int = 4,
-                      progress: bool = True, desc: str = "frame cache", max_bytes: float = math.inf) -> FrameCache:
+                      progress: bool = True, desc: str = "frame cache", max_bytes: float = math.inf,
+                      as_planes: bool = False) -> FrameCache:
     """Open the cache of these images at long_side, building it first when absent, stale or damaged.
 
-    paths: image files in dataset order (frame i of the dataset is entry i); workers: decoding threads.
+    paths: image files in dataset order (frame i of the dataset is entry i); workers: decoding threads; as_planes:
+    event frames stored as their polarity planes (datasets.event_frames.event_planes), made at the original size
+    and resized with the frame (fused samples below the frames' size: read back with no work).
     Raises OSError when the cache cannot be written (unwritable folder, disk full) or would exceed max_bytes.
     """
     paths = [str(p) for p in paths]
@@ -388,7 +402,8 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     paths_digest = _paths_digest(paths)
-    slot = hashlib.sha1(f"{FORMAT_VERSION}:{long_side}:{paths_digest}".encode()).hexdigest()[:16]
+    what = f"{FORMAT_VERSION}:{long_side}:{paths_digest}" + (":planes" if as_planes else "")
+    slot = hashlib.sha1(what.encode()).hexdigest()[:16]
     stamps = hashlib.sha1(json.dumps([_file_stamp(p) for p in paths]).encode()).hexdigest()
     key = hashlib.sha1(f"{slot}:{stamps}".encode()).hexdigest()
     stem = f"frames-{slot}"
@@ -407,7 +422,8 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
     tmp_bin, tmp_json = f"{bin_path}.tmp-{os.getpid()}", f"{json_path}.tmp-{os.getpid()}"
     try:
         meta = {"version": FORMAT_VERSION, "key": key, "long_side": long_side, "paths_digest": paths_digest,
-                **_write(paths, long_side, tmp_bin, workers, progress, desc, max_bytes)}
+                "as_planes": as_planes, **_write(paths, long_side, tmp_bin, workers, progress, desc, max_bytes,
+                                                 as_planes)}
         with open(tmp_json, "w", encoding="utf-8") as f:
             json.dump(meta, f)
             f.flush()

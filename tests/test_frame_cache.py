@@ -116,7 +116,7 @@ def test_reused_when_nothing_changed_rebuilt_when_a_file_changes(frames, tmp_pat
     cache_dir = str(tmp_path / "c")
     decoded = []
     original = fc._load_resized
-    monkeypatch.setattr(fc, "_load_resized", lambda p, s: (decoded.append(p), original(p, s))[1])
+    monkeypatch.setattr(fc, "_load_resized", lambda p, s, *more: (decoded.append(p), original(p, s, *more))[1])
     assert build_frame_cache(_paths(frames), 32, cache_dir, progress=False).built
     assert len(decoded) == len(frames)
     reused = build_frame_cache(_paths(frames), 32, cache_dir, progress=False)
@@ -187,10 +187,10 @@ def test_crash_during_build_leaves_no_usable_cache_and_next_build_is_complete(fr
     cache_dir = str(tmp_path / "c")
     original = fc._load_resized
 
-    def dies_at_frame_5(path, size):
+    def dies_at_frame_5(path, size, *more):
         if path == frames[5].image:
             raise RuntimeError("decoder crashed")
-        return original(path, size)
+        return original(path, size, *more)
 
     monkeypatch.setattr(fc, "_load_resized", dies_at_frame_5)
     with pytest.raises(RuntimeError, match="decoder crashed"):
@@ -228,9 +228,9 @@ def test_crash_during_build_leaves_no_usable_cache_and_next_build_is_complete(fr
 def test_killed_build_leaves_an_orphan_that_the_next_build_removes(frames, tmp_path):
     cache_dir = str(tmp_path / "c")
     script = ("import os, sys; from speed import frame_cache as fc; orig = fc._load_resized\n"
-              "def load(p, s):\n"
+              "def load(p, s, *more):\n"
               "    if p.endswith('f005.png'): os._exit(9)\n"
-              "    return orig(p, s)\n"
+              "    return orig(p, s, *more)\n"
               "fc._load_resized = load\n"
               "fc.build_frame_cache(sys.argv[1:], 32, %r, workers=1, progress=False)\n" % cache_dir)
     proc = subprocess.run([sys.executable, "-c", script, *_paths(frames)], cwd=REPO, capture_output=True, text=True,

@@ -80,25 +80,29 @@ def test_hsv_touches_the_rgb_channels_only(fusion_index):
 
 
 def test_fused_item_image_is_rgb_then_two_planes():
-    fused = np.arange(2 * 3 * 6, dtype=np.uint8).reshape(2, 3, 6)
-    out = fused_item_image(fused)
-    np.testing.assert_array_equal(out[..., :3], fused[..., 2::-1][..., :3])
-    np.testing.assert_array_equal(out[..., 3:], fused[..., 3:5])
+    rgb, planes = np.arange(18, dtype=np.uint8).reshape(2, 3, 3), np.arange(18, 36, dtype=np.uint8).reshape(2, 3, 3)
+    out = fused_item_image((rgb, planes))
+    np.testing.assert_array_equal(out[..., :3], rgb[..., ::-1])
+    np.testing.assert_array_equal(out[..., 3:], planes[..., :2])
 
 
-def test_fused_items_from_the_frame_caches_equal_those_from_the_files(fusion_index, tmp_path):
+@pytest.mark.parametrize("side", [128, 64])
+def test_fused_items_from_the_frame_caches_equal_those_from_the_files(fusion_index, tmp_path, side):
     import build_fred
     import config_fred
     from utils.config import config_dict
 
     cfg = {**config_dict(config_fred), "FRAME_CACHE": "disk", "FRAME_CACHE_DIR": str(tmp_path / "cache"),
-           "INPUT_SHAPE": [64, 64], "DATA_ROOT": str(tmp_path)}
+           "INPUT_SHAPE": [side, side], "DATA_ROOT": str(tmp_path)}
     frames = fusion_index.val
     caches = build_fred.build_frame_caches(cfg, frames, "val", progress=False)
     event_cache = caches["event_cache"]
-    assert event_cache is not None and event_cache.long_side == 128  # the event frames' own size: kept packed
     event, _ = read_image(frames[0].event_image)
-    np.testing.assert_array_equal(event_cache.planes(0), event_planes(event))
-    cached, plain = FredDataset(frames, (64, 64), **caches), FredDataset(frames, (64, 64))
+    if side == 128:  # the event frames' own size: their colours packed, read straight into planes
+        assert not event_cache.holds_planes and event_cache.nbytes == len(frames) * 2 * 128 * 72 // 8
+        np.testing.assert_array_equal(event_cache.planes(0), event_planes(event))
+    else:  # smaller: the planes, made at the frames' size, then resized
+        assert event_cache.holds_planes and event_cache.planes(0).shape == (36, 64, 3)
+    cached, plain = FredDataset(frames, (side, side), **caches), FredDataset(frames, (side, side))
     for i in range(len(frames)):
         torch.testing.assert_close(cached[i]["image"], plain[i]["image"])

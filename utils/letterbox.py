@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.streams import per_stream
+from utils.streams import Image, image_hw, per_stream
 
 BoxArray = torch.Tensor | np.ndarray
 
@@ -27,23 +27,24 @@ def letterbox_params(shape: tuple[int, int], new_shape: tuple[int, int]
     return ratio, (nw, nh), ((w - nw) // 2, (h - nh) // 2)
 
 
-def letterbox(img: np.ndarray, new_shape: tuple[int, int], color: int = 114
-              ) -> tuple[np.ndarray, float, tuple[float, float]]:
+def letterbox(img: Image, new_shape: tuple[int, int], color: int = 114
+              ) -> tuple[Image, float, tuple[float, float]]:
     """Resize keeping aspect ratio and pad to new_shape (h, w), centred. Returns (image, ratio, (pad_w, pad_h)).
 
-    img: uint8 [h0, w0, C] (or [h0, w0]; several streams: utils/streams.py); upscaling is allowed; cv2.INTER_LINEAR; padding value `color`.
+    img: uint8 [h0, w0, C] (or [h0, w0]; or a tuple of streams: utils/streams.py); upscaling is allowed;
+    cv2.INTER_LINEAR; padding value `color`.
     (pad_w, pad_h) is the exact top-left offset at which the resized image was placed (whole pixels, as floats).
     When img already has the new shape it is returned as is (not copied).
     """
     h, w = int(new_shape[0]), int(new_shape[1])
-    ratio, (nw, nh), (left, top) = letterbox_params(img.shape[:2], (h, w))
-    if (nw, nh) != (img.shape[1], img.shape[0]):
-        img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img
-                         ).reshape((nh, nw) + img.shape[2:])
+    ratio, (nw, nh), (left, top) = letterbox_params(image_hw(img), (h, w))
+    if (nw, nh) != image_hw(img)[::-1]:
+        img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR
+                                              ).reshape((nh, nw) + x.shape[2:]), img)
     if (nw, nh) != (w, h):
-        value = (color,) * 4  # all four of OpenCV's Scalar: every channel
+        value = (color,) * 4  # all four of OpenCV's Scalar: every channel, any count
         img = per_stream(lambda x: cv2.copyMakeBorder(x, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT,
-                                                      value=value), img).reshape((h, w) + img.shape[2:])
+                                                      value=value).reshape((h, w) + x.shape[2:]), img)
     return img, ratio, (float(left), float(top))
 
 
