@@ -5,7 +5,7 @@ decoded pixels from a read-only np.memmap (the OS page cache shares them between
 Each frame is resized (cv2.INTER_LINEAR, aspect kept) so that its long side is `long_side`, exactly the resize the
 letterbox does for a square input of that size, so a validation sample read from the cache is the same image.
 
-Event frames (FRED's three colours, shared/fred/FORMAT.md) are stored packed, 2 bits per pixel instead of 24: a
+Event frames (FRED's three colours, datasets/event_frames.py) are stored packed, 2 bits per pixel instead of 24: a
 frame whose every pixel, at the cached size, is the background, ON (white) or OFF (blue) colour is kept as two bit
 planes, np.packbits of its ON mask then of its OFF mask (h x w, row order, each padded to whole bytes), so
 2 * ceil(h * w / 8) bytes: 230,400 per 1280x720 frame, 11.1 GB for 48,000 frames (24-bit: 2.76 MB, 133 GB).
