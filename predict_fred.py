@@ -29,6 +29,7 @@ import sys
 import time
 
 LOGGER = logging.getLogger("predict_fred")
+SHOW_EVERY_S = 1.0  # --show_fps prints at most this often
 
 
 def _int_at_least(low: int):
@@ -120,8 +121,11 @@ def run(args: argparse.Namespace) -> tuple[dict, bool]:
     LOGGER.info("%s (%s, %s) on %s %s at long side %d, %s; outputs in %s", args.weights, meta["modality"],
                 meta["phi"], source.kind, args.source, long_side, device, out)
 
-    def show(stats: dict) -> None:
-        if stats["seconds"] > 0:
+    shown = [0.0]
+
+    def show(stats: dict) -> None:  # --show_fps: at most once a second
+        if stats["seconds"] - shown[0] >= SHOW_EVERY_S:
+            shown[0] = stats["seconds"]
             print(f"{stats['frames']} frames, {stats['frames'] / stats['seconds']:.1f} fps", file=sys.stderr)
 
     interrupted = False
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, SourceError) as e:
         print(f"predict_fred.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the first frame (loading the model, opening the source)
+        print("predict_fred.py: interrupted before any frame was written", file=sys.stderr)
+        return 130
     print(json.dumps(summary))
     return 130 if interrupted else 0
 

@@ -254,7 +254,7 @@ def test_detections_equal_eval_fred(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_source", "unreadable_video", "not_a_checkpoint", "missing_weights",
-                                  "empty_folder"])
+                                  "empty_folder", "fusion_on_an_image"])
 def test_bad_input_exit_2_naming_the_file(kit, case, capsys, tmp_path):
     weights, source = kit["ckpt"]["rgb"], kit["images"][0]
     if case == "missing_source":
@@ -267,9 +267,11 @@ def test_bad_input_exit_2_naming_the_file(kit, case, capsys, tmp_path):
         open(weights, "w").write("hello")
     elif case == "missing_weights":
         weights = named = str(tmp_path / "none.pth")
-    else:
+    elif case == "empty_folder":
         source = named = str(tmp_path / "empty")
         os.mkdir(source)
+    else:  # a fusion network needs both streams: a FRED sequence folder
+        weights, named = kit["ckpt"]["fusion"], kit["images"][0]
     status, result, err = run_main(["--weights", weights, "--source", source, "--out", str(tmp_path / "out"), *CPU],
                                    capsys)
     assert status == 2 and named in err and "Traceback" not in err and result is None
