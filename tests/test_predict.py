@@ -353,3 +353,43 @@ def test_constant_memory_over_a_long_stream(tmp_path):
 def test_stream_source_frames_are_numbered(tmp_path):
     frames = list(stream_source(iter([np.zeros((8, 8, 3), np.uint8)] * 3), 30.0))
     assert [f.index for f in frames] == [0, 1, 2] and all(isinstance(f, SourceFrame) for f in frames)
+
+
+def record_input_shapes(monkeypatch) -> list:
+    """TorchDetector.detect made to record the shape of every batch it gets."""
+    shapes, original = [], TorchDetector.detect
+
+    def recording(self, images):
+        shapes.append(tuple(images.shape))
+        return original(self, images)
+
+    monkeypatch.setattr(TorchDetector, "detect", recording)
+    return shapes
+
+
+def test_input_size_from_the_checkpoint_or_imgsz_rectangular(kit, capsys, tmp_path, monkeypatch):
+    shapes = record_input_shapes(monkeypatch)
+    assert run_main(["--weights", kit["ckpt"]["rgb"], "--source", kit["images"][0], "--out", str(tmp_path / "a"),
+                     *CPU], capsys)[0] == 0
+    assert shapes == [(1, 3, 64, 64)]  # the checkpoint's INPUT_SHAPE [64, 64]
+    shapes.clear()
+    assert run_main(["--weights", kit["ckpt"]["rgb"], "--source", kit["images"][0], "--out", str(tmp_path / "b"),
+                     "--imgsz", "100", *CPU], capsys)[0] == 0
+    assert shapes == [(1, 3, 96, 128)]  # long side 100 -> 128, 96x160 footage -> short side 76.8 -> 96
+
+
+def test_frames_of_several_sizes_in_one_folder(kit, capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    img = cv2.imread(kit["images"][0])
+    for i, size in enumerate([(160, 96), (160, 96), (96, 160), (160, 96)]):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(img, size))
+    shapes = record_input_shapes(monkeypatch)
+    out = str(tmp_path / "out")
+    status, result, err = run_main(["--weights", kit["ckpt"]["rgb"], "--source", str(folder), "--out", out,
+                                    "--save_json", "--save_video", "--imgsz", "128", *CPU], capsys)
+    assert status == 0, err
+    assert shapes == [(2, 3, 96, 128), (1, 3, 128, 96), (1, 3, 96, 128)]  # a new size starts a new batch
+    images = json.load(open(os.path.join(out, "detections.json")))["images"]
+    assert [(im["width"], im["height"]) for im in images] == [(160, 96), (160, 96), (96, 160), (160, 96)]
+    assert video_info(os.path.join(out, VIDEO_NAME))[0] == 4
