@@ -7,6 +7,8 @@ Forward map: x_input = x_orig * ratio + pad_w, y_input = y_orig * ratio + pad_h;
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -88,3 +90,15 @@ def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | BoxArray, p
     np.clip(out[..., 0::2], 0.0, shape[..., 1:2], out=out[..., 0::2])
     np.clip(out[..., 1::2], 0.0, shape[..., 0:1], out=out[..., 1::2])
     return out
+
+
+def rect_shape(frame_hw: tuple[int, int], long_side: int, stride: int = 32) -> tuple[int, int]:
+    """Rectangular letterbox shape (h, w) for frames of frame_hw: the long side long_side (rounded up to a multiple
+    of stride), the short side from the frame's aspect ratio rounded up to a multiple of stride (1280x720 at 640:
+    640x384)."""
+    h0, w0 = int(frame_hw[0]), int(frame_hw[1])
+    if h0 <= 0 or w0 <= 0 or long_side <= 0:
+        raise ValueError(f"rect_shape needs a frame size and long side above 0, got {frame_hw} and {long_side}")
+    long_side = -(-int(long_side) // stride) * stride
+    short = -(-math.ceil(long_side * min(h0, w0) / max(h0, w0)) // stride) * stride
+    return (short, long_side) if w0 >= h0 else (long_side, short)
