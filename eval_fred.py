@@ -117,50 +117,8 @@ from evaluation.breakdown import breakdown, format_breakdown, load_conditions  #
 from evaluation.coco_arrays import results_array_to_dicts  # noqa: E402
 from evaluation.evaluator import evaluate, per_sequence_metrics  # noqa: E402
 from evaluation.plots import plot_pr_curve, plot_samples  # noqa: E402
-from nets import build_model, load_weights  # noqa: E402
-from nets.fusion import FUSION_KINDS, build_fusion_model, fusion_kind  # noqa: E402
-from nets.weights import checkpoint_info, infer_arch, read_state_dict  # noqa: E402
-from nets.yolov8 import ARCHS, model_name  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
-
-
-def read_checkpoint(path: str, phi: str | None) -> dict:
-    """Weights, (phi, arch, num_classes, in_channels) and training modality (None if unknown) of a checkpoint file;
-    bare state dicts are measured, and a checkpoint without "arch" is told by its tensor names (older ones)."""
-    try:
-        ckpt = load_checkpoint(path)
-    except FileNotFoundError as e:
-        raise EvalError(f"{e}: pass a checkpoint written by train_fred.py (e.g. logs/fred_event/loss_<time>/best.pth)"
-                        ) from None
-    except ValueError as e:  # "<path> is not a checkpoint: <reason>"
-        raise EvalError(str(e)) from None
-    try:
-        state = read_state_dict(ckpt)
-    except ValueError as e:  # "not a checkpoint: no weights found ..."
-        raise EvalError(f"{path} is {e}") from None
-    meta = {k: ckpt[k] for k in ("phi", "num_classes", "in_channels") if k in ckpt}
-    if len(meta) < 3:  # a bare state dict (or an older checkpoint): measure it, --phi wins for the size
-        try:
-            measured = dict(zip(("phi", "num_classes", "in_channels"), checkpoint_info(state)))
-        except ValueError as e:
-            if phi is None:
-                raise EvalError(f"{path}: cannot tell the model size ({e}); pass --phi") from None
-            measured = {}
-        meta = {**measured, **({"phi": phi} if phi else {}), **meta}
-    elif phi and phi != meta["phi"]:
-        LOGGER.warning("%s is a YOLOv8%s checkpoint; --phi %s is ignored", path, meta["phi"], phi)
-    meta["arch"] = ckpt.get("arch") or infer_arch(state)
-    if meta["arch"] not in ARCHS:
-        raise EvalError(f"{path} records the architecture {meta['arch']!r}, which this version does not know "
-                        f"({', '.join(ARCHS)}): evaluate it with the version that trained it")
-    meta["fusion"] = ckpt.get("fusion") or fusion_kind(state)
-    if meta["fusion"] is not None and meta["fusion"] not in FUSION_KINDS:
-        raise EvalError(f"{path} records the fusion kind {meta['fusion']!r}, which this version does not know "
-                        f"({', '.join(FUSION_KINDS)}): evaluate it with the version that trained it")
-    config, modality = ckpt.get("config"), ckpt.get("modality")
-    modality = "fusion" if meta["fusion"] else modality
-    return {"state": state, "config": config if isinstance(config, dict) else {},
-            "modality": modality if modality in build_fred.MODALITIES else None, **meta}
+from inference.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
+from inference.checkpoint import build_checkpoint_model as shared_build_model  # noqa: E402
 
 
 def resolve_modality(asked: str | None, paths: list[str], checkpoints: list[dict], allow_mismatch: bool) -> str:
@@ -194,28 +152,12 @@ def resolve_modality(asked: str | None, paths: list[str], checkpoints: list[dict
 
 def build_checkpoint_model(path: str, ckpt: dict, num_classes: int, device: torch.device,
                            channels_last: bool = False) -> torch.nn.Module:
-    """Build the checkpoint's model, load every tensor (anything less is an error naming the file), fuse; on
-    device, NHWC when channels_last."""
+    """The checkpoint's network (inference/checkpoint.py), refused when its class count is not NUM_CLASSES."""
     nc = int(ckpt.get("num_classes", num_classes))
     if nc != num_classes:
         raise EvalError(f"{path} has {nc} classes but NUM_CLASSES is {num_classes}: evaluate with "
                         f"--set NUM_CLASSES={nc} (and CLASS_NAMES) or pick a checkpoint trained on these labels")
-    with device:  # parameters made on the device: no CPU initialisation to overwrite, no copy of the model
-        if ckpt.get("fusion"):
-            model = build_fusion_model(ckpt["phi"], nc, ckpt["fusion"], ckpt.get("arch", "yolov8"))
-        else:
-            model = build_model(ckpt["phi"], nc, int(ckpt.get("in_channels", 3)), ckpt.get("arch", "yolov8"))
-    try:
-        report = load_weights(model, ckpt["state"])
-    except ValueError as e:
-        raise EvalError(f"{path} does not fit: {e}") from None
-    if report["skipped"] or report["missing"]:
-        example = (report["missing_keys"] or report["skipped_keys"])[0]
-        raise EvalError(f"{path} does not fit {model_name(ckpt['phi'], model.arch)} ({nc} classes, "
-                        f"{model.in_channels} input channels): {report['missing']} model tensors not loaded, "
-                        f"{report['skipped']} checkpoint tensors unused (e.g. {example}); check --phi / the checkpoint")
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.fuse().to(memory_format=fmt)
+    return shared_build_model(path, {**ckpt, "num_classes": nc}, device, channels_last)
 
 
 def output_dirs(args: argparse.Namespace) -> list[str | None]:
@@ -332,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         metrics = run(args)
-    except EvalError as e:
+    except (EvalError, CheckpointError) as e:
         print(f"eval_fred.py: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: metrics[k] for k in JSON_KEYS + BREAKDOWN_KEYS if k in metrics}))

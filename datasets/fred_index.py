@@ -43,7 +43,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -344,19 +344,37 @@ def _timed(names: list[str], clock: Callable[[str], int | None], folder: str,
     return kept, times
 
 
+class SequencePairs(NamedTuple):
+    """A sequence's RGB and event frames paired by time (pair_sequence())."""
+    rgb_names: list[str]  # the timed RGB frames not removed, in natural order
+    event_names: list[str]  # the timed event frames, in natural order
+    pairs: list[tuple[int, int, int]]  # (RGB index, event index, event time - RGB time in microseconds), by RGB index
+    untimed: list[str]  # folder/name of the frames whose name carries no time
+
+
+def pair_sequence(rgb_names: Iterable[str], removed: set[str], event_names: Iterable[str], rgb_dir: str,
+                  tolerance_us: float) -> SequencePairs:
+    """Pair one sequence's RGB frames (file names in rgb_dir; stems in `removed`, Removed_frames/, are left out but
+    count for the start of the RGB clock) with its event frames (names in Event/Frames/) by time: each clock
+    relative to its first frame, pairs at most tolerance_us apart (pair_by_time). Training and predict_fred.py
+    pair through this."""
+    untimed = []
+    rgb_names = sorted((n for n in rgb_names if os.path.splitext(n)[0] not in removed), key=natural_key)
+    rgb_names, rgb_times = _timed(rgb_names, rgb_time_us, rgb_dir, untimed)
+    removed_times = [t for t in map(rgb_time_us, removed) if t is not None]
+    rgb_times = relative_rgb_times(rgb_times + removed_times)[:len(rgb_names)]  # removed frames count for the start
+    event_names, event_times = _timed(sorted(event_names, key=natural_key), event_time_us, EVENT_IMAGE_DIR, untimed)
+    event_start = min(event_times, default=0)
+    pairs = pair_by_time(rgb_times, [t - event_start for t in event_times], tolerance_us)
+    return SequencePairs(rgb_names, event_names, pairs, untimed)
+
+
 def _parse_fused(seq_dir: str, rgb_dir: str, listing: dict, tolerance_us: float) -> dict:
     """Cache entry of one sequence for modality fusion: _parse_sequence's entry of the paired event frames (their
     Event_YOLO labels), with each one's RGB partner ("partners"), the pair and leftover counts and the offsets."""
     rgb, event = listing["rgb"], listing["event"]
-    untimed = []
-    rgb_names = sorted((n for n in rgb["images"] if os.path.splitext(n)[0] not in rgb["removed"]), key=natural_key)
-    rgb_names, rgb_times = _timed(rgb_names, rgb_time_us, rgb_dir, untimed)
-    removed_times = [t for t in map(rgb_time_us, rgb["removed"]) if t is not None]
-    rgb_times = relative_rgb_times(rgb_times + removed_times)[:len(rgb_names)]  # removed frames count for the start
-    event_names, event_times = _timed(sorted(event["images"], key=natural_key), event_time_us, EVENT_IMAGE_DIR,
-                                      untimed)
-    event_start = min(event_times, default=0)
-    pairs = pair_by_time(rgb_times, [t - event_start for t in event_times], tolerance_us)
+    rgb_names, event_names, pairs, untimed = pair_sequence(rgb["images"], rgb["removed"], event["images"], rgb_dir,
+                                                           tolerance_us)
     partner = {event_names[j]: rgb_names[i] for i, j, _ in pairs}
     entry = _parse_sequence(seq_dir, LABEL_DIRS["event"],
                             {"images": list(partner), "labels": event["labels"], "removed": set(),
