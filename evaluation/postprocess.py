@@ -9,10 +9,11 @@ from utils.boxes import box_cxcywh_to_xyxy
 
 NMS_CHUNK = 16384  # CUDA: most candidate boxes in one torchvision nms call (its overlap mask takes N^2 / 8 bytes)
 NMS_COORD_LIMIT = 1e5  # coordinates are clamped to +/- this for the per-image/class shift (a wild box stays local)
+MAX_NMS = 30000  # most candidate boxes per image (the best-scoring), as Ultralytics
 
 
 def non_max_suppression(pred: Tensor, conf_thres: float = 0.001, iou_thres: float = 0.7, max_det: int = 300,
-                        max_nms: int = 30000, chunk: int | None = None) -> list[Tensor]:
+                        max_nms: int = MAX_NMS, chunk: int | None = None) -> list[Tensor]:
     """Detections per image from pred [B, 4 + nc, A] ((cx, cy, w, h) pixels, class scores after sigmoid).
 
     Each box keeps its best class; boxes scoring above conf_thres, at most max_nms best per image, go through
