@@ -25,7 +25,7 @@ from datasets.image_io import read_image
 from evaluation.evaluator import autocast_dtype
 from nets import build_model, freeze_backbone, load_weights
 from nets.fusion import FUSION_KINDS, build_fusion_model, load_fusion_weights
-from nets.loss import DetectionLoss
+from nets.loss import ASSIGNERS, DetectionLoss
 from nets.yolov8 import ARCHS
 from speed.batch_ring import build_loader
 from speed.compiled import build_batch_transform
@@ -84,7 +84,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "FRAME_STRIDE": _whole(1), "VAL_FRAME_STRIDE": _whole(1), "STRICT_LABELS": _BOOL, "INDEX_CACHE_DIR": _STR,
     "FUSION_PAIR_TOLERANCE": _number(0, 1, above_lo=True, below_hi=True, text="seconds, above 0 and below 1"),
     "FUSION": _choice(*FUSION_KINDS), "FUSION_RGB_WEIGHTS": _STR, "FUSION_EVENT_WEIGHTS": _STR,
-    "PHI": _choice("n", "s", "m", "l", "x"), "ARCH": _choice(*ARCHS),
+    "PHI": _choice("n", "s", "m", "l", "x"), "ARCH": _choice(*ARCHS), "ASSIGNER": _choice(*ASSIGNERS),
     "INPUT_SHAPE": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 and x % 32 == 0 for x in v),
         "[height, width], positive multiples of 32"),
@@ -269,7 +269,8 @@ def build_train_model(cfg: dict, device: torch.device, world: int, modality: str
 
 def build_criterion(cfg: dict, model: torch.nn.Module) -> DetectionLoss:
     """The v8 detection loss for the model's classes, strides and DFL bins."""
-    return DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    return DetectionLoss(cfg["NUM_CLASSES"], strides=tuple(model.stride.tolist()), reg_max=model.reg_max,
+                         assigner=cfg["ASSIGNER"])
 
 
 def step_options(cfg: dict, device: torch.device, train_set: FredDataset) -> StepOptions:

@@ -27,6 +27,7 @@ PHI = "s"                         # YOLOv8 size: n | s | m | l | x
 ARCH = "yolov8"                   # architecture: "yolov8" (levels at strides 8, 16, 32) | "yolov8-p2" (Ultralytics' yolov8-p2.yaml: a fourth level at stride 4 for small objects; more compute)
 INPUT_SHAPE = [640, 640]          # network input [height, width], pixels, multiples of 32
 MODEL_PATH = ""                   # initial weights: our checkpoint or a converted Ultralytics state dict ("" = random init)
+ASSIGNER = "tal"                  # which anchors learn which box: "tal" (Ultralytics' task-aligned assigner) | "tal-small" (the same, but a box under 4 finest strides, sqrt(w*h) < 32 px at the input for YOLOv8, makes all its candidate anchors positives with a target score of at least 0.5: tiny drones that no predicted box overlaps yet still train box and class; see nets/assigner.py)
 
 # ----------------------------------------------------------------- schedule
 INIT_EPOCH = 0                    # first epoch (0-based) when starting from weights without --resume

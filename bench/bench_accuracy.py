@@ -57,7 +57,7 @@ from bench.ultra_ref import (CsvWatcher, add_run_args, apply_quick, build_ultra_
                              ensure_generated, exit_on_sigterm, final_json_line, log_tail, median, ours_command,
                              print_table, run_logged, ultra_device, work_dir, write_split)
 
-TINY_ASSIGNER = "tiny"  # ASSIGNER value of the tiny-drone assignment (the config key's default is "tal")
+TINY_ASSIGNER = "tal-small"  # nets.loss.ASSIGNERS: the small-box assignment (issue 17 part 2)
 # name -> trainer ("ours" | "ultralytics"), input as a multiple of --imgsz, config keys (Ultralytics: ARCH only)
 CONFIGS: dict[str, dict] = {
     "ours640": {"trainer": "ours", "scale": 1, "sets": {}},

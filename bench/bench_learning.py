@@ -19,6 +19,10 @@ Full size (H200, about 6-7 minutes per modality, data generated on the first run
     python bench/bench_learning.py --modality rgb   --out $OUT/bench_learning_rgb.json
   defaults: 24 sequences x 100 frames at 1280x720 (18 train / 6 val sequences, ~1,900 / ~650 frames),
   phi s, 640x640, batch 32, 30 epochs, 8 workers, AMP fp16.
+Tiny drones (issue 17): --profile hard generates FRED-hard data; --assigner tal-small trains ours with that
+assignment (config ASSIGNER; add --skip ultralytics to a second run to compare assigners on the same data), e.g.
+    python bench/bench_learning.py --modality rgb --profile hard --assigner tal-small --skip ultralytics
+        --data_root data/bench_hard --out $OUT/bench_learning_rgb_small.json   (one line)
 CPU smoke test (tiny images, phi n, one epoch; a few minutes on 2 cores):
     YOLO_OFFLINE=1 python bench/bench_learning.py --quick
 Results: a table on stdout and a JSON at --out (default bench/out/bench_learning.json), written after each step.
@@ -39,6 +43,8 @@ sys.path.insert(0, str(REPO))
 from bench.ultra_ref import (CsvWatcher, add_run_args, apply_quick, build_ultra_dataset, copy_logs,  # noqa: E402
                              ensure_generated, exit_on_sigterm, final_json_line, log_tail, ours_command, print_table, run_logged,
                              score_ultra_predictions, ultra_device, work_dir, write_split)
+from nets.loss import ASSIGNERS  # noqa: E402
+from tools.synthetic import PROFILES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--mosaic_prob", type=float, default=0.5)
     p.add_argument("--special_aug_ratio", type=float, default=0.7)
+    p.add_argument("--profile", default="default", choices=PROFILES, help="generator profile (hard: FRED-hard)")
+    p.add_argument("--assigner", default="tal", choices=ASSIGNERS, help="ours: config ASSIGNER")
     p.add_argument("--skip", default="", help="ours or ultralytics: leave that trainer out")
     add_run_args(p, "bench_learning", "generated data (default data/bench_learning[_quick])")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 4 sequences x 8 frames at 96x64, "
@@ -73,7 +81,8 @@ def ours_settings(a: argparse.Namespace) -> dict:
             "INPUT_SHAPE": [a.imgsz, a.imgsz], "NUM_WORKERS": a.workers, "EVAL_PERIOD": a.epochs,
             "SAVE_PERIOD": a.epochs, "MOSAIC": a.mosaic_prob > 0, "MOSAIC_PROB": a.mosaic_prob,
             "SPECIAL_AUG_RATIO": a.special_aug_ratio, "MIXUP": False, "OPTIMIZER_TYPE": "sgd", "INIT_LR": 0.01,
-            "MIN_LR": 0.0001, "LR_DECAY_TYPE": "cos", "FP16": True, "EVAL_BATCH_SIZE": 32, "SEED": a.seed}
+            "MIN_LR": 0.0001, "LR_DECAY_TYPE": "cos", "FP16": True, "EVAL_BATCH_SIZE": 32, "SEED": a.seed,
+            "ASSIGNER": a.assigner}
 
 
 def run_ours(a: argparse.Namespace, modality: str, split: str, logs: Path) -> dict:
@@ -138,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         out.write_text(json.dumps(result, indent=1, default=str))
 
-    print(f"data: {a.sequences} sequences x {a.frames} frames at {a.width}x{a.height} in {a.data_root} ...",
+    print(f"data: {a.sequences} sequences x {a.frames} frames at {a.width}x{a.height} ({a.profile} profile) in "
+          f"{a.data_root} ...",
           flush=True)
     manifest, gen_s = ensure_generated(a.data_root, a.sequences, a.frames, (a.height, a.width), a.seed,
-                                       a.gen_workers)
+                                       a.gen_workers, a.profile)
     split = write_split(a.data_root, manifest["ids"])
     result["data"] = {"root": a.data_root, "split": split, "generate_s": gen_s, "ids": manifest["ids"],
                       "totals": manifest["totals"]}

@@ -28,19 +28,30 @@ class TaskAlignedAssigner(nn.Module):
     its topk candidates by metric; an anchor claimed by several ground truths keeps the one it overlaps most. Target
     scores are the one-hot class times the metric normalised so that each ground truth's best anchor gets its best IoU.
     Same rule as Ultralytics 8.4's TaskAlignedAssigner (min_box_side = its stride_val = the second-finest stride,
-    see DetectionLoss).
+    see DetectionLoss) when small_floor is 0.
+
+    Small boxes (small_floor > 0): a ground truth with sqrt(w * h) < small_side ranks its candidates before every
+    other anchor, so it keeps min(topk, candidates) positives even where no predicted box overlaps it, and each of
+    them gets a target score of at least small_floor. Without this, a box much smaller than the predicted boxes
+    (a fresh head predicts boxes 15 strides wide) has IoU ~1e-3 with all of them, a metric ~1e-19 that the 1e-9 of
+    the normaliser wipes out, and so no box, DFL or class signal at all.
     """
 
     def __init__(self, topk: int = 10, num_classes: int = 1, alpha: float = 0.5, beta: float = 6.0,
-                 eps: float = 1e-9, min_box_side: float = 16.0):
-        """Store the hyper-parameters; min_box_side is in pixels (the units of the boxes given to forward)."""
+                 eps: float = 1e-9, min_box_side: float = 16.0, small_side: float = 0.0, small_floor: float = 0.0):
+        """Store the hyper-parameters; min_box_side and small_side are in pixels (the units of the boxes given to
+        forward); small_floor in [0, 1], 0 = off."""
         super().__init__()
+        if not 0.0 <= small_floor <= 1.0:
+            raise ValueError(f"TaskAlignedAssigner: small_floor must be in [0, 1], got {small_floor}")
         self.topk = topk
         self.num_classes = num_classes
         self.alpha = alpha
         self.beta = beta
         self.eps = eps
         self.min_box_side = min_box_side
+        self.small_side = small_side
+        self.small_floor = small_floor
 
     @torch.no_grad()
     def forward(self, pd_scores: Tensor, pd_bboxes: Tensor, anchor_points: Tensor, gt_labels: Tensor,
@@ -68,7 +79,12 @@ class TaskAlignedAssigner(nn.Module):
 
         # Each ground truth keeps its topk anchors by metric, among those inside it.
         topk = min(self.topk, num_anchors)
-        topk_index = align_metric.topk(topk, dim=-1).indices
+        rank = align_metric
+        if self.small_floor > 0:  # a small box's candidates come first, zero metric or not (metric <= 1)
+            wh = gt_bboxes[:, 2:] - gt_bboxes[:, :2]
+            small = (wh[:, 0] * wh[:, 1] < self.small_side ** 2)[:, None] & in_gt  # [M, A]
+            rank = torch.where(small, align_metric + 1.0, align_metric)
+        topk_index = rank.topk(topk, dim=-1).indices
         in_topk = torch.zeros_like(in_gt).scatter_(-1, topk_index, True)
         mask_pos = in_topk & in_gt  # [M, A]
 
@@ -90,6 +106,8 @@ class TaskAlignedAssigner(nn.Module):
         best_metric = align_metric.amax(dim=-1, keepdim=True)  # [M, 1]
         best_iou = (overlaps * mask_pos).amax(dim=-1, keepdim=True)
         norm_metric = align_metric * best_iou / (best_metric + self.eps)
+        if self.small_floor > 0:
+            norm_metric = torch.where(small & mask_pos, norm_metric.clamp(min=self.small_floor), norm_metric)
         anchor_weight = _reduce_per_image(norm_metric, gt_batch, batch_size, "amax", 0.0) * fg_mask  # [B, A]
 
         padded_labels = torch.cat((gt_labels, gt_labels.new_zeros(1)))  # index num_gt = background

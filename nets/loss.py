@@ -18,6 +18,12 @@ from nets.assigner import TaskAlignedAssigner
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, dist2bbox, make_anchors
 
 LOSS_PARTS = ("box", "cls", "dfl")  # names of the loss parts, in the order they are stacked
+# Assignment rules (config ASSIGNER): "tal" = Ultralytics' task-aligned assigner; "tal-small" = the same, except that
+# a ground truth smaller than SMALL_SIDE_STRIDES finest strides (sqrt(w * h), 32 px for YOLOv8) makes all its
+# candidate anchors positives with a target score of at least SMALL_FLOOR (see TaskAlignedAssigner).
+ASSIGNERS = ("tal", "tal-small")
+SMALL_SIDE_STRIDES = 4.0
+SMALL_FLOOR = 0.5
 
 
 def distribution_focal_loss(pred_dist: Tensor, target: Tensor) -> Tensor:
@@ -56,8 +62,12 @@ class DetectionLoss:
     """
 
     def __init__(self, num_classes: int, strides: Sequence[float] = (8, 16, 32), reg_max: int = 16,
-                 tal_topk: int = 10, box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5):
-        """Build the assigner; the gains go to self.weight_dict (see total_loss)."""
+                 tal_topk: int = 10, box_gain: float = 7.5, cls_gain: float = 0.5, dfl_gain: float = 1.5,
+                 assigner: str = "tal"):
+        """Build the assigner (one of ASSIGNERS); the gains go to self.weight_dict (see total_loss)."""
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"DetectionLoss: assigner must be one of {', '.join(map(repr, ASSIGNERS))}, got "
+                             f"{assigner!r}")
         self.num_classes = num_classes
         self.strides = tuple(float(s) for s in strides)
         if not self.strides or self.strides[0] <= 0 or any(b <= a for a, b in zip(self.strides, self.strides[1:])):
@@ -69,8 +79,11 @@ class DetectionLoss:
         # tiny object gets about 2 x 2 cells of the finest level: 16 px for (8, 16, 32), 8 px for (4, 8, 16, 32).
         # Ultralytics' rule (its stride_val) for any number of levels; one level uses its own stride.
         min_box_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
+        small = assigner == "tal-small"
         self.assigner = TaskAlignedAssigner(topk=tal_topk, num_classes=num_classes, alpha=0.5, beta=6.0,
-                                            min_box_side=min_box_side)
+                                            min_box_side=min_box_side,
+                                            small_side=SMALL_SIDE_STRIDES * self.strides[0] if small else 0.0,
+                                            small_floor=SMALL_FLOOR if small else 0.0)
 
     def __call__(self, preds: list[Tensor], targets: Tensor, input_shape: tuple[int, int]) -> dict[str, Tensor]:
         """Unweighted loss parts {"box", "cls", "dfl"} (0-d float32 tensors), each normalised by the target-score sum.

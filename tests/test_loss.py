@@ -7,6 +7,8 @@ from ultralytics.utils import tal as ul_tal
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou
 
+import build_fred
+from nets import build_model
 from nets.assigner import TaskAlignedAssigner
 from nets.loss import DetectionLoss, pad_targets, total_loss
 from utils.boxes import bbox2dist, bbox_ciou, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, dist2bbox, make_anchors
@@ -113,13 +115,15 @@ def test_loss_does_not_depend_on_target_order():
         assert rel_diff(shuffled_parts[name], sorted_parts[name]) <= 1e-5
 
 
+@pytest.mark.parametrize("assigner", ["tal", "tal-small"])
 @pytest.mark.parametrize("case", ["nc3_mixed", "nc1_last_image_empty"])
-def test_padding_rows_change_nothing(case):
+def test_padding_rows_change_nothing(case, assigner):
     """Targets padded to a fixed row count (CUDA graphs) give the same parts and gradients, exactly; padding rows sit
-    on the last image, so one without targets checks that they never become its ground truth."""
+    on the last image, so one without targets checks that they never become its ground truth (their unit boxes
+    would be small boxes to "tal-small")."""
     nc, counts, shape = {"nc1_last_image_empty": (1, [2, 5, 0], (96, 128))}.get(case) or CASES[case]
     targets = make_targets(counts, nc, shape, seed=11)
-    criterion = DetectionLoss(nc)
+    criterion = DetectionLoss(nc, assigner=assigner)
     results = []
     for rows in (len(targets), len(targets) + 1, 4 * len(targets) + 16):
         preds = make_preds(len(counts), nc, shape, seed=11)
@@ -257,6 +261,84 @@ def test_assigner_without_ground_truths():
                                       torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
                                       torch.zeros(0, dtype=torch.long))
     assert not fg.any() and (scores == 0).all() and (boxes == 0).all() and (idx == 0).all()
+
+
+SMALL_SHAPE = (128, 160)
+TINY_TARGETS = torch.tensor([[0, 0, 100.3, 60.7, 6.0, 5.0], [1, 0, 40.2, 90.1, 4.0, 7.0], [1, 0, 131.0, 30.0, 9.0, 6.0]])
+
+
+def fresh_head_preds(box_bin: int | None) -> list[torch.Tensor]:
+    """Raw head maps for SMALL_SHAPE with a low class logit (score ~3e-4) and, per side, all DFL bins equal (a fresh
+    head: boxes 15 strides wide, none overlapping a tiny box by more than ~0.2% IoU) or all mass on box_bin (0: point
+    boxes that overlap nothing)."""
+    preds = []
+    for s in STRIDES:
+        p = torch.zeros(2, 4 * REG_MAX + 1, SMALL_SHAPE[0] // s, SMALL_SHAPE[1] // s)
+        p[:, -1] = -8.0
+        if box_bin is not None:
+            p[:, :4 * REG_MAX].view(2, 4, REG_MAX, *p.shape[-2:])[:, :, box_bin] = 30.0
+        preds.append(p.requires_grad_())
+    return preds
+
+
+def assign(criterion: DetectionLoss, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple:
+    """(loss parts, the assigner's (boxes, scores, fg, gt_idx)) of one call of criterion."""
+    seen = {}
+    hook = criterion.assigner.register_forward_hook(lambda m, args, out: seen.update(out=out))
+    parts = criterion(preds, targets, SMALL_SHAPE)
+    hook.remove()
+    return parts, seen["out"]
+
+
+@pytest.mark.parametrize("box_bin", [None, 0], ids=["fresh_head", "no_overlap"])
+def test_tal_small_gives_tiny_ground_truths_a_signal(box_bin):
+    """Tiny boxes (4-9 px) that no predicted box overlaps usefully: "tal" gives them no target score (the metric
+    score^0.5 * IoU^6 is 0, or ~1e-19 and lost to the normaliser's 1e-9), so neither box nor class loss sees them;
+    "tal-small" makes each of their candidate anchors a positive with at least its floor of target score, and the
+    box loss then has a gradient."""
+    results = {}
+    for name in ("tal", "tal-small"):
+        preds = fresh_head_preds(box_bin)
+        criterion = DetectionLoss(1, assigner=name)
+        parts, (_, scores, fg, gt_idx) = assign(criterion, preds, TINY_TARGETS)
+        (parts["box"] + parts["dfl"]).backward()
+        results[name] = (parts, scores, fg, gt_idx, sum(p.grad.abs().sum() for p in preds), criterion.assigner)
+    parts, scores, _, _, grad, _ = results["tal"]
+    assert scores.max() < 1e-9 and parts["box"] < 1e-9 and grad < 1e-9
+    parts, scores, fg, gt_idx, grad, assigner = results["tal-small"]
+    assert assigner.small_floor > 0
+    for i in range(len(TINY_TARGETS)):
+        mine = fg & (gt_idx == i)
+        assert mine.any(), f"ground truth {i} has no positive"
+        assert (scores[mine].sum(-1) >= assigner.small_floor).all()
+    assert parts["box"] > 0.5 and grad > 1e-3
+
+
+def test_tal_small_equals_tal_without_small_boxes():
+    """Every box at least 4 finest strides across: "tal-small" gives the same parts and gradients as "tal"."""
+    nc, counts, shape = 3, [4, 0, 6, 2], (256, 320)
+    targets = make_targets(counts, nc, shape, seed=5)
+    targets[:, 4:6] = targets[:, 4:6].clamp(min=40)
+    results = []
+    for name in ("tal", "tal-small"):
+        preds = make_preds(len(counts), nc, shape, seed=5)
+        parts = DetectionLoss(nc, assigner=name)(preds, targets, shape)
+        total_loss(parts, DetectionLoss(nc).weight_dict, len(counts)).backward()
+        results.append([parts[k].detach() for k in PARTS] + [p.grad for p in preds])
+    assert results[0][0] > 0
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_loss_rejects_an_unknown_assigner():
+    with pytest.raises(ValueError, match="'tal', 'tal-small'"):
+        DetectionLoss(1, assigner="atss")
+
+
+def test_build_criterion_passes_the_assigner():
+    model = build_model("n", 1)
+    for name, floor in (("tal", 0.0), ("tal-small", None)):
+        assigner = build_fred.build_criterion({"NUM_CLASSES": 1, "ASSIGNER": name}, model).assigner
+        assert assigner.small_floor == floor if floor is not None else assigner.small_floor > 0
 
 
 def test_box_utilities_equal_ultralytics():

@@ -622,7 +622,7 @@ _BAD_VALUES = [
     ("MIN_BOX_SIZE=-1.0", ">= 0"), ("WARMUP_EPOCHS=-1", ">= 0"), ("INIT_EPOCH=-1", ">= 0"),
     ("FREEZE_EPOCH=-1", ">= 0"), ("NUM_WORKERS=-1", ">= 0"), ("EVAL_WORKERS=-1", ">= 0"), ("NAN_PATIENCE=0", ">= 1"),
     ("MAX_DET=0", ">= 1"), ("FRAME_CACHE_MAX_GB=-1.0", ">= 0"), ("UNFREEZE_BATCH_SIZE=0", ">= 1"),
-    ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
+    ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("ASSIGNER='atss'", "'tal', 'tal-small'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
 ]
 
 
