@@ -7,6 +7,8 @@ Forward map: x_input = x_orig * ratio + pad_w, y_input = y_orig * ratio + pad_h;
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import cv2
 import numpy as np
 import torch
@@ -84,3 +86,26 @@ def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | BoxArray, p
     np.clip(out[..., 0::2], 0.0, shape[..., 1:2], out=out[..., 0::2])
     np.clip(out[..., 1::2], 0.0, shape[..., 0:1], out=out[..., 1::2])
     return out
+
+
+def rect_shape(frame_shapes: Iterable[tuple[int, int]], long_side: int, stride: int = 32
+               ) -> tuple[int, int] | None:
+    """The one rectangular input (h, w) that letterboxes every frame of these (h, w) sizes at the scale of a square
+    long_side x long_side input: the long side is long_side, the other side the frames' largest short/long ratio times
+    long_side, rounded up to a multiple of stride (1280x720 frames: 640 -> (384, 640), 1280 -> (736, 1280)).
+
+    None when there is no gain: no frames, frames of both orientations (landscape and portrait), or a rounded side
+    that reaches long_side. long_side must be a positive multiple of stride.
+    """
+    if long_side <= 0 or stride <= 0 or long_side % stride:
+        raise ValueError(f"rect_shape: long_side {long_side} must be a positive multiple of stride {stride}")
+    shapes = {(int(h), int(w)) for h, w in frame_shapes}
+    if not shapes or min(min(s) for s in shapes) <= 0:
+        return None
+    if all(w >= h for h, w in shapes):
+        short = max(-(-long_side * h // (w * stride)) for h, w in shapes) * stride  # ceil(L*h/w / stride) * stride
+        return (short, long_side) if short < long_side else None
+    if all(h >= w for h, w in shapes):
+        short = max(-(-long_side * w // (h * stride)) for h, w in shapes) * stride
+        return (long_side, short) if short < long_side else None
+    return None
