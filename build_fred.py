@@ -36,7 +36,7 @@ from utils.letterbox import rect_shape
 
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 IN_CHANNELS = 3  # the models trained here take 3-channel frames (RGB, or event frames stored as 3 channels)
-MAX_STRIDE = max(max(strides) for strides in ARCHS.values())  # coarsest level of any ARCH: input sides are multiples
+MAX_STRIDE = max(max(strides) for strides in ARCHS.values())  # any ARCH's coarsest stride (32): EVAL_RECT rounds to it
 LOGGER = logging.getLogger(__name__)
 
 
@@ -194,9 +194,9 @@ def val_input_shape(cfg: dict, frames: list, frame_cache: Optional[FrameCache] =
     sizes = frame_sizes(frames, frame_cache)
     shape = rect_shape(sizes, max(square), MAX_STRIDE)
     if shape is None:
-        LOGGER.info("EVAL_RECT: the val frames (sizes %s) fit no input smaller than %dx%d: evaluating at INPUT_SHAPE "
-                    "%dx%d (h x w)", ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:4]) or "unknown",
-                    max(square), max(square), *square)
+        LOGGER.info("EVAL_RECT: no rectangle smaller than %dx%d holds the val frames (w x h: %s): evaluating at "
+                    "INPUT_SHAPE", max(square), max(square),
+                    ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:4]) or "none readable")
         return square
     return shape
 

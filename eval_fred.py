@@ -281,7 +281,8 @@ def run(args: argparse.Namespace) -> dict:
                 len(index.val_sequences), cfg["DATA_ROOT"])
     cache = build_fred.build_frame_cache(cfg, frames, "val")  # train_fred.py's val cache (same frames, INPUT_SHAPE)
     shape = build_fred.val_input_shape(cfg, frames, cache)
-    LOGGER.info("val input %dx%d (w x h)%s", shape[1], shape[0], " (EVAL_RECT)" if cfg["EVAL_RECT"] else "")
+    LOGGER.info("val input %dx%d (w x h)%s", shape[1], shape[0],
+                " (EVAL_RECT)" if list(shape) != list(cfg["INPUT_SHAPE"]) else "")
     dataset = build_fred.val_dataset(frames, shape, cache)
     loader = build_fred.val_loader(cfg, dataset, device, persistent=False)
     settings = build_fred.evaluation_settings(cfg, device)

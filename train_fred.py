@@ -413,8 +413,8 @@ def setup_data(run: Run, index: FredIndex) -> None:
                                                                           // per_rank))
     if dist.is_main():
         val_shape = build_fred.val_input_shape(cfg, index.val, caches["val"])
-        print(f"val input {val_shape[1]}x{val_shape[0]} (w x h){' (EVAL_RECT)' if cfg['EVAL_RECT'] else ''}",
-              flush=True)
+        rect = " (EVAL_RECT)" if list(val_shape) != list(cfg["INPUT_SHAPE"]) else ""
+        print(f"val input {val_shape[1]}x{val_shape[0]} (w x h){rect}", flush=True)
         val_set = build_fred.val_dataset(index.val, val_shape, caches["val"],
                                          os.path.join(run.run_dir, "bad_images.txt"))
         run.log = RunLog(run.run_dir, run.start_epoch)
