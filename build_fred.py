@@ -8,6 +8,7 @@ graph); with every speed key off, what it returns is the plain PyTorch loop's ob
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ from speed.cuda_graph import GraphedTrainLoss
 from speed.frame_cache import FrameCache, open_frame_cache
 from training.engine import StepOptions
 from training.optim import scale_lr_for_batch
+from utils.letterbox import rect_shape
 
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 MODALITIES = ("rgb", "event", "fusion")
+MAX_STRIDE = max(max(strides) for strides in ARCHS.values())  # any ARCH's coarsest stride (32): EVAL_RECT rounds to it
+LOGGER = logging.getLogger(__name__)
 
 
 def input_channels(modality: str) -> int:
@@ -106,7 +110,12 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
     "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
     "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
+    "EVAL_RECT": _BOOL,
 }
+
+# Keys added since checkpoints record their config, with what the versions before them did: a resumed run or an
+# evaluated checkpoint whose recorded config lacks one keeps that behaviour, not today's default.
+EARLIER_BEHAVIOUR = {"EVAL_RECT": False}
 
 
 def check_config(cfg: dict, world: int = 1) -> None:
@@ -189,10 +198,45 @@ def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[F
                        seed=cfg["SEED"])
 
 
-def val_dataset(cfg: dict, frames: list, frame_cache: Optional[FrameCache] = None,
+def frame_sizes(frames: list, frame_cache: Optional[FrameCache] = None) -> set[tuple[int, int]]:
+    """The (h, w) sizes of frames: every decoded frame's from frame_cache (built for these frames), else those of the
+    first readable image of each image folder (a sequence's frames share one size, as FRED's all are 1280x720)."""
+    if frame_cache is not None:
+        return {frame_cache.orig_shape(i) for i in range(len(frames)) if frame_cache.bad_reason(i) is None}
+    sizes, done = set(), set()
+    for frame in frames:
+        folder = os.path.dirname(str(frame.image))
+        if folder in done:
+            continue
+        img, _ = read_image(str(frame.image))
+        if img is not None:
+            sizes.add((int(img.shape[0]), int(img.shape[1])))
+            done.add(folder)
+    return sizes
+
+
+def val_input_shape(cfg: dict, frames: list, frame_cache: Optional[FrameCache] = None) -> tuple[int, int]:
+    """The network input (h, w) of validation and evaluation (val loss and mAP): INPUT_SHAPE; with EVAL_RECT the
+    rectangle of the frames' aspect at the scale of a square max(INPUT_SHAPE) input (utils.letterbox.rect_shape:
+    1280x720 frames at 640 -> (384, 640)), or INPUT_SHAPE, logged, when no rectangle is smaller (square frames, or
+    frames of both orientations). frame_cache: the val frames' cache, whose sizes are read instead of images."""
+    square = (int(cfg["INPUT_SHAPE"][0]), int(cfg["INPUT_SHAPE"][1]))
+    if not cfg["EVAL_RECT"]:
+        return square
+    sizes = frame_sizes(frames, frame_cache)
+    shape = rect_shape(sizes, max(square), MAX_STRIDE)
+    if shape is None:
+        LOGGER.info("EVAL_RECT: no rectangle smaller than %dx%d holds the val frames (w x h: %s): evaluating at "
+                    "INPUT_SHAPE", max(square), max(square),
+                    ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:4]) or "none readable")
+        return square
+    return shape
+
+
+def val_dataset(frames: list, input_shape: tuple[int, int], frame_cache: Optional[FrameCache] = None,
                 bad_image_log: Optional[str] = None, event_cache: Optional[FrameCache] = None) -> FredDataset:
-    """Letterboxed validation samples at INPUT_SHAPE."""
-    return FredDataset(frames, tuple(cfg["INPUT_SHAPE"]), frame_cache=frame_cache, event_cache=event_cache,
+    """Validation samples letterboxed to input_shape (h, w): val_input_shape()'s."""
+    return FredDataset(frames, tuple(input_shape), frame_cache=frame_cache, event_cache=event_cache,
                        bad_image_log=bad_image_log)
 
 

@@ -98,3 +98,4 @@ CONFIDENCE = 0.001                # evaluation score threshold
 NMS_IOU = 0.7                     # NMS IoU threshold
 MAX_DET = 300                     # detections kept per image
 EVAL_BATCH_SIZE = 32              # images per evaluation batch
+EVAL_RECT = False                 # True: validate and evaluate (val loss, mAP, eval_fred.py) on a letterbox of the frames' aspect, not a square: long side max(INPUT_SHAPE) px, the other the frames' at that scale rounded up to a multiple of 32 px (1280x720 frames: 640x384 at 640, 1280x736 at 1280); same scale, less grey padding (CPU, bench_eval_rect.py --quick: 2.4x the eval img/s, mAP50 -0.009)

@@ -2,13 +2,14 @@
 
     python eval_fred.py --weights logs/fred_event/loss_.../best.pth [more.pth ...] [--modality rgb|event]
         [--allow_modality_mismatch] [--data_root DIR] [--split S] [--conf C] [--iou I] [--max_det N] [--batch B]
-        [--device D] [--phi P] [--save_json DIR] [--plots] [--per_sequence] [--conditions FILE] [--workers N]
+        [--device D] [--phi P] [--rect | --no_rect] [--save_json DIR] [--plots] [--per_sequence] [--conditions FILE]
+        [--workers N]
         [--set KEY=VALUE ...]
 
 --modality defaults to the one the checkpoints were trained on; a checkpoint trained on the other modality is
 refused unless --allow_modality_mismatch. What the first checkpoint was trained with that evaluation depends on
-(data root, split, input shape, classes, AMP, thresholds: FROM_CHECKPOINT) comes from it; the rest from
-config_fred.py; --set and the flags override both. The evaluator is
+(data root, split, input shape, rectangular or square evaluation, classes, AMP, thresholds: FROM_CHECKPOINT) comes
+from it; the rest from config_fred.py; --set and the flags override both. The evaluator is
 evaluation/evaluator.evaluate(), the same function train_fred.py calls every EVAL_PERIOD epochs, so both print
 the same number for the same checkpoint, data and settings. Output: a table with one row per checkpoint, then one
 final line of JSON for the last checkpoint: mAP50, mAP50_95, mAP75, AP_small, AP_medium, AP_large, images,
@@ -35,7 +36,7 @@ BREAKDOWN_KEYS = ("per_sequence", "per_condition")  # in the JSON line when comp
 # config keys a train_fred.py checkpoint records that decide its evaluation: taken from it unless --set or a flag says
 # otherwise, so that eval_fred.py on a run's best.pth prints the number the run printed
 FROM_CHECKPOINT = ("DATA_ROOT", "SPLIT", "VAL_FRAME_STRIDE", "RGB_IMAGE_DIR", "NUM_CLASSES", "CLASS_NAMES",
-                   "STRICT_LABELS", "INPUT_SHAPE", "FP16", "AMP_DTYPE", "CONFIDENCE", "NMS_IOU", "MAX_DET")
+                   "STRICT_LABELS", "INPUT_SHAPE", "EVAL_RECT", "FP16", "AMP_DTYPE", "CONFIDENCE", "NMS_IOU", "MAX_DET")
 PLOT_SCORE = 0.25  # detections drawn in samples.png score at least this
 
 
@@ -87,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"),
                    help="model size for a bare state dict (checkpoints from train_fred.py carry their own)")
+    rect = p.add_mutually_exclusive_group()
+    rect.add_argument("--rect", dest="rect", action="store_const", const=True, help="evaluate on a letterbox of the "
+                      "frames' aspect (EVAL_RECT=True: 640x384 for 1280x720 frames at 640); default: the checkpoint's "
+                      "setting, else EVAL_RECT")
+    rect.add_argument("--no_rect", dest="rect", action="store_const", const=False, help="evaluate on the square "
+                      "INPUT_SHAPE (EVAL_RECT=False)")
     p.add_argument("--save_json", metavar="DIR", help="write DIR/detections.json (COCO results) and "
                    "DIR/ground_truth.json (COCO dataset); with several checkpoints, DIR/<checkpoint name>/...")
     p.add_argument("--plots", action="store_true", help=f"write pr_curve.png and samples.png (detections with "
@@ -194,16 +201,19 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+# the command line's flags for config keys
 FLAG_KEYS = {"data_root": "DATA_ROOT", "split": "SPLIT", "conf": "CONFIDENCE", "iou": "NMS_IOU", "max_det": "MAX_DET",
-             "batch": "EVAL_BATCH_SIZE", "workers": "EVAL_WORKERS"}  # the command line's flags for config keys
+             "batch": "EVAL_BATCH_SIZE", "workers": "EVAL_WORKERS", "rect": "EVAL_RECT"}
 
 
 def eval_config(trained: dict, args: argparse.Namespace) -> dict:
     """config_fred.py's defaults, then the values the checkpoint was trained with that evaluation depends on
-    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds), then --set, then the flags; classes
-    without a name are called class<i>; checked like train_fred.py's (EvalError naming the key)."""
+    (FROM_CHECKPOINT: data, split, input shape, classes, precision, thresholds; a key it predates: what its version
+    did, build_fred.EARLIER_BEHAVIOUR), then --set, then the flags; classes without a name are called class<i>;
+    checked like train_fred.py's (EvalError naming the key)."""
     cfg = config_dict(config_fred)
-    cfg.update({k: v for k, v in trained.items() if k in FROM_CHECKPOINT and k in cfg})
+    recorded = {**build_fred.EARLIER_BEHAVIOUR, **trained} if trained else {}
+    cfg.update({k: v for k, v in recorded.items() if k in FROM_CHECKPOINT and k in cfg})
     try:
         cfg = apply_overrides(cfg, args.sets)
         cfg.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
@@ -234,8 +244,11 @@ def run(args: argparse.Namespace) -> dict:
         raise EvalError(str(e)) from None
     LOGGER.info("%s val: %d frames from %d sequences under %s", args.modality, len(frames),
                 len(index.val_sequences), cfg["DATA_ROOT"])
-    # the val cache train_fred.py built is reused (same frames and INPUT_SHAPE)
-    dataset = build_fred.val_dataset(cfg, frames, **build_fred.build_frame_caches(cfg, frames, "val"))
+    caches = build_fred.build_frame_caches(cfg, frames, "val")  # train_fred.py's val caches (same frames, INPUT_SHAPE)
+    shape = build_fred.val_input_shape(cfg, frames, caches["frame_cache"])
+    LOGGER.info("val input %dx%d (w x h)%s", shape[1], shape[0],
+                " (EVAL_RECT)" if list(shape) != list(cfg["INPUT_SHAPE"]) else "")
+    dataset = build_fred.val_dataset(frames, shape, **caches)
     loader = build_fred.val_loader(cfg, dataset, device, persistent=False)
     settings = build_fred.evaluation_settings(cfg, device)
     rows, per_sequence = [], []

@@ -117,7 +117,8 @@ def resolve_config(args: argparse.Namespace, resume_state: Optional[dict], cuda:
     """config_fred defaults (or the resumed run's config), then --demo sizing, then --set, then the CLI flags."""
     cfg = config_dict(config_fred)
     if resume_state is not None:
-        cfg.update({k: v for k, v in resume_state["config"].items() if k in cfg})
+        recorded = {**build_fred.EARLIER_BEHAVIOUR, **resume_state["config"]}
+        cfg.update({k: v for k, v in recorded.items() if k in cfg})
     elif args.demo:
         cfg.update(demo_config(cuda), DATA_ROOT=DEMO_ROOT)
     cfg = apply_overrides(cfg, args.set)
@@ -430,7 +431,10 @@ def setup_data(run: Run, index: FredIndex) -> None:
     run.warmup = max(cfg["WARMUP_EPOCHS"], cfg["WARMUP_MIN_ITERS"] / max(1, math.ceil(len(index.train) / world)
                                                                           // per_rank))
     if dist.is_main():
-        val_set = build_fred.val_dataset(cfg, index.val, bad_image_log=os.path.join(run.run_dir, "bad_images.txt"),
+        val_shape = build_fred.val_input_shape(cfg, index.val, caches["val"]["frame_cache"])
+        rect = " (EVAL_RECT)" if list(val_shape) != list(cfg["INPUT_SHAPE"]) else ""
+        print(f"val input {val_shape[1]}x{val_shape[0]} (w x h){rect}", flush=True)
+        val_set = build_fred.val_dataset(index.val, val_shape, bad_image_log=os.path.join(run.run_dir, "bad_images.txt"),
                                          **caches["val"])
         run.log = RunLog(run.run_dir, run.start_epoch)
         run.epoch_end = EpochEnd(run.model, run.ema, run.criterion, build_fred.val_loader(cfg, val_set, device),

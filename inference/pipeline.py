@@ -15,7 +15,7 @@ from datasets.event_frames import fused_item_image
 from inference.detector import Detector
 from inference.sources import Source, SourceFrame
 from inference.writers import Outputs
-from utils.letterbox import boxes_xyxy_letterbox_to_original, letterbox, rect_shape
+from utils.letterbox import boxes_xyxy_letterbox_to_original, letterbox, rect_input_shape
 from utils.streams import Image, image_hw
 
 STRIDE = 32  # the network's largest stride: input sides are multiples of it
@@ -37,7 +37,7 @@ class _Prepared:
     def __init__(self, frame: SourceFrame, long_side: int):
         self.frame, self.input, self.ratio, self.pad = frame, None, 1.0, (0.0, 0.0)
         if frame.image is not None:
-            self.input, self.ratio, self.pad = prepare(frame.image, rect_shape(image_hw(frame.image), long_side,
+            self.input, self.ratio, self.pad = prepare(frame.image, rect_input_shape(image_hw(frame.image), long_side,
                                                                                STRIDE))
 
 
@@ -83,7 +83,7 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
 
 def run_predictions(detector: Detector, source: Source, long_side: int, batch: int, outputs: Outputs,
                     device: torch.device | str = "cpu", on_batch: Callable[[dict], None] | None = None) -> dict:
-    """Run detector over every frame of source, letterboxed to rect_shape(frame, long_side), batch frames at a time
+    """Run detector over every frame of source, letterboxed to rect_input_shape(frame, long_side), batch frames at a time
     (a change of frame size starts a new batch); write each frame's detections (source pixels) to outputs in order.
     Returns {frames, detections, skipped, seconds, model_seconds}; on Ctrl-C (KeyboardInterrupt) the frames done so
     far are written and the exception goes on (the caller closes outputs), with stats in its `stats` attribute.

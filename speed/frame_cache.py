@@ -3,7 +3,8 @@
 Decoding a 1280x720 PNG/JPEG costs ~10 ms of CPU, and a mosaic needs four: with the cache a sample reads already
 decoded pixels from a read-only np.memmap (the OS page cache shares them between all DataLoader workers and runs).
 Each frame is resized (cv2.INTER_LINEAR, aspect kept) so that its long side is `long_side`, exactly the resize the
-letterbox does for a square input of that size, so a validation sample read from the cache is the same image.
+letterbox does for a square input of that size (and for EVAL_RECT's rectangle of that long side, which keeps the
+square's scale: utils.letterbox.rect_shape), so a validation sample read from the cache is the same image.
 
 Event frames (FRED's three colours, datasets/event_frames.py) are stored packed, 2 bits per pixel instead of 24: a
 frame whose every pixel, at the cached size, is the background, ON (white) or OFF (blue) colour is kept as two bit

@@ -14,7 +14,7 @@ from tests.test_eval_fred import LARGE_BOX_SETS, run_main, train_on_large_boxes
 
 @pytest.mark.parametrize("fusion", ["early", "mid"])
 def test_fusion_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(fusion, tmp_path, capsys):
-    root, trained = train_on_large_boxes(tmp_path, capsys, f"FUSION={fusion!r}", modality="fusion")
+    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"FUSION={fusion!r}", modality="fusion")
     best = os.path.join(trained["run_dir"], "best.pth")
     ckpt = torch.load(best, weights_only=True)
     assert (ckpt["modality"], ckpt["fusion"], ckpt["in_channels"]) == ("fusion", fusion, 5)
@@ -41,9 +41,9 @@ def test_fusion_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(fusion, tmp
 
 
 def test_fusion_starts_from_an_rgb_and_an_event_checkpoint(tmp_path, capsys):
-    root, event_run = train_on_large_boxes(tmp_path, capsys)
+    root, event_run, _ = train_on_large_boxes(tmp_path, capsys)
     event_best = os.path.join(event_run["run_dir"], "best.pth")
-    _, fused = train_on_large_boxes(tmp_path, capsys, "FUSION='mid'", modality="fusion", root=root,
+    _, fused, _ = train_on_large_boxes(tmp_path, capsys, "FUSION='mid'", modality="fusion", root=root,
                                     extra=("--weights_rgb", event_best, "--weights_event", event_best))
     assert fused["best_mAP50"] > 0.01
     status = train_fred.main(["--modality", "fusion", "--data_root", root, "--device", "cpu", "--weights",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.letterbox import (boxes_xyxy_letterbox_to_original, boxes_xyxy_original_to_letterbox, letterbox,
-                             letterbox_params)
+                             letterbox_params, rect_shape)
 
 # (original h, w) -> (input h, w): landscape and portrait, down- and up-scaling, odd paddings
 CASES = [((48, 64), (64, 64)), ((64, 48), (64, 64)), ((720, 1280), (640, 640)), ((1280, 720), (640, 640)),
@@ -131,3 +131,37 @@ def test_letterbox_to_original_per_box_tensors_equal_numpy():
     assert out.dtype == torch.float64
     np.testing.assert_array_equal(out.numpy(), expected)
     assert (expected == 0).any() and (expected == origs[:, [1, 0, 1, 0]]).any()  # clipping happened on both sides
+
+
+# ------------------------------------------------------------------ rectangular evaluation (EVAL_RECT)
+@pytest.mark.parametrize("long_side, expected", [(64, None), (640, (384, 640)), (1280, (736, 1280))])
+def test_rect_shape_of_fred_frames(long_side, expected):
+    """1280x720 frames: 720/1280 * L rounded up to a multiple of 32; at 64 that is 64 again (no gain: None)."""
+    assert rect_shape([(720, 1280)] * 3, long_side) == expected
+    if expected is not None:  # the frame is resized exactly as into the square L x L input: only the padding shrinks
+        assert letterbox_params((720, 1280), expected)[:2] == letterbox_params((720, 1280), (long_side,) * 2)[:2]
+
+
+def test_rect_shape_of_mixed_sizes_fits_the_tallest_and_refuses_mixed_orientations():
+    assert rect_shape([(720, 1280), (480, 640)], 640) == (480, 640)  # 4:3 needs more height than 16:9
+    assert rect_shape([(1280, 720), (1920, 1080)], 640) == (640, 384)  # portrait: the width shrinks
+    assert rect_shape([(720, 1280), (1280, 720)], 640) is None  # both orientations: only a square fits both
+    assert rect_shape([(100, 100)], 640) is None and rect_shape([], 640) is None
+    with pytest.raises(ValueError, match="multiple of stride"):
+        rect_shape([(720, 1280)], 650)
+
+
+@pytest.mark.parametrize("long_side", [640, 1280])
+def test_box_drawn_into_a_fred_frame_comes_back_through_the_rect_letterbox(long_side):
+    """A GT box drawn into a 1280x720 frame, letterboxed at the rect shape, found in the input pixels and mapped back
+    equals itself within one input pixel (one original pixel at 1280, two at 640)."""
+    new = rect_shape([(720, 1280)], long_side)
+    img = np.zeros((720, 1280, 3), np.uint8)
+    x1, y1, x2, y2 = 301, 117, 377, 163  # a drone-sized box at odd coordinates
+    img[y1:y2, x1:x2] = 255
+    out, ratio, pad = letterbox(img, new)
+    assert out.shape[:2] == new
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float64)
+    back = boxes_xyxy_letterbox_to_original(found, ratio, pad, (720, 1280))
+    np.testing.assert_allclose(back[0], [x1, y1, x2, y2], atol=1.0 / ratio)

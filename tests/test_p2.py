@@ -106,7 +106,7 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     """train_fred.py with ARCH='yolov8-p2' records the arch; eval_fred.py on best.pth, without --set, rebuilds the P2
     model and reproduces the training mAP; a bare state dict of it is recognised too. Large boxes (as in
     tests/test_eval_fred.py) make the mAP non-zero."""
-    root, trained = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
+    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
     sets = LARGE_BOX_SETS
     best = os.path.join(trained["run_dir"], "best.pth")
     ckpt = torch.load(best, weights_only=True)

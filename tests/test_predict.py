@@ -28,7 +28,7 @@ from nets import build_model
 from nets.fusion import build_fusion_model
 from tests.test_eval_fred import LARGE_BOX_SETS, train_on_large_boxes
 from tools.synthetic import generate_fred
-from utils.letterbox import boxes_xyxy_letterbox_to_original, boxes_xyxy_original_to_letterbox, letterbox, rect_shape
+from utils.letterbox import boxes_xyxy_letterbox_to_original, boxes_xyxy_original_to_letterbox, letterbox, rect_input_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = ["--device", "cpu", "--conf", "0.0001"]
@@ -99,13 +99,13 @@ def test_help_is_fast_and_loads_no_torch():
     assert time.perf_counter() - start < 10
 
 
-def test_rect_shape_and_a_box_maps_back_exactly():
-    assert rect_shape((720, 1280), 640) == (384, 640)
-    assert rect_shape((1280, 720), 640) == (640, 384)
-    assert rect_shape((96, 160), 64) == (64, 64)
-    assert rect_shape((500, 500), 100) == (128, 128)  # the long side too is a multiple of the stride
+def test_rect_input_shape_and_a_box_maps_back_exactly():
+    assert rect_input_shape((720, 1280), 640) == (384, 640)
+    assert rect_input_shape((1280, 720), 640) == (640, 384)
+    assert rect_input_shape((96, 160), 64) == (64, 64)
+    assert rect_input_shape((500, 500), 100) == (128, 128)  # the long side too is a multiple of the stride
     frame = np.zeros((720, 1280, 3), np.uint8)
-    img, ratio, pad = letterbox(frame, rect_shape(frame.shape[:2], 640))
+    img, ratio, pad = letterbox(frame, rect_input_shape(frame.shape[:2], 640))
     assert img.shape == (384, 640, 3)
     box = np.array([[100.5, 200.25, 300.0, 400.75]])
     forward = boxes_xyxy_original_to_letterbox(box, ratio, pad)
@@ -219,7 +219,7 @@ def test_fused_frames_are_the_networks_training_input(kit):
 def test_detections_equal_eval_fred(tmp_path, capsys):
     """predict_fred.py on the val sequences gives eval_fred.py's detections (boxes in source pixels, scores) for the
     same one-epoch checkpoint and thresholds."""
-    root, trained = train_on_large_boxes(tmp_path, capsys)
+    root, trained, _ = train_on_large_boxes(tmp_path, capsys)
     weights = os.path.join(trained["run_dir"], "best.pth")
     ev_dir = str(tmp_path / "eval")
     assert eval_fred.main(["--data_root", root, "--split", "random:0.5:0", "--device", "cpu", "--weights", weights,

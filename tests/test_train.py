@@ -995,3 +995,12 @@ def test_help_and_argument_errors_answer_before_torch_loads(script, argv, code):
     assert not imported & {"torch", "cv2", "numpy"}, sorted(imported & {"torch", "cv2", "numpy"})
     if argv[0] == "--set":
         assert "NOT_A_KEY" in proc.stderr
+
+
+def test_a_resumed_run_that_predates_eval_rect_keeps_validating_on_the_square():
+    """A checkpoint's config without EVAL_RECT (an older version: square validation) resumes with EVAL_RECT=False,
+    whatever config_fred.py's default; one that records it keeps its value."""
+    args = train_fred.parse_args(["--resume", "last.pth"])
+    older = {k: v for k, v in config_dict(config_fred).items() if k != "EVAL_RECT"}
+    assert train_fred.resolve_config(args, {"config": older}, cuda=False)["EVAL_RECT"] is False
+    assert train_fred.resolve_config(args, {"config": {**older, "EVAL_RECT": True}}, cuda=False)["EVAL_RECT"] is True

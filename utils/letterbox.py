@@ -7,7 +7,7 @@ Forward map: x_input = x_orig * ratio + pad_w, y_input = y_orig * ratio + pad_h;
 """
 from __future__ import annotations
 
-import math
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -92,13 +92,31 @@ def boxes_xyxy_letterbox_to_original(boxes: BoxArray, ratio: float | BoxArray, p
     return out
 
 
-def rect_shape(frame_hw: tuple[int, int], long_side: int, stride: int = 32) -> tuple[int, int]:
-    """Rectangular letterbox shape (h, w) for frames of frame_hw: the long side long_side (rounded up to a multiple
-    of stride), the short side from the frame's aspect ratio rounded up to a multiple of stride (1280x720 at 640:
-    640x384)."""
-    h0, w0 = int(frame_hw[0]), int(frame_hw[1])
-    if h0 <= 0 or w0 <= 0 or long_side <= 0:
-        raise ValueError(f"rect_shape needs a frame size and long side above 0, got {frame_hw} and {long_side}")
+def rect_shape(frame_shapes: Iterable[tuple[int, int]], long_side: int, stride: int = 32
+               ) -> tuple[int, int] | None:
+    """The one rectangular input (h, w) that letterboxes every frame of these (h, w) sizes at the scale of a square
+    long_side x long_side input: the long side is long_side, the other side the frames' largest short/long ratio times
+    long_side, rounded up to a multiple of stride (1280x720 frames: 640 -> (384, 640), 1280 -> (736, 1280)).
+
+    None when there is no gain: no frames, frames of both orientations (landscape and portrait), or a rounded side
+    that reaches long_side. long_side must be a positive multiple of stride.
+    """
+    if long_side <= 0 or stride <= 0 or long_side % stride:
+        raise ValueError(f"rect_shape: long_side {long_side} must be a positive multiple of stride {stride}")
+    shapes = {(int(h), int(w)) for h, w in frame_shapes}
+    if not shapes or min(min(s) for s in shapes) <= 0:
+        return None
+    if all(w >= h for h, w in shapes):
+        short = max(-(-long_side * h // (w * stride)) for h, w in shapes) * stride  # ceil(L*h/w / stride) * stride
+        return (short, long_side) if short < long_side else None
+    if all(h >= w for h, w in shapes):
+        short = max(-(-long_side * w // (h * stride)) for h, w in shapes) * stride
+        return (long_side, short) if short < long_side else None
+    return None
+
+
+def rect_input_shape(frame_hw: tuple[int, int], long_side: int, stride: int = 32) -> tuple[int, int]:
+    """The input (h, w) for frames of one size (h, w): rect_shape() at long_side rounded up to a multiple of stride,
+    or that square when no rectangle is smaller (1280x720 at 640: (384, 640))."""
     long_side = -(-int(long_side) // stride) * stride
-    short = -(-math.ceil(long_side * min(h0, w0) / max(h0, w0)) // stride) * stride
-    return (short, long_side) if w0 >= h0 else (long_side, short)
+    return rect_shape([frame_hw], long_side, stride) or (long_side, long_side)
