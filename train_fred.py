@@ -434,8 +434,8 @@ def setup_data(run: Run, index: FredIndex) -> None:
         val_shape = build_fred.val_input_shape(cfg, index.val, caches["val"]["frame_cache"])
         rect = " (EVAL_RECT)" if list(val_shape) != list(cfg["INPUT_SHAPE"]) else ""
         print(f"val input {val_shape[1]}x{val_shape[0]} (w x h){rect}", flush=True)
-        val_set = build_fred.val_dataset(index.val, val_shape, bad_image_log=os.path.join(run.run_dir, "bad_images.txt"),
-                                         **caches["val"])
+        val_set = build_fred.val_dataset(index.val, val_shape,
+                                         bad_image_log=os.path.join(run.run_dir, "bad_images.txt"), **caches["val"])
         run.log = RunLog(run.run_dir, run.start_epoch)
         run.epoch_end = EpochEnd(run.model, run.ema, run.criterion, build_fred.val_loader(cfg, val_set, device),
                                  index.val, device, build_fred.evaluation_settings(cfg, device),

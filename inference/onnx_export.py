@@ -127,7 +127,8 @@ def export_onnx(model: nn.Module, path: str, imgsz: tuple[int, int], in_channels
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # the anchors: constants of the fixed size
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")  # inside torchvision's batched_nms
+        # raised inside torchvision's batched_nms
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # slices it leaves as they are
         torch.onnx.export(graph, (images,), path, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=outputs, dynamic_axes=axes, do_constant_folding=True)

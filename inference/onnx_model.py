@@ -47,7 +47,8 @@ class OnnxDetector:
         props = self.session.get_modelmeta().custom_metadata_map
         missing = [k for k in METADATA_KEYS if k not in props]
         if missing:
-            raise CheckpointError(f"{path} was not written by export_fred.py (its metadata lacks {', '.join(missing)}): "
+            raise CheckpointError(f"{path} was not written by export_fred.py (its metadata lacks "
+                                  f"{', '.join(missing)}): "
                                   "export the checkpoint with python export_fred.py --weights W --format onnx")
         self.path = path
         self.meta = {k: json.loads(v) for k, v in props.items() if k in METADATA_KEYS}

@@ -83,8 +83,8 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
 
 def run_predictions(detector: Detector, source: Source, long_side: int, batch: int, outputs: Outputs,
                     device: torch.device | str = "cpu", on_batch: Callable[[dict], None] | None = None) -> dict:
-    """Run detector over every frame of source, letterboxed to rect_input_shape(frame, long_side), batch frames at a time
-    (a change of frame size starts a new batch); write each frame's detections (source pixels) to outputs in order.
+    """Run detector over every frame of source, letterboxed to rect_input_shape(frame, long_side), batch frames at a
+    time (a change of frame size starts a new batch); write each frame's detections (source pixels) to outputs in order.
     Returns {frames, detections, skipped, seconds, model_seconds}; on Ctrl-C (KeyboardInterrupt) the frames done so
     far are written and the exception goes on (the caller closes outputs), with stats in its `stats` attribute.
     on_batch(stats so far) is called after each batch."""
