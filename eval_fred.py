@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
 
 import config_fred
+from utils.cli import fraction, int_at_least
 from utils.config import apply_overrides, config_dict
 
 LOGGER = logging.getLogger("eval_fred")
@@ -44,30 +44,6 @@ class EvalError(Exception):
     """A problem the user can fix (missing file, checkpoint that does not fit, bad setting): printed, exit 2."""
 
 
-def _int_at_least(low: int):
-    """argparse type: an integer >= low (the message says what is accepted)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line; unset options fall back to config_fred.py (after --set)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,11 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "or a state dict); one table row each")
     p.add_argument("--data_root", help="FRED root (default DATA_ROOT)")
     p.add_argument("--split", help="canonical | challenging | random:<val_fraction>:<seed> | folder (default SPLIT)")
-    p.add_argument("--conf", type=_fraction, help="score threshold in [0, 1] (default CONFIDENCE)")
-    p.add_argument("--iou", type=_fraction, help="NMS IoU threshold in [0, 1] (default NMS_IOU)")
-    p.add_argument("--max_det", type=_int_at_least(1), help="detections kept per image, >= 1 (default MAX_DET)")
-    p.add_argument("--batch", type=_int_at_least(1), help="images per batch, >= 1 (default EVAL_BATCH_SIZE)")
-    p.add_argument("--workers", type=_int_at_least(0), help="data loader processes, >= 0 (default EVAL_WORKERS, "
+    p.add_argument("--conf", type=fraction, help="score threshold in [0, 1] (default CONFIDENCE)")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold in [0, 1] (default NMS_IOU)")
+    p.add_argument("--max_det", type=int_at_least(1), help="detections kept per image, >= 1 (default MAX_DET)")
+    p.add_argument("--batch", type=int_at_least(1), help="images per batch, >= 1 (default EVAL_BATCH_SIZE)")
+    p.add_argument("--workers", type=int_at_least(0), help="data loader processes, >= 0 (default EVAL_WORKERS, "
                    "capped at the CPUs)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"),

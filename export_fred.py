@@ -18,36 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
+from utils.cli import fraction, int_at_least
+
 TOLERANCE = {False: 1e-4, True: 1e-2}  # largest relative difference to PyTorch accepted, fp32 / fp16 (--half)
-
-
-def _int_at_least(low: int):
-    """argparse type: an integer >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,19 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", required=True, help="checkpoint of train_fred.py (best.pth / last.pth) or a state dict")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
     p.add_argument("--out", help="output file (default: the weights' path with .onnx)")
-    p.add_argument("--imgsz", nargs="+", type=_int_at_least(1), metavar="N", help="input size: one number (square) "
+    p.add_argument("--imgsz", nargs="+", type=int_at_least(1), metavar="N", help="input size: one number (square) "
                    "or height width, multiples of 32 (default: the checkpoint's INPUT_SHAPE)")
     p.add_argument("--dynamic", action="store_true", help="any batch size (default: batch 1)")
     p.add_argument("--half", action="store_true", help="fp16 weights and input (needs a CUDA device)")
     p.add_argument("--nms", action="store_true", help="NMS in the graph: outputs detections [B, max_det, 6] and "
                    "num_detections [B]")
-    p.add_argument("--conf", type=_fraction, default=0.25, help="--nms: score threshold in [0, 1] (default 0.25); "
+    p.add_argument("--conf", type=fraction, default=0.25, help="--nms: score threshold in [0, 1] (default 0.25); "
                    "recorded as the default of a model without NMS")
-    p.add_argument("--iou", type=_fraction, default=0.7, help="--nms: IoU threshold in [0, 1] (default 0.7)")
-    p.add_argument("--max_det", type=_int_at_least(1), default=300, help="--nms: detections kept per image "
+    p.add_argument("--iou", type=fraction, default=0.7, help="--nms: IoU threshold in [0, 1] (default 0.7)")
+    p.add_argument("--max_det", type=int_at_least(1), default=300, help="--nms: detections kept per image "
                    "(default 300)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:1; --half needs cuda")
-    p.add_argument("--opset", type=_int_at_least(11), help="ONNX opset, >= 11 (default 17)")
+    p.add_argument("--opset", type=int_at_least(11), help="ONNX opset, >= 11 (default 17)")
     p.add_argument("--phi", choices=("n", "s", "m", "l", "x"), help="model size of a bare state dict that cannot be "
                    "told from its tensors (train_fred.py's checkpoints carry their own)")
     args = p.parse_args(argv)

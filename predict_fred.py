@@ -23,37 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
 
+from utils.cli import fraction, int_at_least
+
 LOGGER = logging.getLogger("predict_fred")
 SHOW_EVERY_S = 1.0  # --show_fps prints at most this often
-
-
-def _int_at_least(low: int):
-    """argparse type: an integer >= low (the message says what is accepted)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,12 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", required=True, help="train_fred.py checkpoint (.pth) or ONNX model (.onnx)")
     p.add_argument("--source", required=True, help="image, folder, glob, video or FRED sequence folder")
     p.add_argument("--out", help="output folder (default logs/predict_<time>/)")
-    p.add_argument("--conf", type=_fraction, default=0.25, help="score threshold in [0, 1] (default 0.25)")
-    p.add_argument("--iou", type=_fraction, default=0.7, help="NMS IoU threshold in [0, 1] (default 0.7)")
-    p.add_argument("--max_det", type=_int_at_least(1), default=300, help="detections kept per frame (default 300)")
-    p.add_argument("--batch", type=_int_at_least(1), default=16, help="frames per batch (default 16)")
+    p.add_argument("--conf", type=fraction, default=0.25, help="score threshold in [0, 1] (default 0.25)")
+    p.add_argument("--iou", type=fraction, default=0.7, help="NMS IoU threshold in [0, 1] (default 0.7)")
+    p.add_argument("--max_det", type=int_at_least(1), default=300, help="detections kept per frame (default 300)")
+    p.add_argument("--batch", type=int_at_least(1), default=16, help="frames per batch (default 16)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--imgsz", type=_int_at_least(32), help="input long side in pixels, rounded up to a multiple of "
+    p.add_argument("--imgsz", type=int_at_least(32), help="input long side in pixels, rounded up to a multiple of "
                    "32 (default: the checkpoint's input size)")
     p.add_argument("--half", dest="half", action="store_true", default=None, help="fp16 (default on CUDA)")
     p.add_argument("--no_half", dest="half", action="store_false", help="fp32 on CUDA too")
