@@ -516,16 +516,17 @@ def part_ceiling(b: Bench) -> dict:
             if graph and not a.device.startswith("cuda"):
                 continue
             out[phase][name] = measure_ceiling(a.phi, a.imgsz, batch, phase == "frozen", a.ceiling_iters,
-                                               a.device, engine_step=engine_step, graph=graph)
+                                               a.device, engine_step=engine_step, graph=graph, arch=a.arch)
         b.result["ceiling"] = out
         b.save()
     return out
 
 
 def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, device_name: str,
-                    engine_step: bool, graph: bool = False, warmup: int = 10) -> dict:
-    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA);
-    graph: the engine step with the model's and loss's forward/backward replayed from a CUDA graph (CUDA_GRAPH)."""
+                    engine_step: bool, graph: bool = False, warmup: int = 10, arch: str = "yolov8") -> dict:
+    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA) of a
+    YOLOv8 phi of architecture arch; graph: the engine step with the model's and loss's forward/backward replayed
+    from a CUDA graph (CUDA_GRAPH)."""
     import torch
 
     import config_fred
@@ -540,7 +541,7 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = build_model(phi, 1).to(device, memory_format=fmt)
+    model = build_model(phi, 1, arch=arch).to(device, memory_format=fmt)
     optimizer = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4, fused=cuda)
     freeze_backbone(model, frozen)
     model.train()
@@ -765,7 +766,7 @@ def report(b: Bench) -> None:
                 targets.append((f"fusion {phase} img/s >= 0.9x event (issue 18, early fusion)", frac >= 0.9,
                                 f"{frac:.2f}x"))
     if ceiling:
-        print_table("Our model+loss ceiling on GPU-resident data (fp16 AMP, channels_last)",
+        print_table(f"Our model+loss ceiling on GPU-resident data ({a.arch}, fp16 AMP, channels_last)",
                     ["phase", "batch", "engine step img/s", "engine + CUDA graph img/s", "bare step img/s",
                      "peak GB (engine)", "peak GB (graph)"],
                     [[p, c["batch"], c["engine"]["img_per_s"], c.get("engine_graph", {}).get("img_per_s"),
