@@ -33,11 +33,12 @@ sides' detection counts are recorded (they should agree).
 GPU, one 10-minute device call (expected 5-7 minutes on an H100: video ~10 s, per phi export ~15 s, per phi and
 batch ~60-80 s of which ONNX on the CPU is 10-30 s). The wheels to carry: ultralytics 8.4.190, ultralytics-thop,
 ultralytics-platform, polars, polars-runtime-32, pycocotools (all in /work/main/.whl), onnx and onnxruntime (NOT
-there: add onnx-1.23.2 and onnxruntime-1.32.0 cp312 manylinux wheels to .whl; onnx needs protobuf and ml_dtypes,
-onnxruntime flatbuffers, protobuf, packaging, if the device image lacks them). Command (one line):
+there: add onnx 1.23.2 and onnxruntime 1.32.0, cp312 manylinux x86_64, to .whl; onnx needs protobuf and ml_dtypes,
+onnxruntime flatbuffers, protobuf and packaging, if the device image lacks them). Carry .whl; command (one line):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-      YOLO_OFFLINE=1 && python bench/bench_predict.py --timeout 240 --out $OUT/bench_predict.json
-Without onnx / onnxruntime add --skip onnx (the rest runs). Defaults: --phis n,s --batches 1,32 --imgsz 640
+        YOLO_OFFLINE=1 && python bench/bench_predict.py --timeout 240 --out $OUT/bench_predict.json
+Without onnx / onnxruntime add --skip onnx (the rest runs; a failed export alone only leaves the ONNX columns
+empty and makes the exit status 1). Defaults: --phis n,s --batches 1,32 --imgsz 640
 --frames 600 --outputs video,none.
 CPU smoke test (phi n, 64 frames at 320x180, input 320, batch 1 and 4; about 2 minutes on 2 cores):
     YOLO_OFFLINE=1 python bench/bench_predict.py --quick
