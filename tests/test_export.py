@@ -323,3 +323,19 @@ def test_export_fred_missing_weights_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "export_fred.py", "--weights", missing, "--imgsz", "1", "2", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--imgsz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_scores_are_compared_on_their_own_scale_not_the_largest_score():
+    """An untrained model's scores are all ~1e-4: a 3e-8 difference is no 2e-4 'relative' mismatch (scores lie in
+    0..1), while a real one (1e-3) still is."""
+    from export_fred import relative_difference
+
+    want = torch.cat([torch.full((1, 4, 50), 300.0), torch.full((1, 1, 50), 1.6e-4)], 1)
+    got = want.clone()
+    got[:, 4] += 2.6e-8
+    assert relative_difference(got, want) < 1e-4
+    got[:, 4] += 1e-3
+    assert relative_difference(got, want) > 1e-4
+    got = want.clone()
+    got[:, 0] += 0.1  # boxes: relative to the largest coordinate (300 px)
+    assert relative_difference(got, want) == pytest.approx(0.1 / 300, rel=1e-3)
