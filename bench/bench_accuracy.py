@@ -17,9 +17,10 @@ per-frame conditions of the generator's manifest (evaluation/breakdown.py). Ultr
 Each config is a trainer, an input scale and a plain dict of config keys (CONFIGS); change them there.
 
 Reported per config (one table per modality): mAP50, mAP50:95, AP_small (COCO small: under 32x32 px in the 1280x720
-frame), mAP50 per condition (night, rain, hovering, occluded, size buckets tiny < 8 <= small < 16 <= medium < 32 <=
-large px wide at 1280; a frame's bucket is that of its narrowest drone), train-loop img/s (median over the epochs
-after the first), peak reserved GPU memory, train seconds and the GPU it ran on (compare speeds of one GPU type only).
+frame), mAP50 per condition (night, rain, hovering, occluded, clutter: a sequence whose background is not open sky,
+size buckets tiny < 8 <= small < 16 <= medium < 32 <= large px wide at 1280; a frame's bucket is that of its
+narrowest drone), train-loop img/s (median over the epochs after the first), peak reserved GPU memory, train seconds
+and the GPU it ran on (compare speeds of one GPU type only).
 
 Full size (the defaults: 24 sequences x 100 frames at 1280x720, 18 train / 6 val sequences, about 1,800 / 600 frames
 per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take under a minute on 16 cores). One modality's
@@ -69,7 +70,11 @@ CONFIGS: dict[str, dict] = {
     "ours1280_p2": {"trainer": "ours", "scale": 2, "sets": {"ARCH": "yolov8-p2"}},
 }
 QUICK_CONFIGS = "ours640,ultra640,ours640_p2,ours1280"
-CONDITION_COLUMNS = ("night", "rain", "hovering", "occluded", "size=tiny", "size=small", "size=medium", "size=large")
+# --quick: a tiny FRED-hard set and model on the CPU
+QUICK = dict(sequences=10, frames=6, height=96, width=160, epochs=1, batch=8, imgsz=64, phi="n", workers=0,
+             device="cpu")
+CONDITION_COLUMNS = ("night", "rain", "hovering", "occluded", "clutter", "size=tiny", "size=small", "size=medium",
+                     "size=large")
 # settings that must match for results of several calls to share one --out
 SETUP_KEYS = ("sequences", "frames", "height", "width", "seed", "epochs", "batch", "imgsz", "phi", "workers",
               "mosaic_prob", "special_aug_ratio")
@@ -80,23 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", default="event", help="event, rgb, or both: event,rgb")
     p.add_argument("--configs", default="all", help=f"comma list of {', '.join(CONFIGS)}, or all")
-    p.add_argument("--sequences", type=int, default=24)
-    p.add_argument("--frames", type=int, default=100, help="RGB frames per sequence (event: a few more)")
-    p.add_argument("--height", type=int, default=720)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--imgsz", type=int, default=640, help="input of the 640 configs (the 1280 configs: twice this)")
-    p.add_argument("--phi", default="s")
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--mosaic_prob", type=float, default=0.5)
-    p.add_argument("--special_aug_ratio", type=float, default=0.7)
-    add_run_args(p, "bench_accuracy", "generated FRED-hard data (default data/bench_accuracy[_quick])")
+    add_setup_args(p, "bench_accuracy", "the 640 configs (the 1280 configs: twice this)")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 10 sequences x 6 frames at 160x96, phi n, "
                    f"input 64 (128), 1 epoch, batch 8, no workers, configs {QUICK_CONFIGS}")
     a = p.parse_args(argv)
-    apply_quick(a, p, dict(sequences=10, frames=6, height=96, width=160, epochs=1, batch=8, imgsz=64, phi="n",
-                           workers=0, device="cpu", gen_workers=min(a.gen_workers, 2), configs=QUICK_CONFIGS))
+    apply_quick(a, p, {**QUICK, "gen_workers": min(a.gen_workers, 2), "configs": QUICK_CONFIGS})
     a.configs = list(CONFIGS) if a.configs == "all" else [c.strip() for c in a.configs.split(",") if c.strip()]
     unknown = [c for c in a.configs if c not in CONFIGS]
     if unknown:
@@ -104,8 +97,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.modality = [m.strip() for m in a.modality.split(",") if m.strip()]
     if not a.modality or set(a.modality) - {"event", "rgb"}:
         p.error(f"--modality: event, rgb or event,rgb, got {','.join(a.modality)!r}")
-    a.data_root = a.data_root or str(REPO / "data" / ("bench_accuracy_quick" if a.quick else "bench_accuracy"))
+    a.data_root = a.data_root or shared_data_root(a.quick)
     return a
+
+
+def add_setup_args(p: argparse.ArgumentParser, name: str, imgsz_help: str) -> None:
+    """The FRED-hard sample and training settings every config of a bench shares (SETUP_KEYS), and run arguments."""
+    p.add_argument("--sequences", type=int, default=24)
+    p.add_argument("--frames", type=int, default=100, help="RGB frames per sequence (event: a few more)")
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--imgsz", type=int, default=640, help=f"input of {imgsz_help}")
+    p.add_argument("--phi", default="s")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--mosaic_prob", type=float, default=0.5)
+    p.add_argument("--special_aug_ratio", type=float, default=0.7)
+    p.set_defaults(assigner="tal")  # ours_settings' ASSIGNER; a config's own (ours640_tiny) replaces it
+    add_run_args(p, name, "generated FRED-hard data (default data/bench_accuracy[_quick], shared by the benches)")
+
+
+def shared_data_root(quick: bool) -> str:
+    """The default folder of the generated FRED-hard sample, the same for the benches that compare on it."""
+    return str(REPO / "data" / ("bench_accuracy_quick" if quick else "bench_accuracy"))
 
 
 def gpu_name(device: str) -> str:
@@ -133,11 +148,15 @@ def _num(v: object) -> float | None:
         return None
 
 
-def train_ours(a: argparse.Namespace, name: str, modality: str, split: str, logs: Path) -> dict:
-    """Our trainer in a subprocess with the config's keys; its final weights (last.pth), speed and own mAP."""
-    conf = CONFIGS[name]
-    size = a.imgsz * conf["scale"]
-    sets = {**ours_settings(a), "INPUT_SHAPE": [size, size], "EVAL_WORKERS": min(a.workers, 4), **conf["sets"]}
+def config_sets(a: argparse.Namespace, size: int, sets: dict) -> dict:
+    """Our trainer's config keys for a config at input size: the bench's settings, then the config's own keys."""
+    return {**ours_settings(a), "INPUT_SHAPE": [size, size], "EVAL_WORKERS": min(a.workers, 4), **sets}
+
+
+def train_ours(a: argparse.Namespace, name: str, modality: str, split: str, logs: Path, size: int, sets: dict
+               ) -> dict:
+    """Our trainer in a subprocess with config keys sets (config_sets'); its final weights (last.pth), best.pth,
+    speed and own mAP."""
     save_dir = logs / f"{name}_{modality}"
     shutil.rmtree(save_dir, ignore_errors=True)  # an earlier call's results.csv would be read as this run's
     cmd = ours_command(modality, a.data_root, split, a.phi, a.device, str(save_dir), sets)
@@ -148,7 +167,8 @@ def train_ours(a: argparse.Namespace, name: str, modality: str, split: str, logs
     summary = final_json_line(str(log))
     if run["rc"] != 0 or summary is None:
         return {"ok": False, "rc": run["rc"], "wall_s": run["wall_s"], "log": str(log), "sets": sets}
-    return {"ok": True, "weights": str(Path(summary["run_dir"]) / "last.pth"), "train_s": summary.get("train_seconds"),
+    return {"ok": True, "weights": str(Path(summary["run_dir"]) / "last.pth"),
+            "best_weights": str(Path(summary["run_dir"]) / "best.pth"), "train_s": summary.get("train_seconds"),
             "wall_s": run["wall_s"], "trainer_mAP50": summary.get("best_mAP50"),
             "trainer_mAP50_95": summary.get("best_mAP50_95"), **ours_speed(watcher.rows), "log": str(log),
             "sets": sets}
@@ -191,9 +211,9 @@ def train_ultra(a: argparse.Namespace, name: str, modality: str, data_yaml: str,
             "amp": res.get("amp"), "log": str(log), "result_json": str(out_json)}
 
 
-def evaluate_weights(a: argparse.Namespace, name: str, modality: str, split: str, weights: str, logs: Path) -> dict:
-    """eval_fred.py on weights at the config's input: its JSON line (metrics, per_condition, per_sequence)."""
-    size = a.imgsz * CONFIGS[name]["scale"]
+def evaluate_weights(a: argparse.Namespace, name: str, modality: str, split: str, weights: str, logs: Path,
+                     size: int) -> dict:
+    """eval_fred.py on weights at input size: its JSON line (metrics, per_condition, per_sequence)."""
     log = logs / f"{name}_{modality}_eval.log"
     cmd = [sys.executable, str(REPO / "eval_fred.py"), "--weights", weights, "--modality", modality, "--data_root",
            a.data_root, "--split", split, "--device", a.device, "--workers", str(min(a.workers, 4)),
@@ -210,14 +230,22 @@ def run_config(a: argparse.Namespace, name: str, modality: str, split: str, data
     """Train one config, then score its final weights with our evaluator; the entry of the JSON."""
     conf = CONFIGS[name]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    size = a.imgsz * conf["scale"]
     if conf["trainer"] == "ours":
-        entry = train_ours(a, name, modality, split, logs)
+        entry = train_ours(a, name, modality, split, logs, size, config_sets(a, size, conf["sets"]))
     else:
         entry = train_ultra(a, name, modality, data_yaml, logs)
-    entry.update(trainer=conf["trainer"], imgsz=a.imgsz * conf["scale"], config_sets=conf["sets"],
-                 gpu=gpu_name(a.device), started=started)
+    entry.update(trainer=conf["trainer"], config_sets=conf["sets"], started=started)
+    return score_entry(a, entry, name, modality, split, logs, size)
+
+
+def score_entry(a: argparse.Namespace, entry: dict, name: str, modality: str, split: str, logs: Path, size: int
+                ) -> dict:
+    """A trained config's entry with our evaluator's numbers on its final weights (when it trained), its input size
+    and GPU; a failure's log tail is printed."""
+    entry.update(imgsz=size, gpu=gpu_name(a.device))
     if entry["ok"]:
-        scored = evaluate_weights(a, name, modality, split, entry["weights"], logs)
+        scored = evaluate_weights(a, name, modality, split, entry["weights"], logs, size)
         entry["ok"] = scored.pop("ok")
         entry.update(scored)
     if not entry["ok"]:
@@ -225,7 +253,7 @@ def run_config(a: argparse.Namespace, name: str, modality: str, split: str, data
     return entry
 
 
-def load_previous(out: Path, setup: dict) -> dict | None:
+def load_previous(out: Path, setup: dict, bench: str = "accuracy") -> dict | None:
     """The JSON at out when it holds results of the same setup (to merge into); None when there is none.
 
     ValueError saying why when it cannot be merged into (unreadable, another bench's, other settings)."""
@@ -235,8 +263,8 @@ def load_previous(out: Path, setup: dict) -> dict | None:
         previous = json.loads(out.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{out} cannot be read as JSON ({e}); remove it or pass another --out") from None
-    if not isinstance(previous, dict) or previous.get("bench") != "accuracy":
-        raise ValueError(f"{out} is not a bench_accuracy.py result; pass another --out")
+    if not isinstance(previous, dict) or previous.get("bench") != bench:
+        raise ValueError(f"{out} is not a bench_{bench}.py result; pass another --out")
     theirs = previous.get("setup") or {}
     differ = [k for k in setup if theirs.get(k) != setup[k]]
     if differ:

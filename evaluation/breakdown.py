@@ -6,7 +6,8 @@ subset. Detections and boxes on images outside a subset do not count for it.
 
 Conditions per frame come from
 - the generator's manifest (`<data root>/synthetic_manifest.json` of `python -m tools.synthetic --profile hard`):
-  per sequence, "frames" -> modality -> frame stem -> {night, rain, hovering, size, occluded};
+  per sequence, "frames" -> modality -> frame stem -> {night, rain, hovering, size, occluded}, plus what holds
+  for the whole sequence (sequence_conditions: its "background", and "clutter" for one other than open sky);
 - or a JSON file of the user's, {frame stem: {condition: value}} (eval_fred.py --conditions FILE).
 Real FRED records none, so it is broken down per sequence only. A condition whose value is true puts a frame in the
 subset "<condition>" (night, rain, hovering, occluded); a text value v puts it in "<condition>=<v>" (size=tiny);
@@ -23,7 +24,7 @@ from typing import Hashable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from evaluation.coco_arrays import accumulate, match_results, summarize
-from tools.synthetic import MANIFEST_NAME, SIZE_BUCKETS
+from tools.synthetic import CLUTTERED_BACKGROUNDS, MANIFEST_NAME, SIZE_BUCKETS
 
 Key = TypeVar("Key", bound=Hashable)
 # text values in this order first (the generator's size buckets, then "none": no drone in view); others sorted after
@@ -129,9 +130,21 @@ def load_conditions(frames: Sequence, data_root: str, modality: str, path: str |
     sequences = manifest.get("sequences") if isinstance(manifest, dict) else None
     if not isinstance(sequences, dict):
         return None
-    found = [((sequences.get(str(f.sequence)) or {}).get("frames") or {}).get(modality, {}).get(stem)
-             for f, stem in zip(frames, stems)]
+    found = []
+    for f, stem in zip(frames, stems):
+        entry = sequences.get(str(f.sequence)) or {}
+        frame = (entry.get("frames") or {}).get(modality, {}).get(stem)
+        found.append(None if frame is None else {**frame, **sequence_conditions(entry)})
     return found if any(c is not None for c in found) else None
+
+
+def sequence_conditions(entry: Mapping) -> dict:
+    """Conditions of every frame of a generated sequence, from its manifest entry: "background" (its kind) and
+    "clutter" (a background of tools.synthetic.CLUTTERED_BACKGROUNDS); {} when the entry records no background."""
+    background = entry.get("background")
+    if not isinstance(background, str):
+        return {}
+    return {"clutter": background in CLUTTERED_BACKGROUNDS, "background": background}
 
 
 def format_breakdown(title: str, metrics: Mapping[str, dict]) -> str:

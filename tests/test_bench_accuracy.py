@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.bench_accuracy import CONFIGS, SETUP_KEYS, load_previous, parse_args
+from bench.bench_accuracy import CONFIGS, SETUP_KEYS, config_sets, load_previous, parse_args
 from bench.ultra_ref import ULTRA_ARCHS, ensure_generated, model_yaml
 from nets import build_model
 
@@ -57,3 +57,15 @@ def test_results_of_one_setup_are_merged_and_others_refused(tmp_path):
     out.write_text("{")
     with pytest.raises(ValueError, match="cannot be read as JSON"):
         load_previous(out, setup)
+
+
+def test_config_sets_of_our_configs():
+    """Each of our configs trains with the bench's settings at its input, the default assignment unless it sets its
+    own (bench_learning.ours_settings reads --assigner, which this bench does not have)."""
+    a = parse_args([])
+    for name, conf in CONFIGS.items():
+        if conf["trainer"] == "ours":
+            size = a.imgsz * conf["scale"]
+            sets = config_sets(a, size, conf["sets"])
+            assert sets["INPUT_SHAPE"] == [size, size] and sets["UNFREEZE_EPOCH"] == a.epochs, name
+            assert sets["ASSIGNER"] == conf["sets"].get("ASSIGNER", "tal"), name

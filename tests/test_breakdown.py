@@ -11,8 +11,8 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.fred_index import build_fred_index
 from evaluation import coco_arrays
-from evaluation.breakdown import (breakdown, condition_subsets, format_breakdown, load_conditions, sequence_subsets,
-                                  subset_metrics)
+from evaluation.breakdown import (breakdown, condition_subsets, format_breakdown, load_conditions,
+                                  sequence_conditions, sequence_subsets, subset_metrics)
 from tests.test_evaluator import crowded_case, reference_eval
 from tools.synthetic import MANIFEST_NAME, generate_fred
 
@@ -95,11 +95,26 @@ def test_load_conditions_from_the_hard_manifest(tmp_path):
         conditions = load_conditions(frames, root, modality)
         assert len(conditions) == len(frames) > 0
         for frame, cond in zip(frames, conditions):
-            assert cond == manifest["sequences"][frame.sequence]["frames"][modality][Path(frame.image).stem]
+            sequence = manifest["sequences"][frame.sequence]
+            assert cond == {**sequence["frames"][modality][Path(frame.image).stem],
+                            "clutter": sequence["background"] != "sky", "background": sequence["background"]}
     assert {c["night"] for c in conditions} == {True, False} and any(c["rain"] for c in conditions)
     fused = build_fred_index(root, "fusion", split="canonical").val  # a fused frame: its event frame's conditions
     for frame, cond in zip(fused, load_conditions(fused, root, "fusion")):
-        assert cond == manifest["sequences"][frame.sequence]["frames"]["event"][Path(frame.event_image).stem]
+        sequence = manifest["sequences"][frame.sequence]
+        assert cond == {**sequence["frames"]["event"][Path(frame.event_image).stem],
+                        **sequence_conditions(sequence)}
+
+
+def test_sequence_conditions():
+    """A sequence's background puts all its frames in "clutter" unless it is open sky; no background, no keys."""
+    assert sequence_conditions({"background": "buildings"}) == {"clutter": True, "background": "buildings"}
+    assert sequence_conditions({"background": "sky"}) == {"clutter": False, "background": "sky"}
+    assert sequence_conditions({"condition": "night"}) == {}
+    gt = {"images": [{"id": 0}, {"id": 1}]}
+    subsets = condition_subsets(gt, [{"night": True, **sequence_conditions({"background": "treeline"})},
+                                     {"night": False, **sequence_conditions({"background": "sky"})}])
+    assert subsets == {"night": [0], "clutter": [0], "background=treeline": [0], "background=sky": [1]}
 
 
 def test_load_conditions_without_a_manifest_and_from_a_file(tmp_path):

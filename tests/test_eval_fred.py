@@ -13,6 +13,7 @@ import torch
 
 import eval_fred
 from datasets.fred_index import build_fred_index
+from evaluation.breakdown import sequence_conditions
 from evaluation.evaluator import coco_metrics
 from nets import build_model
 from tests.bad_checkpoints import REASONS, make_bad_checkpoint
@@ -143,10 +144,11 @@ def test_per_condition_and_per_sequence_on_a_hard_profile_set(fred, tmp_path, ca
     assert status == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     frames = build_fred_index(root, "event", split="canonical").val
-    recorded = [manifest["sequences"][f.sequence]["frames"]["event"][os.path.splitext(os.path.basename(f.image))[0]]
-                for f in frames]
+    sequences = manifest["sequences"]
+    recorded = [{**sequences[f.sequence]["frames"]["event"][os.path.splitext(os.path.basename(f.image))[0]],
+                 **sequence_conditions(sequences[f.sequence])} for f in frames]
     per_condition = result["per_condition"]
-    assert {"night", "rain", "size=none"} <= set(per_condition)
+    assert {"night", "rain", "size=none", "clutter"} <= set(per_condition)
     assert "per condition" in out and all(f"\n{name} " in out for name in per_condition)
     ref = reference_eval(json.load(open(os.path.join(out_dir, "ground_truth.json"))),
                          json.load(open(os.path.join(out_dir, "detections.json"))))

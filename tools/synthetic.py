@@ -62,6 +62,7 @@ SUPERSAMPLE = 4           # sprites are drawn at 4x and averaged down (sub-pixel
 REFERENCE_WIDTH = 1280.0  # pixel sizes and speeds below are given for FRED's 1280x720 frames
 CONDITIONS = ("clear", "night", "overcast", "rain", "sunset")
 BACKGROUNDS = ("treeline", "buildings", "field", "sky")
+CLUTTERED_BACKGROUNDS = ("treeline", "buildings", "field")  # textured ground, trees or buildings a drone can pass
 SPLIT_DIR = Path(NAMED_SPLITS["canonical"])
 PROFILES = ("default", "hard")
 # hard profile, domain shift: the canonical test (val) sequences hold conditions and scenes train never shows
