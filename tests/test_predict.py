@@ -393,3 +393,32 @@ def test_frames_of_several_sizes_in_one_folder(kit, capsys, tmp_path, monkeypatc
     images = json.load(open(os.path.join(out, "detections.json")))["images"]
     assert [(im["width"], im["height"]) for im in images] == [(160, 96), (160, 96), (96, 160), (160, 96)]
     assert video_info(os.path.join(out, VIDEO_NAME))[0] == 4
+
+
+class FailingOutputs:
+    """Outputs whose third write fails (a full disk), recording the frames written."""
+
+    def __init__(self):
+        self.written = []
+
+    def write(self, frame, dets):
+        if len(self.written) == 2:
+            raise OSError(28, "No space left on device")
+        self.written.append(frame.index)
+
+
+def test_outputs_are_written_in_order_and_a_failed_write_is_raised(tmp_path):
+    """Writes run in their own thread (overlapping the next batch) yet keep frame order, and a write that fails stops
+    the run with its own error instead of being lost in that thread."""
+    frames = [np.full((48, 64, 3), i, np.uint8) for i in range(9)]
+    outputs = Outputs(str(tmp_path / "ok"), ["drone"], 30.0, video=False, frames=False, txt=True, json=True)
+    try:
+        run_predictions(StubDetector(), stream_source(iter(frames), 30.0), 64, 4, outputs)
+    finally:
+        outputs.close()
+    names = [im["file_name"] for im in json.load(open(tmp_path / "ok" / "detections.json"))["images"]]
+    assert len(names) == 9 and names == sorted(names, key=lambda n: int("".join(filter(str.isdigit, n)) or 0))
+    failing = FailingOutputs()
+    with pytest.raises(OSError, match="No space left"):
+        run_predictions(StubDetector(), stream_source(iter(frames), 30.0), 64, 4, failing)
+    assert failing.written == [0, 1]
