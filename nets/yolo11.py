@@ -2,7 +2,8 @@
 neck of C3k2 blocks, and the v8 head with a depthwise-separable class branch.
 
 Built from nets/yolov8.py's blocks (Conv, Bottleneck, C2f, SPPF, Detect); YoloV8 assembles it (nets.yolov8.arch_parts),
-so loss, assigner, freezing, fusing and checkpoints are the v8 ones. Module names follow yolov8.py's (backbone.stem,
+so loss, assigner, freezing, fusing and checkpoints are the v8 ones. The frozen backbone is layers 0-10, C2PSA included
+(the yaml's backbone section; Ultralytics' freeze=11). Module names follow yolov8.py's (backbone.stem,
 backbone.dark2..dark5, neck.top_down_p4, ..., head.box / head.cls) so nets/convert.py maps Ultralytics' layer indices
 one to one. Tensor shapes: B = batch, C = channels, H/W = height/width.
 """

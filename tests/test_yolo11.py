@@ -1,13 +1,20 @@
 """YOLO11 (arch "yolo11"): equal to Ultralytics' yolo11.yaml (the test-only oracle) in parameters, eval outputs,
-train outputs and gradients; conversion, size and arch inference, freezing and fusing."""
+train outputs and gradients; conversion, size and arch inference, freezing, fusing, training and evaluation from its
+checkpoint."""
+import json
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
+import train_fred
 from nets import build_model, freeze_backbone, infer_phi, load_weights
 from nets.convert import from_ultralytics, ultralytics_arch
 from nets.convert import main as convert_main
 from nets.weights import checkpoint_info, infer_arch
+from tests.test_eval_fred import run_main, train_on_large_boxes
 from tests.test_nets import max_rel, perturb_bn
 
 ARCH = "yolo11"
@@ -125,3 +132,38 @@ def test_yolo11_convert_cli_records_the_arch(tmp_path, capsys):
     assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", ARCH, 1)
     ours = build_model("n", 1, arch=ARCH)
     assert load_weights(ours, str(dst))["loaded"] == len(ours.state_dict())
+
+
+def test_yolo11_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsys):
+    """train_fred.py with ARCH='yolo11' records the arch; eval_fred.py on best.pth, without --set, rebuilds YOLO11
+    and reproduces the training mAP; resuming it as a yolov8 is refused, naming the key."""
+    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
+    best = os.path.join(trained["run_dir"], "best.pth")
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["arch"] == ARCH and infer_arch(ckpt["model"]) == ARCH
+
+    status, out, err = run_main(["--device", "cpu", "--weights", best], capsys)
+    assert status == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
+    assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
+
+    resumed = str(tmp_path / "resume")
+    shutil.copytree(trained["run_dir"], resumed)
+    status = train_fred.main(["--resume", os.path.join(resumed, "last.pth"), "--device", "cpu",
+                              "--set", "UNFREEZE_EPOCH=2", "ARCH='yolov8'"])
+    assert status == 2 and f"ARCH={ARCH!r}" in capsys.readouterr().err
+
+
+def test_yolo11_export_fred_names_it_and_round_trips(tmp_path, capsys):
+    """export_fred.py on a YOLO11 checkpoint: ONNX within 1e-4 of PyTorch, printed as YOLO11n, arch in the metadata."""
+    pytest.importorskip("onnxruntime")
+    import export_fred
+    from tests.test_export import make_model, save_checkpoint
+
+    weights = save_checkpoint(str(tmp_path / "best.pth"), make_model(ARCH, num_classes=1), ARCH)
+    assert export_fred.main(["--weights", weights, "--format", "onnx", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("exported YOLO11n (event, 1 class") for line in out), out
+    result = json.loads(out[-1])
+    assert result["max_rel_diff"] <= 1e-4
