@@ -1,9 +1,12 @@
 """YOLO11 (arch "yolo11"): equal to Ultralytics' yolo11.yaml (the test-only oracle) in parameters, eval outputs,
 train outputs and gradients; conversion, size and arch inference, freezing, fusing, training and evaluation from its
 checkpoint."""
+import copy
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from nets.convert import from_ultralytics, ultralytics_arch
 from nets.convert import main as convert_main
 from nets.weights import checkpoint_info, infer_arch
 from tests.test_eval_fred import run_main, train_on_large_boxes
-from tests.test_nets import max_rel, perturb_bn
+from tests.test_nets import REPO, max_rel, perturb_bn
 
 ARCH = "yolo11"
 
@@ -167,3 +170,32 @@ def test_yolo11_export_fred_names_it_and_round_trips(tmp_path, capsys):
     assert any(line.startswith("exported YOLO11n (event, 1 class") for line in out), out
     result = json.loads(out[-1])
     assert result["max_rel_diff"] <= 1e-4
+
+
+def test_yolo11_convert_cli_full_model_checkpoint(tmp_path):
+    """`python -m nets.convert` on a pickled Ultralytics YOLO11 model (fp16, as their releases): every tensor, float32."""
+    um = ultralytics_yolo11("n", 80, seed=13).eval()
+    src, dst = tmp_path / "yolo11n.pt", tmp_path / "ours.pth"
+    torch.save({"model": copy.deepcopy(um).half(), "ema": None, "epoch": -1}, src)
+    run = subprocess.run([sys.executable, "-m", "nets.convert", str(src), str(dst)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "YOLO11n, num_classes=80" in run.stdout
+    ckpt = torch.load(dst, weights_only=True)
+    assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", ARCH, 80)
+    expected = from_ultralytics(copy.deepcopy(um).half().float().state_dict())
+    assert ckpt["model"].keys() == expected.keys()
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in expected.items())
+
+
+def test_yolo11_channels_last_equals_contiguous():
+    """The attention's reshapes accept channels_last maps (the trainer's CUDA layout): same outputs, and it trains."""
+    model = build_model("n", 1, arch=ARCH).eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        want = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        assert max_rel(model(x.to(memory_format=torch.channels_last)), want) <= 1e-5
+    maps = model.train()(x.to(memory_format=torch.channels_last))
+    sum(m.sum() for m in maps).backward()
+    assert model.backbone.dark5[3].m[0].attn.qkv.conv.weight.grad is not None
