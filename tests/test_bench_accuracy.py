@@ -25,11 +25,15 @@ def test_ultralytics_model_yaml_is_our_arch(arch):
 
 
 def test_configs():
-    """Ultralytics configs set ARCH only (an ARCH it can train); the quick and default selections parse."""
+    """Ultralytics configs set ARCH only (an ARCH it can train); each ARCH Ultralytics trains is compared with ours
+    (YOLO11 too: issue 20's learning check); the quick and default selections parse."""
     for name, conf in CONFIGS.items():
         assert conf["trainer"] in ("ours", "ultralytics") and conf["scale"] in (1, 2), name
         if conf["trainer"] == "ultralytics":
             assert set(conf["sets"]) <= {"ARCH"} and conf["sets"].get("ARCH", "yolov8") in ULTRA_ARCHS, name
+    compared = {(conf["trainer"], conf["sets"].get("ARCH", "yolov8")) for conf in CONFIGS.values()
+                if conf["scale"] == 1}
+    assert {(trainer, arch) for trainer in ("ours", "ultralytics") for arch in ULTRA_ARCHS} <= compared
     assert parse_args([]).configs == list(CONFIGS)
     assert set(parse_args(["--quick"]).configs) < set(CONFIGS)
     with pytest.raises(SystemExit):
