@@ -24,7 +24,7 @@ FUSION = "early"                  # --modality fusion: "early" (one network, a 5
 FUSION_RGB_WEIGHTS = ""           # --modality fusion: an RGB checkpoint of train_fred.py to start from ("" = none); see nets/fusion.py for where each part goes
 FUSION_EVENT_WEIGHTS = ""         # --modality fusion: an event checkpoint to start from ("" = none); with both: early takes the RGB body, mid each backbone and the event neck and head
 PHI = "s"                         # YOLOv8 size: n | s | m | l | x
-ARCH = "yolov8"                   # architecture: "yolov8" (levels at strides 8, 16, 32) | "yolov8-p2" (Ultralytics' yolov8-p2.yaml: a fourth level at stride 4 for small objects; more compute)
+ARCH = "yolov8"                   # architecture: "yolov8" (levels at strides 8, 16, 32) | "yolov8-p2" (Ultralytics' yolov8-p2.yaml: a fourth level at stride 4 for small objects; more compute) | "yolo11" (Ultralytics' yolo11.yaml, the FRED paper's baseline)
 INPUT_SHAPE = [640, 640]          # network input [height, width], pixels, multiples of 32
 MODEL_PATH = ""                   # initial weights: our checkpoint or a converted Ultralytics state dict ("" = random init)
 ASSIGNER = "tal"                  # which anchors learn which box: "tal" (Ultralytics' task-aligned assigner) | "tal-small" (the same, but a box under 4 finest strides, sqrt(w*h) < 32 px at the input for YOLOv8, makes all its candidate anchors positives with a target score of at least 0.5: tiny drones that no predicted box overlaps yet still train box and class; see nets/assigner.py)

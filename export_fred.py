@@ -63,6 +63,7 @@ from evaluation.postprocess import non_max_suppression  # noqa: E402
 from inference.checkpoint import CheckpointError, build_checkpoint_model, read_checkpoint  # noqa: E402
 from inference.onnx_export import DEFAULT_OPSET, export_onnx  # noqa: E402
 from inference.onnx_model import OnnxDetector  # noqa: E402
+from nets.yolov8 import model_name  # noqa: E402
 
 
 class ExportError(Exception):
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror or e}; pass --out FILE in a writable folder") from None
     check = verify(model, out, args, size)
-    name = "YOLOv8" + ckpt["phi"] + ("-P2" if ckpt["arch"] == "yolov8-p2" else "")
+    name = model_name(ckpt["phi"], ckpt["arch"])
     print(f"exported {name} ({ckpt['modality'] or 'modality unknown'}"
           f"{', ' + ckpt['fusion'] + ' fusion' if ckpt['fusion'] else ''}, {ckpt['num_classes']} "
           f"class{'es' if ckpt['num_classes'] != 1 else ''}, "

@@ -14,6 +14,8 @@ per-frame conditions of the generator's manifest (evaluation/breakdown.py). Ultr
   ultra640_p2    Ultralytics yolov8<phi>-p2.yaml at 640
   ours1280       ours at INPUT_SHAPE 1280 (twice --imgsz)
   ours1280_p2    ours P2 at 1280
+  ours640_yolo11   ours with ARCH "yolo11" (the FRED paper's baseline; issue 20's learning check)
+  ultra640_yolo11  Ultralytics yolo11<phi>.yaml at 640
 Each config is a trainer, an input scale and a plain dict of config keys (CONFIGS); change them there.
 
 Reported per config (one table per modality): mAP50, mAP50:95, AP_small (COCO small: under 32x32 px in the 1280x720
@@ -24,7 +26,7 @@ and the GPU it ran on (compare speeds of one GPU type only).
 
 Full size (the defaults: 24 sequences x 100 frames at 1280x720, 18 train / 6 val sequences, about 1,800 / 600 frames
 per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take under a minute on 16 cores). One modality's
-seven configs should take about 20-25 minutes of an H100 (estimated from bench/README.md's speeds, not yet measured),
+nine configs should take about 25-32 minutes of an H100 (estimated from bench/README.md's speeds, not yet measured),
 so split them over device calls with --configs; --out is read back and each call's configs are merged into it (the
 settings must match), so copy the previous call's JSON to --out first. For example, per modality M (event, rgb),
 --timeout bounding each trainer process:
@@ -33,6 +35,8 @@ settings must match), so copy the previous call's JSON to --out first. For examp
     python bench/bench_accuracy.py --modality M --configs ultra640_p2,ours1280 --timeout 420 \\
         --out $OUT/bench_accuracy_M.json
     python bench/bench_accuracy.py --modality M --configs ours1280_p2 --timeout 480 --out $OUT/bench_accuracy_M.json
+    python bench/bench_accuracy.py --modality M --configs ours640_yolo11,ultra640_yolo11 --timeout 420 \
+        --out $OUT/bench_accuracy_M.json
 CPU smoke test (tiny FRED-hard set, phi n, 1 epoch, ours640 / ultra640 / ours640_p2 / ours1280; a few minutes on 2
 cores):
     YOLO_OFFLINE=1 python bench/bench_accuracy.py --quick
@@ -68,6 +72,8 @@ CONFIGS: dict[str, dict] = {
     "ultra640_p2": {"trainer": "ultralytics", "scale": 1, "sets": {"ARCH": "yolov8-p2"}},
     "ours1280": {"trainer": "ours", "scale": 2, "sets": {}},
     "ours1280_p2": {"trainer": "ours", "scale": 2, "sets": {"ARCH": "yolov8-p2"}},
+    "ours640_yolo11": {"trainer": "ours", "scale": 1, "sets": {"ARCH": "yolo11"}},
+    "ultra640_yolo11": {"trainer": "ultralytics", "scale": 1, "sets": {"ARCH": "yolo11"}},
 }
 QUICK_CONFIGS = "ours640,ultra640,ours640_p2,ours1280"
 # --quick: a tiny FRED-hard set and model on the CPU

@@ -65,7 +65,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ultra_ref import (CsvWatcher, GpuSampler, add_run_args, apply_quick, build_ultra_dataset,  # noqa: E402
+from bench.ultra_ref import (BACKBONE_LAYERS, ULTRA_ARCHS, CsvWatcher, GpuSampler, add_run_args, apply_quick, build_ultra_dataset,  # noqa: E402
                              copy_logs, ensure_generated, exit_on_sigterm, final_json_line, log_tail, median,
                              ours_command, print_table, run_logged, ultra_device, work_dir, write_split)
 
@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--phi", default="s")
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--arch", default="yolov8", choices=("yolov8", "yolov8-p2"), help="both trainers' architecture "
-                   "(ours: ARCH; Ultralytics: yolov8<phi>-p2.yaml for yolov8-p2)")
+    p.add_argument("--arch", default="yolov8", choices=ULTRA_ARCHS, help="both trainers' architecture "
+                   "(ours: ARCH; Ultralytics: yolov8<phi>-p2.yaml for yolov8-p2, yolo11<phi>.yaml for yolo11)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--frozen_batch", type=int, default=32)
     p.add_argument("--unfrozen_batch", type=int, default=16)
@@ -289,7 +289,8 @@ def part_speed(b: Bench) -> dict:
         if ours.get("run_dir") and modality == "event":
             b.weights.setdefault("ours", (str(Path(ours["run_dir"]) / "last.pth"), "speed run (barely trained)"))
         entry["ultralytics"] = {"phases": {}}
-        for phase, batch, freeze in () if not ultra else (("frozen", a.frozen_batch, 10), ("unfrozen", a.unfrozen_batch, 0)):
+        for phase, batch, freeze in () if not ultra else (("frozen", a.frozen_batch, BACKBONE_LAYERS[a.arch]),
+                                                              ("unfrozen", a.unfrozen_batch, 0)):
             u = b.run_ultra(f"speed_{modality}_{phase}", "train", data_yaml,
                             ["--epochs", str(k), "--batch", str(batch), "--freeze", str(freeze),
                              "--special_aug_ratio", "1.0", "--val_repeats", "0"])

@@ -16,7 +16,7 @@ Test-only code: the product never imports Ultralytics. Two halves:
 
 2. CLI, run as a subprocess so each trainer has its own process and CUDA context:
      python bench/ultra_ref.py train --data DIR/data.yaml --out R.json --epochs 10 --batch 32 --imgsz 640 ...
-         [--arch yolov8|yolov8-p2]
+         [--arch yolov8|yolov8-p2|yolo11]
          [--freeze 10] [--val_every_epoch 1] [--stop_at_map50 0.9] [--val_repeats N] [--save_json 1]
      python bench/ultra_ref.py val --weights best.pt --data DIR/data.yaml --out R.json [--val_repeats 2]
      python bench/ultra_ref.py loader --data DIR/data.yaml --out R.json --batch 32 --batches 60
@@ -31,7 +31,7 @@ Offline / environment patches (harness only):
      retried (curl, with connect timeouts) before it gives up and enables AMP anyway. It is replaced by "AMP on
      CUDA, off on CPU": AMP really runs on the GPU, as our FP16=True does, without the wait.
    - YOLO_OFFLINE=1 is set before import (no network checks, no telemetry).
-Settings equalised (see ultra_train_args): model yolov8<phi>.yaml (--arch yolov8-p2: yolov8<phi>-p2.yaml) from
+Settings equalised (see ultra_train_args): model yolov8<phi>.yaml (--arch yolov8-p2: yolov8<phi>-p2.yaml, yolo11: yolo11<phi>.yaml) from
 scratch (pretrained=False), epochs, batch, imgsz, workers, SGD (not 'auto', which picks AdamW for short runs), lr0
 0.01, lrf 0.01, cosine schedule, momentum 0.937, weight decay 5e-4, warmup 3 epochs, mosaic probability 0.5, mosaic
 off for the last 30% of the epochs (close_mosaic), mixup 0, HSV 0.015/0.7/0.4, flip 0.5, translate 0.1, scale 0.5,
@@ -45,7 +45,8 @@ conf 0.001, IoU 0.7, max_det 300, cache off, deterministic off (speed). Differen
      WARMUP_MIN_ITERS=100 iterations and Ultralytics 8.4 at most epochs-1 epochs: they differ on tiny runs only.
      EMA (0.9999, ramp tau 2000) is alike.
    - Ultralytics cannot switch batch size between a frozen and an unfrozen phase in one run: the bench runs one
-     Ultralytics run per phase (freeze=10 = the backbone incl. SPPF, as nets.freeze_backbone).
+     Ultralytics run per phase (freeze=10 = the backbone incl. SPPF, as nets.freeze_backbone; yolo11: freeze=11, C2PSA
+     included; BACKBONE_LAYERS).
 """
 from __future__ import annotations
 
@@ -514,14 +515,19 @@ def _patch_ultralytics() -> None:
     del torch
 
 
-ULTRA_ARCHS = ("yolov8", "yolov8-p2")  # our ARCH names; Ultralytics' yaml: yolov8<phi>.yaml, yolov8<phi>-p2.yaml
+# our ARCH names; Ultralytics' yaml: yolov8<phi>.yaml, yolov8<phi>-p2.yaml, yolo11<phi>.yaml
+ULTRA_ARCHS = ("yolov8", "yolov8-p2", "yolo11")
+# ARCH -> Ultralytics' freeze=N that freezes what nets.freeze_backbone freezes (the yaml's backbone section)
+BACKBONE_LAYERS = {"yolov8": 10, "yolov8-p2": 10, "yolo11": 11}
 
 
 def model_yaml(phi: str, arch: str = "yolov8") -> str:
-    """Ultralytics model yaml of our (phi, ARCH): 'yolov8s.yaml', 'yolov8s-p2.yaml' (the scale is read from the
-    name)."""
+    """Ultralytics model yaml of our (phi, ARCH): 'yolov8s.yaml', 'yolov8s-p2.yaml', 'yolo11s.yaml' (the scale is read
+    from the name)."""
     if arch not in ULTRA_ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ULTRA_ARCHS)}, got {arch!r}")
+    if arch == "yolo11":
+        return f"yolo11{phi}.yaml"
     return f"yolov8{phi}{arch.removeprefix('yolov8')}.yaml"
 
 
@@ -547,7 +553,7 @@ def _metric(metrics: dict, key: str) -> float | None:
 
 
 def ultra_train(a: argparse.Namespace) -> dict:
-    """Train Ultralytics YOLOv8 (a.arch: yolov8 or yolov8-p2) from scratch on a.data; per-epoch timings and metrics,
+    """Train Ultralytics YOLOv8 / YOLO11 (a.arch: yolov8, yolov8-p2 or yolo11) from scratch on a.data; per-epoch timings and metrics,
     then a timed val of best.pt."""
     _patch_ultralytics()
     import torch

@@ -1,4 +1,4 @@
-"""Ultralytics YOLOv8 / YOLOv8-P2 detection weights -> our layout (nets/yolov8.py), and a CLI to write our checkpoints.
+"""Ultralytics YOLOv8 / YOLOv8-P2 / YOLO11 detection weights -> our layout (nets/yolov8.py), and a CLI to write our checkpoints.
 
 Usage: python -m nets.convert IN OUT
   IN:  an Ultralytics checkpoint (.pt, a pickled model: needs `pip install ultralytics` at conversion time only;
@@ -38,14 +38,22 @@ _LAYER_TO_MODULE = {
         27: "neck.bottom_up_p5",
         28: "head",
     },
+    "yolo11": {  # yolo11.yaml (nets/yolo11.py: C2PSA is the backbone's last block)
+        **_BACKBONE, 10: "backbone.dark5.3",
+        13: "neck.top_down_p4", 16: "neck.top_down_p3", 17: "neck.down_p3",
+        19: "neck.bottom_up_p4", 20: "neck.down_p4", 22: "neck.bottom_up_p5",
+        23: "head",
+    },
 }
-_HEAD_LAYER = {"yolov8": 22, "yolov8-p2": 28}
+_HEAD_LAYER = {"yolov8": 22, "yolov8-p2": 28, "yolo11": 23}
 _HEAD_BRANCH = {"cv2": "box", "cv3": "cls", "dfl": "dfl"}
 
 
 def ultralytics_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Architecture of an Ultralytics detection state dict: "yolov8-p2" when it has layer 28 (its Detect), else
-    "yolov8"."""
+    """Architecture of an Ultralytics detection state dict: "yolo11" when layer 10 is attention (C2PSA), "yolov8-p2"
+    when it has layer 28 (its Detect), else "yolov8"."""
+    if any(k.startswith("model.10.") and ".attn." in k for k in state_dict):
+        return "yolo11"
     return "yolov8-p2" if any(k.startswith("model.28.") for k in state_dict) else "yolov8"
 
 
@@ -58,14 +66,14 @@ def _map_key(key: str, arch: str) -> str:
     layer, rest = int(parts[1]), parts[2:]
     if layer == _HEAD_LAYER[arch]:
         if rest[0] not in _HEAD_BRANCH:
-            raise ValueError(f"key {key!r}: head branch {rest[0]!r} is not in a YOLOv8 Detect head "
-                             "(end-to-end or YOLO11/26 heads are not supported)")
+            raise ValueError(f"key {key!r}: head branch {rest[0]!r} is not in a YOLOv8 / YOLO11 Detect head "
+                             "(end-to-end heads, e.g. YOLO26's, are not supported)")
         rest = [_HEAD_BRANCH[rest[0]], *rest[1:]]
     return ".".join([layers[layer], *rest])
 
 
 def from_ultralytics(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an Ultralytics YOLOv8 or YOLOv8-P2 detection state dict (model.0.conv.weight, ...) to our keys, as
+    """Rename an Ultralytics YOLOv8, YOLOv8-P2 or YOLO11 detection state dict (model.0.conv.weight, ...) to our keys, as
     float32 (the architecture is told by ultralytics_arch)."""
     arch = ultralytics_arch(state_dict)
     return {_map_key(k, arch): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -81,7 +89,7 @@ def _ultralytics_state_dict(obj: object) -> Mapping[str, torch.Tensor]:
         for key in ("ema", "model", "state_dict"):
             if obj.get(key) is not None:
                 return _ultralytics_state_dict(obj[key])
-    raise ValueError("no Ultralytics YOLOv8 weights found (expected a model, a checkpoint dict with 'ema'/'model', "
+    raise ValueError("no Ultralytics YOLOv8 / YOLO11 weights found (expected a model, a checkpoint dict with 'ema'/'model', "
                      "or a state dict with keys like 'model.0.conv.weight')")
 
 

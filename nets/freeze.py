@@ -5,6 +5,8 @@ from torch import nn
 def freeze_backbone(model: nn.Module, frozen: bool) -> None:
     """Freeze (frozen=True) or unfreeze the backbone of a YoloV8 (or a DDP/compile wrapper around one).
 
+    The backbone is the yaml's backbone section: layers 0-9 of yolov8.yaml (through SPPF, Ultralytics' freeze=10),
+    layers 0-10 of yolo11.yaml (through C2PSA: Ultralytics' freeze=11; its freeze=10 leaves C2PSA trainable).
     Frozen: backbone parameters get requires_grad=False and its BatchNorm layers stay in eval mode (running
     statistics fixed), also across later model.train() calls. Unfreezing restores both. Other parameters
     are untouched (the fixed DFL projection stays non-trainable).

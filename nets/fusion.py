@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nets.weights import checkpoint_info, infer_arch, read_state_dict
-from nets.yolov8 import Backbone, YoloV8, build_model
+from nets.yolov8 import YoloV8, arch_parts, build_model
 
 FUSION_KINDS = ("early", "mid")
 RGB_CHANNELS = 3
@@ -25,12 +25,14 @@ _STEM = "backbone.stem"
 
 
 class TwoStreamBackbone(nn.Module):
-    """Two CSP-Darknet backbones: [B, 5, H, W] -> (RGB levels, event levels), each as Backbone.forward returns."""
+    """Two backbones of architecture arch: [B, 5, H, W] -> (RGB levels, event levels), each as the backbone's forward
+    returns."""
 
-    def __init__(self, phi: str, with_p2: bool):
+    def __init__(self, phi: str, with_p2: bool, arch: str = "yolov8"):
         super().__init__()
-        self.rgb = Backbone(phi, RGB_CHANNELS, with_p2)
-        self.event = Backbone(phi, EVENT_PLANES, with_p2)
+        backbone = arch_parts(arch)[0]
+        self.rgb = backbone(phi, RGB_CHANNELS, with_p2)
+        self.event = backbone(phi, EVENT_PLANES, with_p2)
         self.out_channels = self.rgb.out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -39,7 +41,7 @@ class TwoStreamBackbone(nn.Module):
 
 
 class MidFusionYoloV8(YoloV8):
-    """YOLOv8 (arch "yolov8" or "yolov8-p2") with an RGB and an event backbone fused per level by a 1x1 convolution.
+    """YOLOv8 / YOLO11 (any arch of nets.yolov8.ARCHS) with an RGB and an event backbone fused per level by a 1x1 convolution.
 
     The fusion convolutions start as the mean of the two streams; freezing the backbone freezes both streams, not
     the fusion."""
@@ -54,7 +56,7 @@ class MidFusionYoloV8(YoloV8):
 
     def make_backbone(self, phi: str, in_channels: int, with_p2: bool) -> nn.Module:
         """Two backbones, RGB and event (in_channels is FUSION_CHANNELS)."""
-        return TwoStreamBackbone(phi, with_p2)
+        return TwoStreamBackbone(phi, with_p2, self.arch)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         """x [B, 5, H, W] -> per-level maps (train) or [B, 4 + nc, A] (eval), as YoloV8."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nets.bubbliiiing import from_bubbliiiing, is_bubbliiiing_state_dict
+from nets import yolo11
 from nets.yolov8 import SCALES, model_name, scaled_depth, scaled_width
 from utils.checkpoint import load_checkpoint
 
@@ -56,7 +57,8 @@ def read_state_dict(src: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]
 
 
 def infer_phi(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """YOLOv8 size (n/s/m/l/x) of a state dict in our layout, from its stem and P5 widths and C2f depth."""
+    """Size (n/s/m/l/x) of a state dict in our layout, from its stem and P5 widths and P3 block depth, with the scales
+    of its architecture (infer_arch)."""
     prefix = _backbone(state_dict)
     stem_key, p5_key = _STEM.replace("backbone.", prefix, 1), _P5.replace("backbone.", prefix, 1)
     if stem_key not in state_dict or p5_key not in state_dict:
@@ -64,11 +66,14 @@ def infer_phi(state_dict: Mapping[str, torch.Tensor]) -> str:
     stem, p5 = state_dict[stem_key].shape[0], state_dict[p5_key].shape[0]
     bottlenecks = f"{prefix}dark3.1.m."
     depth = len({k[len(bottlenecks):].split(".")[0] for k in state_dict if k.startswith(bottlenecks)})
-    for phi in SCALES:
-        if (stem, p5, depth) == (scaled_width(64, phi), scaled_width(1024, phi), scaled_depth(6, phi)):
+    arch = infer_arch(state_dict)
+    scales, repeats = (yolo11.SCALES, 2) if arch == "yolo11" else (SCALES, 6)  # the P3 block's nominal repeats
+    for phi in scales:
+        if (stem, p5, depth) == (scaled_width(64, phi, scales), scaled_width(1024, phi, scales),
+                                 scaled_depth(repeats, phi, scales)):
             return phi
-    raise ValueError(f"state dict matches no YOLOv8 size: stem {stem} channels, P5 {p5} channels, "
-                     f"{depth} bottlenecks in the P3 C2f")
+    raise ValueError(f"state dict matches no {arch} size: stem {stem} channels, P5 {p5} channels, "
+                     f"{depth} blocks in the P3 C2f / C3k2")
 
 
 def _backbone(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -77,7 +82,10 @@ def _backbone(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Architecture (nets.yolov8.ARCHS) of a state dict in our layout: "yolov8-p2" when its neck has the P2 level."""
+    """Architecture (nets.yolov8.ARCHS) of a state dict in our layout: "yolo11" when its backbone has attention
+    (C2PSA), "yolov8-p2" when its neck has the P2 level, else "yolov8"."""
+    if any(k.startswith("backbone.") and ".attn.qkv." in k for k in state_dict):
+        return "yolo11"
     return "yolov8-p2" if any(k.startswith("neck.top_down_p2.") for k in state_dict) else "yolov8"
 
 

@@ -3,8 +3,9 @@
 The architecture, channel/depth scaling, BatchNorm settings and head bias initialisation follow
 Ultralytics' YOLOv8 so that its weights load one to one (see nets/convert.py) and outputs agree.
 Tensor shapes use B = batch, C = channels, H/W = input height/width, A = anchors over all levels.
-Two architectures (`arch`): "yolov8" (levels P3-P5, strides 8, 16, 32) and "yolov8-p2" (Ultralytics'
-yolov8-p2.yaml: the same backbone, a neck that also goes down to the stride-4 feature, levels P2-P5).
+Architectures (`arch`): "yolov8" (levels P3-P5, strides 8, 16, 32), "yolov8-p2" (Ultralytics' yolov8-p2.yaml: the
+same backbone, a neck that also goes down to the stride-4 feature, levels P2-P5) and "yolo11" (Ultralytics'
+yolo11.yaml, built from this module's blocks in nets/yolo11.py; YoloV8 is the detector class of all three).
 """
 import functools
 import math
@@ -25,36 +26,39 @@ SCALES: dict[str, tuple[float, float, int]] = {
 }
 STRIDES = (8, 16, 32)
 # arch -> strides of its detection levels, finest first.
-ARCHS: dict[str, tuple[int, ...]] = {"yolov8": STRIDES, "yolov8-p2": (4, 8, 16, 32)}
+ARCHS: dict[str, tuple[int, ...]] = {"yolov8": STRIDES, "yolov8-p2": (4, 8, 16, 32), "yolo11": STRIDES}
 REG_MAX = 16
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
 
 def model_name(phi: str, arch: str = "yolov8") -> str:
-    """Display name of a model, as Ultralytics names its yaml files: 'YOLOv8n', 'YOLOv8n-P2'."""
+    """Display name of a model, as Ultralytics names its yaml files: 'YOLOv8n', 'YOLOv8n-P2', 'YOLO11n'."""
+    if arch == "yolo11":
+        return f"YOLO11{phi}"
     return f"YOLOv8{phi}" + ("-P2" if arch == "yolov8-p2" else "")
 
 
-def scaled_width(channels: int, phi: str) -> int:
-    """Channels of a layer nominally `channels` wide, for model size `phi` (capped, then rounded up to 8)."""
-    _, width, max_channels = SCALES[phi]
+def scaled_width(channels: int, phi: str, scales: dict[str, tuple[float, float, int]] = SCALES) -> int:
+    """Channels of a layer nominally `channels` wide, for model size `phi` of `scales` (capped, then rounded up to 8)."""
+    _, width, max_channels = scales[phi]
     return int(math.ceil(min(channels, max_channels) * width / 8) * 8)
 
 
-def scaled_depth(repeats: int, phi: str) -> int:
-    """Number of bottlenecks in a C2f nominally repeated `repeats` times, for model size `phi`."""
-    return max(round(repeats * SCALES[phi][0]), 1)
+def scaled_depth(repeats: int, phi: str, scales: dict[str, tuple[float, float, int]] = SCALES) -> int:
+    """Number of blocks in a C2f (or C3k2) nominally repeated `repeats` times, for model size `phi` of `scales`."""
+    return max(round(repeats * scales[phi][0]), 1)
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias, 'same' padding) -> BatchNorm2d -> SiLU; [B, c_in, H, W] -> [B, c_out, H/s, W/s]."""
+    """Conv2d (no bias, 'same' padding, `groups` groups) -> BatchNorm2d -> SiLU (Identity when not act);
+    [B, c_in, H, W] -> [B, c_out, H/s, W/s]."""
 
-    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1):
+    def __init__(self, c_in: int, c_out: int, k: int = 1, s: int = 1, groups: int = 1, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU()
+        self.act = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply conv, BatchNorm (Identity once fused) and activation."""
@@ -67,7 +71,7 @@ class Conv(nn.Module):
             return
         bn = self.bn
         fused = nn.utils.skip_init(nn.Conv2d, self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
-                                   self.conv.stride, self.conv.padding, bias=True, device=self.conv.weight.device,
+                                   self.conv.stride, self.conv.padding, groups=self.conv.groups, bias=True, device=self.conv.weight.device,
                                    dtype=self.conv.weight.dtype)  # no initialisation: both tensors are set below
         weight, bias = fuse_conv_bn_weights(self.conv.weight, None, bn.running_mean, bn.running_var,
                                             bn.eps, bn.weight, bn.bias)
@@ -78,12 +82,12 @@ class Conv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Two 3x3 Convs with an optional residual; [B, c, H, W] -> [B, c, H, W]."""
+    """Two 3x3 Convs (the first to int(c * e) channels) with an optional residual; [B, c, H, W] -> [B, c, H, W]."""
 
-    def __init__(self, c: int, shortcut: bool):
+    def __init__(self, c: int, shortcut: bool, e: float = 1.0):
         super().__init__()
-        self.cv1 = Conv(c, c, 3)
-        self.cv2 = Conv(c, c, 3)
+        self.cv1 = Conv(c, int(c * e), 3)
+        self.cv2 = Conv(int(c * e), c, 3)
         self.add = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,14 +97,19 @@ class Bottleneck(nn.Module):
 
 
 class C2f(nn.Module):
-    """CSP block with n bottlenecks whose outputs are all concatenated; [B, c_in, H, W] -> [B, c_out, H, W]."""
+    """CSP block with n bottlenecks (on int(c_out * e) channels) whose outputs are all concatenated;
+    [B, c_in, H, W] -> [B, c_out, H, W]."""
 
-    def __init__(self, c_in: int, c_out: int, n: int, shortcut: bool):
+    def __init__(self, c_in: int, c_out: int, n: int, shortcut: bool, e: float = 0.5):
         super().__init__()
-        self.c = c_out // 2
+        self.c = int(c_out * e)
         self.cv1 = Conv(c_in, 2 * self.c, 1)
         self.cv2 = Conv((2 + n) * self.c, c_out, 1)
-        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+        self.m = self.make_blocks(n, shortcut)
+
+    def make_blocks(self, n: int, shortcut: bool) -> nn.ModuleList:
+        """The n blocks chained on the second half of cv1's output (a subclass may use others)."""
+        return nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Split cv1's output in two halves, chain the bottlenecks on the second, concatenate everything."""
@@ -189,6 +198,7 @@ class PAN(nn.Module):
         self.bottom_up_p4 = C2f(c3 + c4, c4, n, shortcut=False)
         self.down_p4 = Conv(c4, c4, 3, 2)
         self.bottom_up_p5 = C2f(c4 + c5, c5, n, shortcut=False)
+        self.out_channels = (c3, c4, c5)
 
     def forward(self, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
         """Fuse the three backbone levels; returns [P3, P4, P5] for the head."""
@@ -220,6 +230,7 @@ class PANP2(nn.Module):
         self.bottom_up_p4 = C2f(c3 + c4, c4, n, shortcut=False)
         self.down_p4 = Conv(c4, c4, 3, 2)
         self.bottom_up_p5 = C2f(c4 + c5, c5, n, shortcut=False)
+        self.out_channels = (c2, c3, c4, c5)
 
     def forward(self, p2: torch.Tensor, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
         """Fuse the four backbone levels; returns [P2, P3, P4, P5] for the head."""
@@ -258,12 +269,14 @@ class Detect(nn.Module):
         self.box = nn.ModuleList(
             nn.Sequential(Conv(c, c_box, 3), Conv(c_box, c_box, 3), nn.Conv2d(c_box, 4 * reg_max, 1))
             for c in in_channels)
-        self.cls = nn.ModuleList(
-            nn.Sequential(Conv(c, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, num_classes, 1))
-            for c in in_channels)
+        self.cls = nn.ModuleList(self.cls_branch(c, c_cls) for c in in_channels)
         self.dfl = DFL(reg_max)
         self._anchor_cache: tuple | None = None
         self._bias_init(strides)
+
+    def cls_branch(self, c_in: int, c_cls: int) -> nn.Sequential:
+        """Class branch of one level: two 3x3 Convs to c_cls channels, then a 1x1 conv to the class logits."""
+        return nn.Sequential(Conv(c_in, c_cls, 3), Conv(c_cls, c_cls, 3), nn.Conv2d(c_cls, self.num_classes, 1))
 
     @torch.no_grad()
     def _bias_init(self, strides: tuple[int, ...]) -> None:
@@ -296,14 +309,23 @@ class Detect(nn.Module):
             return torch.cat((boxes, cls.sigmoid()), 1)
 
 
+def arch_parts(arch: str) -> tuple[type[nn.Module], type[nn.Module], type[Detect]]:
+    """(backbone, neck, head) classes of architecture arch (see ARCHS)."""
+    if arch == "yolo11":
+        from nets import yolo11  # nets/yolo11.py builds on this module's blocks: a top-level import would be circular
+        return yolo11.Backbone11, yolo11.PAN11, yolo11.Detect11
+    return Backbone, (PANP2 if arch == "yolov8-p2" else PAN), Detect
+
+
 class YoloV8(nn.Module):
-    """YOLOv8 detector (arch "yolov8" or "yolov8-p2", see ARCHS); see Detect for the training and inference outputs."""
+    """YOLO detector (arch "yolov8", "yolov8-p2" or "yolo11", see ARCHS); see Detect for the training and inference
+    outputs."""
 
     def __init__(self, phi: str, num_classes: int, in_channels: int = 3, arch: str = "yolov8"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture arch={arch!r}; choose one of {', '.join(ARCHS)}")
-        if phi not in SCALES:
+        if phi not in SCALES:  # the same five names for every arch
             raise ValueError(f"unknown YOLOv8 size phi={phi!r}; choose one of {', '.join(SCALES)}")
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes ({num_classes}) and in_channels ({in_channels}) must be >= 1")
@@ -314,13 +336,14 @@ class YoloV8(nn.Module):
         self.reg_max = REG_MAX
         self.backbone_frozen = False  # set by nets.freeze.freeze_backbone
         with_p2 = arch == "yolov8-p2"
+        _, neck, head = arch_parts(arch)
         self.backbone = self.make_backbone(phi, in_channels, with_p2)
-        self.neck = PANP2(phi) if with_p2 else PAN(phi)
-        self.head = Detect(num_classes, self.backbone.out_channels, ARCHS[arch], REG_MAX)
+        self.neck = neck(phi)
+        self.head = head(num_classes, self.neck.out_channels, ARCHS[arch], REG_MAX)
 
     def make_backbone(self, phi: str, in_channels: int, with_p2: bool) -> nn.Module:
-        """The backbone (a subclass may fuse several); its out_channels give the head's levels."""
-        return Backbone(phi, in_channels, with_p2)
+        """The backbone of self.arch (a subclass may fuse several); its out_channels are the neck's inputs."""
+        return arch_parts(self.arch)[0](phi, in_channels, with_p2)
 
     @property
     def stride(self) -> torch.Tensor:
@@ -350,6 +373,6 @@ class YoloV8(nn.Module):
 
 
 def build_model(phi: str, num_classes: int, in_channels: int = 3, arch: str = "yolov8") -> YoloV8:
-    """YOLOv8 of size phi (n/s/m/l/x) and architecture arch (see ARCHS) for num_classes classes and in_channels input
+    """YOLO of size phi (n/s/m/l/x) and architecture arch (see ARCHS) for num_classes classes and in_channels input
     channels, Ultralytics init."""
     return YoloV8(phi, num_classes, in_channels, arch)

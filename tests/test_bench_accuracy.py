@@ -4,29 +4,36 @@ import json
 import pytest
 
 from bench.bench_accuracy import CONFIGS, SETUP_KEYS, config_sets, load_previous, parse_args
-from bench.ultra_ref import ULTRA_ARCHS, ensure_generated, model_yaml
+from bench.ultra_ref import BACKBONE_LAYERS, ULTRA_ARCHS, ensure_generated, model_yaml
 from nets import build_model
 
 
 @pytest.mark.parametrize("arch", ULTRA_ARCHS)
 def test_ultralytics_model_yaml_is_our_arch(arch):
-    """The yaml bench/ultra_ref.py trains for an ARCH builds the network of that ARCH (same parameter count)."""
+    """The yaml bench/ultra_ref.py trains for an ARCH builds the network of that ARCH (same parameter count), and the
+    Ultralytics freeze=N the speed bench uses for its frozen phase freezes what nets.freeze_backbone freezes."""
     pytest.importorskip("ultralytics", reason="ultralytics is the bench's reference trainer")
     from ultralytics.nn.tasks import DetectionModel
 
     theirs = DetectionModel(model_yaml("n", arch), nc=1, verbose=False)
     ours = build_model("n", 1, 3, arch)
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+    frozen = theirs.model[:BACKBONE_LAYERS[arch]]
+    assert sum(p.numel() for p in frozen.parameters()) == sum(p.numel() for p in ours.backbone.parameters())
     with pytest.raises(ValueError, match="yolov8-p6"):
         model_yaml("n", "yolov8-p6")
 
 
 def test_configs():
-    """Ultralytics configs set ARCH only (an ARCH it can train); the quick and default selections parse."""
+    """Ultralytics configs set ARCH only (an ARCH it can train); each ARCH Ultralytics trains is compared with ours
+    (YOLO11 too: issue 20's learning check); the quick and default selections parse."""
     for name, conf in CONFIGS.items():
         assert conf["trainer"] in ("ours", "ultralytics") and conf["scale"] in (1, 2), name
         if conf["trainer"] == "ultralytics":
             assert set(conf["sets"]) <= {"ARCH"} and conf["sets"].get("ARCH", "yolov8") in ULTRA_ARCHS, name
+    compared = {(conf["trainer"], conf["sets"].get("ARCH", "yolov8")) for conf in CONFIGS.values()
+                if conf["scale"] == 1}
+    assert {(trainer, arch) for trainer in ("ours", "ultralytics") for arch in ULTRA_ARCHS} <= compared
     assert parse_args([]).configs == list(CONFIGS)
     assert set(parse_args(["--quick"]).configs) < set(CONFIGS)
     with pytest.raises(SystemExit):

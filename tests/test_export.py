@@ -34,7 +34,8 @@ SIZE = (64, 64)
 CONF, IOU, MAX_DET = 0.25, 0.6, 50
 # kind -> (modality, fusion, arch, input channels)
 KINDS = {"yolov8": ("event", None, "yolov8", 3), "yolov8-p2": ("rgb", None, "yolov8-p2", 3),
-         "early": ("fusion", "early", "yolov8", 5), "mid": ("fusion", "mid", "yolov8", 5)}
+         "early": ("fusion", "early", "yolov8", 5), "mid": ("fusion", "mid", "yolov8", 5),
+         "yolo11": ("event", None, "yolo11", 3)}
 
 
 def make_model(kind: str, num_classes: int = 2, seed: int = 0) -> torch.nn.Module:

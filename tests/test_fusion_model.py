@@ -33,7 +33,7 @@ def _event_frame(seed: int, h: int = 64, w: int = 64) -> tuple[torch.Tensor, tor
 
 
 @pytest.mark.parametrize("fusion", ["early", "mid"])
-@pytest.mark.parametrize("arch", ["yolov8", "yolov8-p2"])
+@pytest.mark.parametrize("arch", ["yolov8", "yolov8-p2", "yolo11"])
 def test_fusion_models_take_five_channels_and_give_the_detector_outputs(fusion, arch):
     model = build_fusion_model("n", 1, fusion, arch)
     x = torch.rand(2, FUSION_CHANNELS, 64, 96)
@@ -93,10 +93,11 @@ def test_a_fusion_network_from_an_event_checkpoint_is_that_detector_on_the_plane
 
 
 @pytest.mark.parametrize("fusion", ["early", "mid"])
-def test_a_fusion_network_from_an_rgb_checkpoint_starts_as_the_rgb_detector(fusion):
+@pytest.mark.parametrize("arch", ["yolov8", "yolo11"])
+def test_a_fusion_network_from_an_rgb_checkpoint_starts_as_the_rgb_detector(fusion, arch):
     torch.manual_seed(0)
-    rgb_model = _perturbed(build_model("n", 1), 3)
-    model = build_fusion_model("n", 1, fusion).eval()
+    rgb_model = _perturbed(build_model("n", 1, arch=arch), 3)
+    model = build_fusion_model("n", 1, fusion, arch).eval()
     load_fusion_weights(model, PALETTE, rgb=rgb_model.state_dict())
     rgb = torch.rand(2, 3, 64, 64)
     _, planes = _event_frame(4)
