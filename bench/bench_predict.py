@@ -141,7 +141,7 @@ def write_video(path: Path, frames: int, size: tuple[int, int], seed: int) -> fl
             cv2.line(img, (cx - r, cy - r // 2), (cx + r, cy - r // 2), (30, 30, 30), max(1, r // 8))
         writer.write(img)
     writer.release()
-    return round(time.perf_counter() - t0, 2)
+    return time.perf_counter() - t0
 
 
 def make_weights(phi: str, seed: int, pt: Path, ours: Path) -> dict:
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"video: {a.frames} frames at {a.width}x{a.height} in {video} ...", flush=True)
     gen_s = write_video(video, a.frames, (a.height, a.width), a.seed)
     print(f"  {'written in %.1f s' % gen_s if gen_s else 'reused'}", flush=True)
-    result["video"] = {"path": str(video), "frames": a.frames, "size": [a.height, a.width], "write_s": gen_s}
+    result["video"] = {"path": str(video), "frames": a.frames, "size": [a.height, a.width], "write_s": round(gen_s, 2)}
     onnx_devices = ["cpu"] + (["cuda"] if a.device.startswith("cuda") and onnx_cuda_available() else [])
     result["onnx_devices"] = onnx_devices
     save()
