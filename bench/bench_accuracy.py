@@ -259,6 +259,31 @@ def score_entry(a: argparse.Namespace, entry: dict, name: str, modality: str, sp
     return entry
 
 
+def prepare_hard_data(a: argparse.Namespace, result: dict) -> str:
+    """Generate (or reuse) the FRED-hard sample of a's sizes and write its split folder; records both in result
+    (its "data", and the current call's "generate_s"); returns the split folder."""
+    print(f"data: FRED-hard, {a.sequences} sequences x {a.frames} frames at {a.width}x{a.height} in {a.data_root} ...",
+          flush=True)
+    manifest, gen_s = ensure_generated(a.data_root, a.sequences, a.frames, (a.height, a.width), a.seed,
+                                       a.gen_workers, profile="hard")
+    split = write_split(a.data_root, manifest["ids"])
+    result["data"] = {"root": a.data_root, "split": split, "ids": manifest["ids"], "totals": manifest["totals"]}
+    result["calls"][-1]["generate_s"] = gen_s
+    print(f"  {'generated in %.0f s' % gen_s if gen_s else 'reused'}; split {split}", flush=True)
+    return split
+
+
+def finish_call(result: dict, out: Path, logs: Path, failed: list[str]) -> int:
+    """Stamp the current call's end, write the JSON at out, copy the trainer logs beside it, say where everything
+    is; the exit status: 1 when a config failed, else 0."""
+    result["calls"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out.write_text(json.dumps(result, indent=1, default=str))
+    copied = copy_logs(logs, str(out))
+    print(f"results: {out}; runs: {logs}" + (f"; logs copied to {copied}" if copied else "")
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def load_previous(out: Path, setup: dict, bench: str = "accuracy") -> dict | None:
     """The JSON at out when it holds results of the same setup (to merge into); None when there is none.
 
@@ -326,14 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         out.write_text(json.dumps(result, indent=1, default=str))
 
-    print(f"data: FRED-hard, {a.sequences} sequences x {a.frames} frames at {a.width}x{a.height} in {a.data_root} ...",
-          flush=True)
-    manifest, gen_s = ensure_generated(a.data_root, a.sequences, a.frames, (a.height, a.width), a.seed,
-                                       a.gen_workers, profile="hard")
-    split = write_split(a.data_root, manifest["ids"])
-    result["data"] = {"root": a.data_root, "split": split, "ids": manifest["ids"], "totals": manifest["totals"]}
-    result["calls"][-1]["generate_s"] = gen_s
-    print(f"  {'generated in %.0f s' % gen_s if gen_s else 'reused'}; split {split}", flush=True)
+    split = prepare_hard_data(a, result)
     save()
     failed = []
     for modality in a.modality:
@@ -350,12 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += [] if entry["configs"][name]["ok"] else [f"{modality}/{name}"]
             save()
     report(result, a)
-    result["calls"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
-    copied = copy_logs(logs, a.out)
-    print(f"results: {out}; runs: {logs}" + (f"; logs copied to {copied}" if copied else "")
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return finish_call(result, out, logs, failed)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_accuracy import (CONDITION_COLUMNS, QUICK, SETUP_KEYS, add_setup_args, config_sets,  # noqa: E402
-                                  load_previous, score_entry, shared_data_root, train_ours)
-from bench.ultra_ref import (apply_quick, copy_logs, ensure_generated, exit_on_sigterm, fmt, print_table,  # noqa: E402
-                             work_dir, write_split)
+                                  finish_call, load_previous, prepare_hard_data, score_entry, shared_data_root, train_ours)
+from bench.ultra_ref import apply_quick, exit_on_sigterm, fmt, print_table, work_dir  # noqa: E402
 
 WARM_START = {"FUSION_RGB_WEIGHTS": "rgb", "FUSION_EVENT_WEIGHTS": "event"}  # config key -> config whose best.pth
 # name -> modality, our config keys, and (warm starts) config key -> the config whose best.pth it takes
@@ -244,14 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         out.write_text(json.dumps(result, indent=1, default=str))
 
-    print(f"data: FRED-hard, {a.sequences} sequences x {a.frames} frames at {a.width}x{a.height} in {a.data_root} ...",
-          flush=True)
-    manifest, gen_s = ensure_generated(a.data_root, a.sequences, a.frames, (a.height, a.width), a.seed,
-                                       a.gen_workers, profile="hard")
-    split = write_split(a.data_root, manifest["ids"])
-    result["data"] = {"root": a.data_root, "split": split, "ids": manifest["ids"], "totals": manifest["totals"]}
-    result["calls"][-1]["generate_s"] = gen_s
-    print(f"  {'generated in %.0f s' % gen_s if gen_s else 'reused'}; split {split}", flush=True)
+    split = prepare_hard_data(a, result)
     for modality in dict.fromkeys(CONFIGS[c]["modality"] for c in a.configs):
         index = build_fred_index(a.data_root, modality, split=split)
         result["frames"][modality] = {"train": len(index.train), "val": len(index.val)}
@@ -264,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         failed += [] if result["configs"][name]["ok"] else [name]
         save()
     report(result, a)
-    result["calls"][-1]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save()
-    copied = copy_logs(logs, a.out)
-    print(f"results: {out}; runs: {logs}" + (f"; logs copied to {copied}" if copied else "")
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return finish_call(result, out, logs, failed)
 
 
 if __name__ == "__main__":

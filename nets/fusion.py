@@ -110,8 +110,9 @@ def _single(src: object, name: str) -> dict[str, torch.Tensor]:
     if fusion_kind(state) is not None:
         raise ValueError(f"{what}: a fusion checkpoint where an {name} one is expected; pass it as the model's "
                          "weights (MODEL_PATH) instead")
-    if checkpoint_info(state)[2] != RGB_CHANNELS:
-        raise ValueError(f"{what}: its stem takes {checkpoint_info(state)[2]} channels; an {name} checkpoint of "
+    channels = checkpoint_info(state)[2]
+    if channels != RGB_CHANNELS:
+        raise ValueError(f"{what}: its stem takes {channels} channels; an {name} checkpoint of "
                          f"train_fred.py takes {RGB_CHANNELS}")
     return state
 

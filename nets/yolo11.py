@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import nn
 
-from nets.yolov8 import C2f, SPPF, Bottleneck, Conv, Detect, scaled_depth, scaled_width
+from nets.yolov8 import PAN, C2f, SPPF, Bottleneck, Conv, Detect, scaled_depth, scaled_width
 
 # phi -> (depth multiple, width multiple, max channels), as in yolo11.yaml (not v8's).
 SCALES: dict[str, tuple[float, float, int]] = {
@@ -142,15 +142,15 @@ class Backbone11(nn.Module):
         return p3, p4, self.dark5(p4)
 
 
-class PAN11(nn.Module):
-    """yolo11.yaml's neck (layers 11-22): top-down then bottom-up, C3k2 blocks.
+class PAN11(PAN):
+    """yolo11.yaml's neck (layers 11-22): PAN's wiring (its forward), top-down then bottom-up, with C3k2 blocks.
 
     Inputs: Backbone11's P3, P4, P5. Outputs: P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..] with
     out_channels (c3, c4, c5).
     """
 
     def __init__(self, phi: str):
-        super().__init__()
+        nn.Module.__init__(self)  # PAN's layers are C2f blocks of v8's widths: only its forward is shared
         w = functools.partial(width, phi=phi)
         n, c3k = depth(2, phi), phi in C3K_SIZES
         b3, b4, b5 = w(512), w(512), w(1024)  # Backbone11.out_channels
@@ -163,14 +163,6 @@ class PAN11(nn.Module):
         self.down_p4 = Conv(c4, c4, 3, 2)
         self.bottom_up_p5 = C3k2(c4 + b5, c5, n, c3k=True)
         self.out_channels = (c3, c4, c5)
-
-    def forward(self, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
-        """Fuse the three backbone levels; returns [P3, P4, P5] for the head."""
-        t4 = self.top_down_p4(torch.cat([self.upsample(p5), p4], 1))
-        o3 = self.top_down_p3(torch.cat([self.upsample(t4), p3], 1))
-        o4 = self.bottom_up_p4(torch.cat([self.down_p3(o3), t4], 1))
-        o5 = self.bottom_up_p5(torch.cat([self.down_p4(o4), p5], 1))
-        return [o3, o4, o5]
 
 
 class Detect11(Detect):

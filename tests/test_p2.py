@@ -133,15 +133,23 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     assert status == 2 and "ARCH='yolov8-p2'" in capsys.readouterr().err
 
 
-def test_p2_convert_cli_records_the_arch(tmp_path, capsys):
-    um = ultralytics_p2("n", 1, seed=11).eval()
-    src, dst = tmp_path / "ultra_p2_sd.pt", tmp_path / "ours.pth"
-    torch.save(um.state_dict(), src)
+def convert_with_cli(ultralytics_net: nn.Module, tmp_path, capsys, arch: str) -> tuple[str, str]:
+    """Save an Ultralytics network's state dict, convert it with `python -m nets.convert`'s main, check that the
+    checkpoint records phi n, arch and 1 class and that all of it loads into our model of that arch:
+    (checkpoint path, what the CLI printed)."""
+    src, dst = tmp_path / "ultra_sd.pt", tmp_path / "ours.pth"
+    torch.save(ultralytics_net.state_dict(), src)
     convert_main([str(src), str(dst)])
-    assert "YOLOv8n-P2, num_classes=1, in_channels=3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     ckpt = torch.load(dst, weights_only=True)
-    assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", ARCH, 1)
-    ours = build_model("n", 1, arch=ARCH)
+    assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", arch, 1)
+    ours = build_model("n", 1, arch=arch)
     assert load_weights(ours, str(dst))["loaded"] == len(ours.state_dict())
-    plain = load_weights(build_model("n", 1), str(dst))  # into a plain YOLOv8: the shared layers (transfer)
+    return str(dst), printed
+
+
+def test_p2_convert_cli_records_the_arch(tmp_path, capsys):
+    dst, printed = convert_with_cli(ultralytics_p2("n", 1, seed=11).eval(), tmp_path, capsys, ARCH)
+    assert "YOLOv8n-P2, num_classes=1, in_channels=3" in printed
+    plain = load_weights(build_model("n", 1), dst)  # into a plain YOLOv8: the shared layers (transfer)
     assert 0 < plain["missing"] < plain["total"] and plain["skipped"] > 0

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 import train_fred
-from nets import build_model, freeze_backbone, infer_phi, load_weights
+from nets import build_model, freeze_backbone, infer_phi
 from nets.convert import from_ultralytics, ultralytics_arch
-from nets.convert import main as convert_main
 from nets.weights import checkpoint_info, infer_arch
 from tests.test_eval_fred import run_main, train_on_large_boxes
 from tests.test_nets import REPO, max_rel, perturb_bn
+from tests.test_p2 import convert_with_cli
 
 ARCH = "yolo11"
 
@@ -126,15 +126,8 @@ def test_yolo11_freeze_backbone_includes_c2psa():
 
 
 def test_yolo11_convert_cli_records_the_arch(tmp_path, capsys):
-    um = ultralytics_yolo11("n", 1, seed=11).eval()
-    src, dst = tmp_path / "ultra_yolo11_sd.pt", tmp_path / "ours.pth"
-    torch.save(um.state_dict(), src)
-    convert_main([str(src), str(dst)])
-    assert "YOLO11n, num_classes=1, in_channels=3" in capsys.readouterr().out
-    ckpt = torch.load(dst, weights_only=True)
-    assert (ckpt["phi"], ckpt["arch"], ckpt["num_classes"]) == ("n", ARCH, 1)
-    ours = build_model("n", 1, arch=ARCH)
-    assert load_weights(ours, str(dst))["loaded"] == len(ours.state_dict())
+    _, printed = convert_with_cli(ultralytics_yolo11("n", 1, seed=11).eval(), tmp_path, capsys, ARCH)
+    assert "YOLO11n, num_classes=1, in_channels=3" in printed
 
 
 def test_yolo11_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsys):
