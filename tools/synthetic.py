@@ -72,6 +72,13 @@ HARD_TRAIN_BACKGROUNDS = ("treeline", "field", "sky")
 HARD_VAL_BACKGROUNDS = ("buildings", "treeline")
 SIZE_BUCKETS = (("tiny", 8.0), ("small", 16.0), ("medium", 32.0), ("large", math.inf))  # box width at 1280 px
 HOVER_SPEED = 0.3          # px per frame at 1280 width: slower than this counts as hovering
+# hard profile draws per sequence (calibrated with tools.hard_stats: see bench/README.md)
+HARD_WIDTH_MEDIAN = (8.0, 26.0)   # range of a sequence's median drone width, px at 1280 (log-uniform)
+HARD_HOVER_P = 0.6                # share of the sequences with hover windows
+HARD_HOVER_SHARE = (0.2, 0.6)     # share of such a sequence's time its drones hover
+HOVER_PROPELLER = 0.0             # propeller flicker while hovering, times that in flight (0: still, no events)
+HARD_LOW_CONTRAST = (0.3, 0.8)    # how far a drone's colour blends into what is behind it by day (world: RGB and events)
+HARD_HAZE = (0.3, 0.55)           # RGB haze
 OCCLUDED_FRACTION = 0.25   # a drone with this share of its pixels behind the foreground counts as occluded
 
 
@@ -267,9 +274,9 @@ def _harden(plan: SequencePlan) -> SequencePlan:
     plan.start_us = min(int(hour * 3600e6) + int(rng.integers(0, 1_000_000)), 86_400_000_000 - duration_us - 1)
     night = plan.condition == "night"
     plan.hard = HardScene(
-        val=val, width_median=float(np.exp(rng.uniform(np.log(8.0), np.log(26.0)))),
-        hover=float(rng.choice([0.0, rng.uniform(0.2, 0.6)], p=[0.4, 0.6])),
-        low_contrast=float(rng.uniform(0.3, 0.8)), haze=float(rng.uniform(0.3, 0.55)),
+        val=val, width_median=float(np.exp(rng.uniform(*np.log(HARD_WIDTH_MEDIAN)))),
+        hover=float(rng.choice([0.0, rng.uniform(*HARD_HOVER_SHARE)], p=[1 - HARD_HOVER_P, HARD_HOVER_P])),
+        low_contrast=float(rng.uniform(*HARD_LOW_CONTRAST)), haze=float(rng.uniform(*HARD_HAZE)),
         motion_blur=float(rng.uniform(2.0, 10.0) if rng.random() < 0.6 else 0.0),
         exposure=float(rng.uniform(0.1, 0.35)), jpeg_quality=int(rng.integers(35, 70)),
         rain=plan.condition == "rain" or (night and rng.random() < 0.35),
@@ -576,9 +583,10 @@ def _drone_tracks(rng: np.random.Generator, plan: SequencePlan, horizon: float) 
                        "blades": rng.uniform(0, np.pi, (steps, 4)), "wobble": rng.uniform(0.2, 0.5),
                        "discs": 0.2 + 0.55 * (0.65 * (tau % 2)[:, None] + rng.uniform(0, 0.35, (steps, 4)))})
         still = hover > 0.5
-        if still.any():                               # a hovering drone's propellers look still: few events
-            tracks[-1]["blades"][still] = tracks[-1]["blades"][0]
-            tracks[-1]["discs"][still] = 0.45
+        if still.any():                               # a hovering drone's propellers flicker less: fewer events
+            blades, discs = tracks[-1]["blades"], tracks[-1]["discs"]
+            blades[still] = blades[0] + HOVER_PROPELLER * (blades[still] - blades[0])
+            discs[still] = 0.45 + HOVER_PROPELLER * (discs[still] - 0.45)
     n_win = max(1, steps // 300)
     seg = steps / n_win
     for i in range(n_win):                            # windows where every drone is out of view
