@@ -1,7 +1,7 @@
 """Accuracy bench (issue 17): ours, Ultralytics, the tiny-drone assignment, P2 and 1280 side by side on FRED-hard.
 
 One generated FRED-hard sample (tools.synthetic --profile hard, reused when it matches; val = the sequences in FRED's
-canonical test list, which alone hold night, rain and sunset), both modalities. Every config trains from scratch in
+canonical test list: night and rain on both sides, sunset and buildings in val only), both modalities. Every config trains from scratch in
 its own process, with the same epochs, batch, augmentation (bench_learning.ours_settings; Ultralytics equalised by
 bench/ultra_ref.py) and seed, and its final weights are scored by OUR evaluator on the same val frames:
 eval_fred.py --per_sequence (Ultralytics' last.pt converted first with nets.convert), which breaks mAP down by the

@@ -180,15 +180,16 @@ def _image_shape(path: str) -> tuple[int, int]:
 
 def ensure_generated(root: str, sequences: int, frames: int, size: tuple[int, int], seed: int = 0,
                      workers: int = 1, profile: str = "default") -> tuple[dict, float]:
-    """A generated FRED tree at root (tools.synthetic, `profile` default or hard), reused when its manifest matches;
-    (manifest, seconds)."""
-    from tools.synthetic import MANIFEST_NAME, generate_fred
+    """A generated FRED tree at root (tools.synthetic, `profile` default or hard), reused when its manifest matches
+    (a hard tree: of the current HARD_CALIBRATION too); (manifest, seconds)."""
+    from tools.synthetic import HARD_CALIBRATION, MANIFEST_NAME, generate_fred
 
     path = Path(root) / MANIFEST_NAME
     if path.is_file():
         m = json.loads(path.read_text())
-        if (len(m.get("ids", [])), m.get("frames"), list(m.get("size", [])), m.get("seed"),
-                m.get("profile", "default")) == (sequences, frames, [int(size[0]), int(size[1])], seed, profile):
+        calibration = HARD_CALIBRATION if profile == "hard" else None
+        if (len(m.get("ids", [])), m.get("frames"), list(m.get("size", [])), m.get("seed"), m.get("profile", "default"),
+                m.get("calibration")) == (sequences, frames, [int(size[0]), int(size[1])], seed, profile, calibration):
             return m, 0.0
     start = time.perf_counter()
     manifest = generate_fred(root, sequences, frames, seed=seed, size=size, workers=workers, profile=profile)

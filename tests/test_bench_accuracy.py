@@ -1,11 +1,13 @@
 """bench/bench_accuracy.py's pieces that decide what is compared: configs, Ultralytics' model, data reuse, merging."""
 import json
+from pathlib import Path
 
 import pytest
 
 from bench.bench_accuracy import CONFIGS, SETUP_KEYS, config_sets, load_previous, parse_args
 from bench.ultra_ref import BACKBONE_LAYERS, ULTRA_ARCHS, ensure_generated, model_yaml
 from nets import build_model
+from tools.synthetic import HARD_CALIBRATION, MANIFEST_NAME
 
 
 @pytest.mark.parametrize("arch", ULTRA_ARCHS)
@@ -48,6 +50,10 @@ def test_generated_data_is_reused_only_for_the_same_profile(tmp_path):
     assert manifest["profile"] == "hard" and seconds > 0
     again, seconds = ensure_generated(root, 4, 4, (64, 96), seed=1, profile="hard")
     assert seconds == 0.0 and again == json.loads(json.dumps(manifest))
+    path = Path(root) / MANIFEST_NAME   # a tree of an older calibration of the hard profile is made again
+    path.write_text(json.dumps({**again, "calibration": again["calibration"] - 1}))
+    again, seconds = ensure_generated(root, 4, 4, (64, 96), seed=1, profile="hard")
+    assert seconds > 0 and again["calibration"] == HARD_CALIBRATION
 
 
 def test_results_of_one_setup_are_merged_and_others_refused(tmp_path):

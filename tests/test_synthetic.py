@@ -328,10 +328,54 @@ def test_hard_profile_flag_and_domain_shift(hard_tree):
         conditions = synthetic.HARD_VAL_CONDITIONS if val else synthetic.HARD_TRAIN_CONDITIONS
         backgrounds = synthetic.HARD_VAL_BACKGROUNDS if val else synthetic.HARD_TRAIN_BACKGROUNDS
         assert entry["condition"] in conditions and entry["background"] in backgrounds
-        assert (entry["hard"]["insects"] > 0) == val
-    train_conditions = {e["condition"] for e in manifest["sequences"].values() if e["split"] == "train"}
-    val_conditions = {e["condition"] for e in manifest["sequences"].values() if e["split"] == "val"}
-    assert not train_conditions & val_conditions and "night" in val_conditions and "rain" in val_conditions
+
+
+def test_hard_train_and_val_conditions_as_designed():
+    """As FRED's canonical split: night, rain and insects on both sides; sunset and buildings in val only; each
+    side's conditions in turn; the bench's 24 sequences hold night and rain in val."""
+    test = set(synthetic._read_split("test_split.txt"))
+    ids = synthetic._read_split("train_split.txt") + sorted(test)
+    plans = [plan_sequence(sid, i, 4, 0, (72, 128), "hard") for i, sid in enumerate(ids)]
+    side = {"train": [p for p in plans if not p.hard.val], "val": [p for p in plans if p.hard.val]}
+    assert [p.seq_id in test for p in side["val"]] == [True] * len(test)
+    conditions = {k: {p.condition for p in v} for k, v in side.items()}
+    backgrounds = {k: {p.background for p in v} for k, v in side.items()}
+    assert conditions == {"train": {"clear", "overcast", "night", "rain"},
+                          "val": {"clear", "overcast", "night", "rain", "sunset"}}
+    assert backgrounds == {"train": {"treeline", "field", "sky"}, "val": {"treeline", "field", "sky", "buildings"}}
+    for v in side.values():   # balanced: no condition holds more than its turn (plus one) of a side
+        counts = [sum(p.condition == c for p in v) for c in {p.condition for p in v}]
+        assert max(counts) - min(counts) <= 1
+        assert 0.2 < np.mean([p.hard.insects > 0 for p in v]) < 0.6
+    bench = [plan_sequence(sid, i, 4, 0, (72, 128), "hard") for i, sid in enumerate(default_ids(24))]
+    assert {"night", "rain"} <= {p.condition for p in bench if p.hard.val}
+
+
+def test_hard_deterministic_for_a_seed(hard_tree, tmp_path):
+    root, _ = hard_tree
+    args = ["--ids", ",".join(map(str, HARD_IDS)), "--frames", "8", "--width", "320", "--height", "180",
+            "--workers", "1", "--profile", "hard"]
+    assert main(["--out", str(tmp_path / "again")] + args) == 0
+    assert main(["--out", str(tmp_path / "other"), "--seed", "1"] + args) == 0
+    frames = "*/Event/Frames/*"
+    assert tree_digest(root, "*/*_YOLO/*") == tree_digest(tmp_path / "again", "*/*_YOLO/*")
+    assert tree_digest(root, frames) == tree_digest(tmp_path / "again", frames)
+    assert tree_digest(root, frames) != tree_digest(tmp_path / "other", frames)
+
+
+def test_hard_hovering_drone_keeps_propeller_events():
+    """A hovering drone still fires events from its propellers (HOVER_PROPELLER), fewer than in flight."""
+    from tools.hard_stats import event_excess, event_pixels
+
+    plan = plan_sequence(25, 0, 60, 0, (360, 640), "hard")   # hovers a third of the time (still props: 39% fire)
+    assert plan.hard.hover > 0 and synthetic.HOVER_PROPELLER > 0
+    counts = {True: [], False: []}   # event pixels in the drone's box, hovering or not
+    for r in render_sequence(plan):
+        if r.event is not None and len(r.event_boxes) == 1 and r.conditions["size"] != "none":
+            counts[r.conditions["hovering"]].append(event_excess(event_pixels(r.event), np.array(r.event_boxes))[1][0])
+    hover, flight = np.array(counts[True]), np.array(counts[False])
+    assert hover.size >= 5 and flight.size >= 5
+    assert np.mean(hover > 0) > 0.8 and np.median(hover) < np.median(flight) / 2
 
 
 def test_hard_manifest_records_conditions_per_frame(hard_tree):

@@ -19,16 +19,18 @@ Boxes are exact: RGB boxes enclose the drone's pixels after the RGB blur, clippe
 event boxes enclose the drone's pixels at both ends of the 33 ms window of the event frame.
 
 `--profile hard` (FRED-hard; the default profile's output is unchanged) draws per sequence, from its own seeded
-streams: drone widths around a median of 8..26 px at 1280 (3.5..60 px, 2 px at least in any frame size),
-paths that dip in front of trees, buildings and ground; drone colours blended into what is behind them (day),
-a dark body with only its LEDs at night, stronger haze, sunset glare, RGB motion-blur streaks, auto-exposure
-swings and jumps, JPEG quality 35..69; more birds of drone size; hover windows where the drone stands nearly
-still and its propellers look still (few events), flickering lamps at night, denser rain, out-of-focus insects,
-more hot pixels and event noise; a static foreground (a pole, the scene's branch) in half the sequences.
-Domain shift: the canonical test (val) ids get night, rain or sunset and buildings and insects; train ids get
-only clear or overcast skies. A drone in view is always labelled: occluded drones keep the box of the whole
-drone as drawn behind the foreground, and a faint or motion-blurred drone keeps the box of its RGB coverage
-above half its peak. The manifest gains "profile": "hard" and, per sequence, "split", "hard" (the draws) and
+streams (ranges: the HARD_* constants): drone widths around a median of 10..32 px at 1280 (3.5..60 px, 2 px at
+least in any frame size), paths that dip in front of trees, buildings and ground; drone colours blended into what
+is behind them (day), a dark body with only its LEDs at night, stronger haze and RGB noise, sunset glare, RGB
+motion-blur streaks, auto-exposure swings and jumps, JPEG quality 35..69; more birds of drone size; hover windows
+where the drone stands nearly still and its propellers flicker less (fewer events), flickering lamps at night,
+denser rain, out-of-focus insects, more hot pixels and event noise; a static foreground (a pole, the scene's
+branch) in half the sequences. Domain shift as in FRED's canonical split: train and val ids both get clear,
+overcast, night and rain skies (each side's conditions in turn by the id's place in its split file) and insects;
+only val ids get sunset and the buildings scene. The calibration (tools.hard_stats): about half the RGB drones and
+a tenth of the event drones are invisible. A drone in view is always labelled: occluded drones keep the box of
+the whole drone as drawn behind the foreground, and a faint or motion-blurred drone keeps the box of its RGB
+coverage above half its peak. The manifest gains "profile": "hard" and, per sequence, "split", "hard" (the draws) and
 "frames": {"rgb"|"event": {frame stem: {night, rain, hovering, size, occluded}}}, where size is the bucket
 (tiny < 8 <= small < 16 <= medium < 32 <= large, px at 1280, "none" without a drone) of the narrowest drone
 in view at that step, hovering means a drone in view moves under 0.3 px per frame at 1280 and occluded that
@@ -65,20 +67,32 @@ BACKGROUNDS = ("treeline", "buildings", "field", "sky")
 CLUTTERED_BACKGROUNDS = ("treeline", "buildings", "field")  # textured ground, trees or buildings a drone can pass
 SPLIT_DIR = Path(NAMED_SPLITS["canonical"])
 PROFILES = ("default", "hard")
-# hard profile, domain shift: the canonical test (val) sequences hold conditions and scenes train never shows
-HARD_TRAIN_CONDITIONS = ("clear", "overcast")
-HARD_VAL_CONDITIONS = ("night", "rain", "sunset")
+# hard profile, domain shift as in FRED's canonical split, scenario-balanced: night and rain on both sides, plus one
+# val-only condition (sunset: RGB glare) and one val-only scene (buildings), the kind of shift FRED's challenging
+# split gives its test half. A sequence takes the conditions in turn by its place in its canonical split file (and
+# the seed); the val order puts night and rain among the first few val ids.
+HARD_TRAIN_CONDITIONS = ("clear", "overcast", "night", "rain")
+HARD_VAL_CONDITIONS = ("night", "clear", "overcast", "rain", "sunset")
 HARD_TRAIN_BACKGROUNDS = ("treeline", "field", "sky")
-HARD_VAL_BACKGROUNDS = ("buildings", "treeline")
+HARD_VAL_BACKGROUNDS = ("treeline", "field", "sky", "buildings")
 SIZE_BUCKETS = (("tiny", 8.0), ("small", 16.0), ("medium", 32.0), ("large", math.inf))  # box width at 1280 px
 HOVER_SPEED = 0.3          # px per frame at 1280 width: slower than this counts as hovering
-# hard profile draws per sequence (calibrated with tools.hard_stats: see bench/README.md)
-HARD_WIDTH_MEDIAN = (8.0, 26.0)   # range of a sequence's median drone width, px at 1280 (log-uniform)
-HARD_HOVER_P = 0.6                # share of the sequences with hover windows
-HARD_HOVER_SHARE = (0.2, 0.6)     # share of such a sequence's time its drones hover
-HOVER_PROPELLER = 0.0             # propeller flicker while hovering, times that in flight (0: still, no events)
-HARD_LOW_CONTRAST = (0.3, 0.8)    # how far a drone's colour blends into what is behind it by day (world: RGB and events)
-HARD_HAZE = (0.3, 0.55)           # RGB haze
+# hard profile draws per sequence, calibrated with tools.hard_stats (bench/README.md, 2026-12-06) so that about half
+# the RGB drones and a tenth of the event drones are invisible (RGB contrast < 1, event z < 3); each comment says
+# which way a change from the first, uncalibrated profile moved the measure (24 sequences x 40 frames at 1280)
+HARD_CALIBRATION = 2              # revision of the draws below, in a hard tree's manifest (1: the uncalibrated ones)
+HARD_WIDTH_MEDIAN = (10.0, 32.0)  # range of a sequence's median drone width, px at 1280 (log-uniform); was 8..26:
+#                                   event boxes invisible 17 -> 14 % (train), RGB unchanged (38 %)
+HARD_HOVER_P = 0.5                # share of the sequences with hover windows (was 0.6)
+HARD_HOVER_SHARE = (0.15, 0.4)    # share of such a sequence's time its drones hover (was 0.2..0.6)
+HOVER_PROPELLER = 0.35            # propeller flicker while hovering, times that in flight (was 0: still, no events):
+#                                   hovering event boxes invisible 36 -> 21 % (train), 50 -> 28 % (val)
+HARD_LOW_CONTRAST = (0.3, 0.8)    # how far a drone's colour blends into what is behind it by day (RGB and events)
+HARD_HAZE = (0.4, 0.65)           # RGB haze (was 0.3..0.55): median RGB contrast 2.1 -> 1.8 (train), events untouched
+HARD_RAIN_DENSITY = 3.0           # rain streaks per frame, times the default profile's
+HARD_RGB_NOISE = 2.0              # RGB sensor noise, times the default profile's (was 1): RGB invisible 38 -> 50 %
+HARD_INSECTS_P = 0.4              # share of the sequences (train and val; was val only) with out-of-focus insects
+HARD_INSECTS = (2, 9)             # how many insects such a sequence has (upper bound excluded; was 3..11, val only)
 OCCLUDED_FRACTION = 0.25   # a drone with this share of its pixels behind the foreground counts as occluded
 
 
@@ -263,10 +277,12 @@ def plan_sequence(seq_id: int, index: int, frames: int, seed: int, size: tuple[i
 def _harden(plan: SequencePlan) -> SequencePlan:
     """The hard profile's per-sequence draws on top of a default plan (its own random stream; val-only conditions)."""
     rng = np.random.default_rng([plan.seed, plan.seq_id, 6])
-    val = plan.seq_id in set(_read_split("test_split.txt"))
+    test = _read_split("test_split.txt")
+    val = plan.seq_id in test
     conditions, backgrounds = (HARD_VAL_CONDITIONS, HARD_VAL_BACKGROUNDS) if val else \
         (HARD_TRAIN_CONDITIONS, HARD_TRAIN_BACKGROUNDS)
-    plan.condition = conditions[(plan.index + plan.seed) % len(conditions)]
+    place = (test if val else _read_split("train_split.txt")).index(plan.seq_id)
+    plan.condition = conditions[(place + plan.seed) % len(conditions)]
     plan.background = backgrounds[int(rng.integers(len(backgrounds)))]
     hour = {"night": rng.uniform(20.5, 23.0), "sunset": rng.uniform(18.0, 20.0)}.get(plan.condition,
                                                                                     rng.uniform(7.0, 17.5))
@@ -280,7 +296,8 @@ def _harden(plan: SequencePlan) -> SequencePlan:
         motion_blur=float(rng.uniform(2.0, 10.0) if rng.random() < 0.6 else 0.0),
         exposure=float(rng.uniform(0.1, 0.35)), jpeg_quality=int(rng.integers(35, 70)),
         rain=plan.condition == "rain" or (night and rng.random() < 0.35),
-        insects=int(rng.integers(3, 12)) if val else 0, lamps=int(rng.integers(2, 7)) if night else 0,
+        insects=int(rng.integers(*HARD_INSECTS)) if rng.random() < HARD_INSECTS_P else 0,
+        lamps=int(rng.integers(2, 7)) if night else 0,
         hot_pixels=float(rng.uniform(50.0, 200.0)), noise_scale=float(rng.uniform(2.0, 4.0)),
         occluder=bool(rng.random() < 0.5), birds=int(rng.integers(2, 7)))
     return plan
@@ -552,7 +569,7 @@ def _drone_tracks(rng: np.random.Generator, plan: SequencePlan, horizon: float) 
     Paths are sums of three sinusoids, time-scaled to the model's top speed; in one window per ~300 steps
     every drone flies out through its nearest edge at up to 3x top speed (faster in short sequences) and back.
     Hard profile: widths around the sequence's median (3.5..60 px at 1280), paths that may dip in front of the
-    ground, and hover windows where the path's clock nearly stops and the propellers look still to the camera.
+    ground, and hover windows where the path's clock nearly stops and the propellers flicker less (HOVER_PROPELLER).
     """
     h, w = plan.size
     k = w / REFERENCE_WIDTH
@@ -788,7 +805,8 @@ def render_sequence(plan: SequencePlan) -> Iterator[RenderedStep]:
     rain_n = round(scene_rng.uniform(150, 300) * h * w / (720 * REFERENCE_WIDTH))
     if hard is not None:
         noise_rate *= hard.noise_scale
-        rain_n *= 3
+        rain_n = round(rain_n * HARD_RAIN_DENSITY)
+        noise_sigma *= HARD_RGB_NOISE
     rain_slant = scene_rng.uniform(-0.35, 0.35)
     ksize = 2 * math.ceil(3 * blur) + 1
 
@@ -1048,7 +1066,7 @@ def generate_fred(out: str, sequences: int, frames: int, seed: int = 0, size: tu
     manifest = {"generator": "tools.synthetic", "complete": True, "seed": seed, "size": [h, w], "frames": frames,
                 "ids": ids, "sequences": {str(p.seq_id): e for p, e in zip(plans, entries)}, "totals": totals}
     if profile != "default":   # the default manifest stays as it was; readers take a missing profile as default
-        manifest["profile"] = profile
+        manifest.update(profile=profile, calibration=HARD_CALIBRATION)
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 
