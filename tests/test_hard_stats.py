@@ -129,3 +129,13 @@ def test_summary_and_cli(hard_tree, tmp_path, capsys):
     assert "invisible = contrast < 1" in printed and "invisible = z < 3" in printed
     with pytest.raises(SystemExit):
         main([str(root), "--modality", "depth"])
+
+
+def test_default_profile_tree_takes_night_and_rain_from_its_sequences(tmp_path):
+    manifest = generate_fred(str(tmp_path), 5, 4, seed=0, size=(96, 160), ids=[0, 8, 13, 25, 39])
+    records = measure(str(tmp_path), "event")
+    assert records
+    for r in records:
+        condition = manifest["sequences"][r["sequence"]]["condition"]
+        assert ("night" in r["tags"]) == (condition == "night") and ("rain" in r["tags"]) == (condition == "rain")
+    assert any("night" in r["tags"] for r in records) and any("rain" in r["tags"] for r in records)

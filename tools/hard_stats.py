@@ -15,8 +15,9 @@ ring leaves out every labelled box of the frame and, in RGB, the black padding o
 Reported per modality and split (the split's train / val sequences) for all boxes and per condition: night, rain,
 sunset, hovering, occluded (the generator manifest's per-frame record), clutter (a background other than open sky),
 insects (a sequence with insects) and the box's own size bucket (its width at 1280 px, tools.synthetic.SIZE_BUCKETS):
-boxes, the share below the visibility threshold, and the median measure. A tree without a manifest (real FRED) is
-reported per split and size only.
+boxes, the share below the visibility threshold, and the median measure. A default-profile tree records no frame
+conditions: night and rain are its sequences' conditions. A tree without a manifest (real FRED) is reported per
+split and size only.
 
     python -m tools.hard_stats ROOT [--modality rgb,event] [--split canonical] [--stride 1] [--json FILE]
 """
@@ -143,6 +144,7 @@ def measure(root: str, modality: str, split: str = "canonical", stride: int = 1)
             stem = Path(frame.image).stem
             recorded = entry.get("frames", {}).get(modality, {}).get(stem, {})
             tags = {k for k in ("night", "rain", "hovering", "occluded") if recorded.get(k) is True}
+            tags |= {entry.get("condition")} & {"night", "rain"} if not recorded else set()   # default profile
             tags |= {"sunset"} if entry.get("condition") == "sunset" else set()
             tags |= {"clutter"} if entry.get("background") in CLUTTERED_BACKGROUNDS else set()
             tags |= {"insects"} if entry.get("hard", {}).get("insects", 0) > 0 else set()
