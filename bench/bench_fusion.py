@@ -17,8 +17,8 @@ A warm config takes rgb's and event's best.pth from --out's merged JSON (or from
 first); it refuses, before anything trains, when either is missing, failed, or its file is not on this machine.
 
 Reported: mAP50, mAP50:95, AP_small, mAP50 per condition (night, rain, hovering, occluded, clutter, size buckets;
-see bench_accuracy.py; clutter = a sequence whose background is not open sky: every val sequence of FRED-hard has
-buildings or a treeline, so clutter covers all val frames there; the JSON has per-background subsets), train-loop
+see bench_accuracy.py; clutter = a sequence whose background is not open sky; the JSON has per-background
+subsets), train-loop
 img/s, peak reserved GPU memory, and the issue's goals as met / NOT met (asserting nothing): each fusion config
 above the better single modality by >= 2 points of mAP50:95; above both on night (RGB blind) and hovering (event
 blind), mAP50; early fusion's img/s >= 0.9x event-only's on the same GPU in the same call.
