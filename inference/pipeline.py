@@ -151,12 +151,13 @@ def run_predictions(detector: Detector, source: Source, long_side: int, batch: i
     writer thread (each bounded: constant memory). A detector with detect_frames (TorchDetector: a CUDA graph) gets
     the uint8 frames, any other detect() of frames_to_input.
     Returns {frames, detections, skipped, seconds, model_seconds, decode_wait_seconds (waiting for letterboxed
-    frames), write_wait_seconds (waiting for the writer)}; on Ctrl-C (KeyboardInterrupt) the frames done so
+    frames), write_wait_seconds (waiting for the writer), first_batch_seconds (from the start until the first batch's
+    detections: start-up included)}; on Ctrl-C (KeyboardInterrupt) the frames done so
     far are written and the exception goes on (the caller closes outputs), with stats in its `stats` attribute.
     on_batch(stats so far) is called after each batch."""
     device = torch.device(device)
     stats = {"frames": 0, "detections": 0, "skipped": 0, "seconds": 0.0, "model_seconds": 0.0,
-             "decode_wait_seconds": 0.0, "write_wait_seconds": 0.0}
+             "decode_wait_seconds": 0.0, "write_wait_seconds": 0.0, "first_batch_seconds": 0.0}
     start = time.perf_counter()
     pending: list[_Prepared] = []
     shape = None  # the input shape of the pending frames
@@ -180,6 +181,8 @@ def run_predictions(detector: Detector, source: Source, long_side: int, batch: i
                 xyxy = boxes_xyxy_letterbox_to_original(d[:, :4].astype(np.float64), p.ratio, p.pad, p.frame.size)
                 dets.append(np.concatenate([xyxy, d[:, 4:6].astype(np.float64)], 1))
             stats["model_seconds"] += time.perf_counter() - t0
+            if not stats["first_batch_seconds"]:  # start-up included: model warm-up, CUDA graph capture
+                stats["first_batch_seconds"] = time.perf_counter() - start
         found = iter(dets)
         t0 = time.perf_counter()
         for p in pending:
