@@ -541,10 +541,25 @@ class CeilingStep:
     loss_fn: Optional[Callable] = None  # a GraphedTrainLoss (add_cuda_graph), or None: the eager model + loss
 
 
+def random_batch(batch: int, imgsz: int, device: Any) -> tuple[Any, Any]:
+    """The ceiling's batch, the same on every call (its own seeded generator): uint8 images [B, 3, imgsz, imgsz] and
+    2 boxes per image, 10-60 px, as targets [2B, 6] (batch_idx, cls 0, cx, cy, w, h in pixels), on device."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g).to(device)
+    n_boxes = 2 * batch
+    wh = torch.rand(n_boxes, 2, generator=g) * 50 + 10
+    cxy = torch.rand(n_boxes, 2, generator=g) * (imgsz - 80) + 40
+    targets = torch.cat([torch.arange(n_boxes).remainder(batch).float()[:, None], torch.zeros(n_boxes, 1),
+                         cxy, wh], 1).to(device)
+    return images, targets
+
+
 def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_name: str, graph: bool = False,
                        arch: str = "yolov8") -> CeilingStep:
     """The trainer's step pieces for a YOLOv8 phi of architecture arch, 1 class, frozen or not: fused SGD, GradScaler,
-    EMA, fp16 AMP and channels_last on CUDA, one random batch of 2 boxes per image; graph: with add_cuda_graph()."""
+    EMA, fp16 AMP and channels_last on CUDA, random_batch(); graph: with add_cuda_graph()."""
     import torch
 
     from nets import build_model, freeze_backbone
@@ -564,13 +579,7 @@ def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_na
     criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
     amp_dtype = torch.float16 if cuda else None
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if cuda else 1.0, enabled=True)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g).to(device)
-    n_boxes = 2 * batch
-    wh = torch.rand(n_boxes, 2, generator=g) * 50 + 10
-    cxy = torch.rand(n_boxes, 2, generator=g) * (imgsz - 80) + 40
-    targets = torch.cat([torch.arange(n_boxes).remainder(batch).float()[:, None], torch.zeros(n_boxes, 1),
-                         cxy, wh], 1).to(device)
+    images, targets = random_batch(batch, imgsz, device)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -589,10 +598,9 @@ def add_cuda_graph(step: CeilingStep) -> None:
     import config_fred
     from speed.cuda_graph import GraphedTrainLoss
 
-    batch, _, h, w = step.images.shape
-    sample = torch.empty((batch, 3, h, w), device=step.device, memory_format=torch.channels_last)
+    sample = torch.empty(step.images.shape, device=step.device, memory_format=torch.channels_last)
     step.loss_fn = GraphedTrainLoss(step.model, step.criterion, sample,
-                                    batch * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, step.options.amp_dtype)
+                                    sample.shape[0] * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, step.options.amp_dtype)
 
 
 def engine_steps(step: CeilingStep, n: int, loss_fn: Optional[Callable] = None, ema: Any = None,
