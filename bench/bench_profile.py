@@ -14,9 +14,10 @@ Per trainer and phase (frozen: backbone frozen, batch 32; unfrozen: batch 16):
   1. warm-up steps, then the eager step's wall time over --steps steps (CUDA events; no profiler);
   2. ours on CUDA: the same with the forward/backward of model + loss replayed from the trainer's CUDA graph
      (CUDA_GRAPH), timed the same way: the step the trainer really runs;
-  3. --steps more eager steps under torch.profiler (CPU + CUDA activities), after --profile_warmup steps. The profile is
-     EAGER: a CUDA graph replay shows as one launch, its kernels hidden from the profiler, so the kernels are those of
-     the eager step; the graph removes launch gaps, not kernels.
+  3. --steps more eager steps under torch.profiler (CPU + CUDA activities), after --profile_warmup steps, each ended
+     by a device sync (every kernel then runs inside its own step; the profiled step's wall time is not the figure of
+     1.). The profile is EAGER: a CUDA graph replay shows as one launch, its kernels hidden from the profiler, so the
+     kernels are those of the eager step; the graph removes launch gaps, not kernels.
 Each step is marked with torch.profiler.record_function ranges "step::forward", "step::loss" (assigner + loss),
 "step::backward", "step::optimizer" (GradScaler unscale, gradient clipping, SGD step, scaler update, zero_grad) and
 "step::ema". Ours: engine.train_one_epoch itself runs, its loss function, GradScaler and EMA wrapped so that their
@@ -184,13 +185,13 @@ def analyse_trace(trace: dict, steps_hint: int, top: int = 25) -> dict:
     by_cpu = _Intervals(cpu_ranges)
     by_gpu = _Intervals([(e["ts"], e["ts"] + e.get("dur", 0.0), e["name"][len(PREFIX):]) for e in events
                          if cat(e) == "gpu_user_annotation" and e["name"].startswith(PREFIX)])
-    gpu = [e for e in events if cat(e) in ("kernel", "gpu_memcpy", "gpu_memset")]
+    gpu = [e for e in events if cat(e) in ("kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset")]
     linked = {"launch": 0, "gpu_range": 0, "none": 0}
     items = []  # (name, range, op, us)
     if gpu:
         source, note = "cuda kernels", ""
         launch_ts = {_args(e)["correlation"]: e["ts"] for e in events
-                     if cat(e) in ("cuda_runtime", "cuda_driver") and "correlation" in _args(e)}
+                     if cat(e) in ("cuda_runtime", "cuda_driver", "runtime") and "correlation" in _args(e)}
         op_name = {_args(e)["External id"]: e["name"] for e in events
                    if cat(e) == "cpu_op" and "External id" in _args(e)}
         for e in gpu:
@@ -326,14 +327,20 @@ def wall_ms(run: Callable[[int], Any], n: int, device: torch.device) -> float:
 
 
 def profile_steps(run: Callable[[int, StepRanges], Any], steps: int, warmup: int, cuda: bool, trace: Path) -> dict:
-    """run(warmup + steps, ranges) under torch.profiler (CPU, and CUDA activities on CUDA), recording the last steps;
-    the Chrome trace is written to trace and analysed (analyse_trace)."""
+    """run(warmup + steps, ranges) under torch.profiler (CPU, and CUDA activities on CUDA), recording the last steps,
+    each ended by a device sync; the Chrome trace is written to trace and analysed (analyse_trace)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
                  on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
-        run(warmup + steps, StepRanges(prof.step))
+        def step_end() -> None:
+            """Wait for the step's kernels (so that each runs inside its own step's window, launch included), then
+            tell the profiler the step ended."""
+            if cuda:
+                torch.cuda.synchronize()
+            prof.step()
+        run(warmup + steps, StepRanges(step_end))
     with open(trace) as f:
         return analyse_trace(json.load(f), steps)
 
@@ -486,6 +493,12 @@ def report(result: dict) -> None:
                         "thread; kernels: their summed time, or the CPU ops' own time without CUDA kernels)",
                         ["range", "CPU ms", "kernel ms"], [[r, v["cpu_ms_per_step"], v["kernel_ms_per_step"]]
                                                            for r, v in p["ranges"].items()])
+            print_table(f"{label}, {phase}: top kernels", ["kernel", "category", "range", "ms/step", "launches/step"],
+                        [[name[:100], c, where, ms, f"{n:g}"] for name, c, where, ms, n in p["top_kernels"][:10]])
+            unplaced = p["linked"]["gpu_range"] + p["linked"]["none"]
+            if unplaced:
+                print(f"note: {unplaced} GPU activities had no launch record in the trace: {p['linked']['gpu_range']} "
+                      f"placed by the GPU-side ranges, {p['linked']['none']} counted as 'outside'")
             summary.append([label, phase, e["batch"], e["eager_step_ms"], e["graph_step_ms"], e["img_per_s_eager"],
                             e["img_per_s_graph"], p["kernel_ms_per_step"], e.get("gpu_busy_share"),
                             e.get("gpu_busy_share_graph"), p["launches_per_step"], p["profiled_step_ms"],
@@ -551,7 +564,7 @@ def run_phase(a: argparse.Namespace, trainer: str, fn: Callable, phase: str, tmp
         entry = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     if a.trace_dir and trace.is_file():
         Path(a.trace_dir).mkdir(parents=True, exist_ok=True)
-        with open(trace, "rb") as src, gzip.open(Path(a.trace_dir) / f"{trace.name}.gz", "wb") as dst:
+        with open(trace, "rb") as src, gzip.open(Path(a.trace_dir) / f"{trace.name}.gz", "wb", compresslevel=3) as dst:
             shutil.copyfileobj(src, dst)
     gc.collect()
     if cuda:
