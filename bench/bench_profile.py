@@ -28,8 +28,8 @@ are launched from autograd's thread), falling back to the GPU-side copy of the r
 name, the CPU op that launched it and that range (classify()): conv_fwd / conv_bwd (cuDNN / implicit GEMM / xmma /
 cutlass kernels of a convolution, split by range), gemm (matmuls: YOLO11's attention), batchnorm, activation (SiLU,
 sigmoid), elementwise, copy_cat_layout (cat, copies, contiguous, NCHW<->NHWC transforms, memcpy), pool_upsample
-(SPPF's max-pool, the neck's upsampling), reduction, loss_assigner (everything in the loss range but convolutions
-and matmuls: the loss's forward; its gradients run in the backward range and are counted there by name), optimizer
+(SPPF's max-pool, the neck's upsampling), reduction, loss_assigner (everything in the loss range but convolutions: the
+loss's forward; its gradients run in the backward range and are counted there by name), optimizer
 and ema (everything in their ranges), memset, other.
 Reported per trainer and phase: a table of category, GPU ms per step, share of the step's summed kernel time, launches
 per step; the step's wall time eager and graphed; GPU busy share = summed kernel time per step / eager step wall time
@@ -112,7 +112,7 @@ def classify(name: str, range_name: str = "", op: str = "") -> str:
         category = "conv"  # cuDNN picked a GEMM (or its own helper kernel) for a convolution
     if range_name in ("optimizer", "ema"):
         return range_name
-    if range_name == "loss" and category not in ("conv", "gemm"):
+    if range_name == "loss" and category != "conv":
         return "loss_assigner"
     if category == "conv":
         if range_name in ("forward", "loss"):
@@ -254,9 +254,10 @@ def analyse_trace(trace: dict, steps_hint: int, top: int = 25) -> dict:
 
 class StepRanges:
     """The profiler ranges of one step, opened by name: entering one closes the one open before it. on_step_end
-    (the profiler's step()) is called by end_step(); seen lists the ranges entered, in order."""
+    (the profiler's step()) is called by end_step(); seen lists the ranges entered, in order. Without on_step_end
+    (a timed run, no profiler) no range is opened."""
 
-    def __init__(self, on_step_end: Callable[[], None] = lambda: None):
+    def __init__(self, on_step_end: Callable[[], None] | None = None):
         self.on_step_end = on_step_end
         self.seen: list[str] = []
         self._open = None
@@ -264,9 +265,11 @@ class StepRanges:
     def enter(self, name: str) -> None:
         """Close the open range and open step::name."""
         self.close()
+        self.seen.append(name)
+        if self.on_step_end is None:
+            return
         self._open = torch.profiler.record_function(PREFIX + name)
         self._open.__enter__()
-        self.seen.append(name)
 
     def close(self) -> None:
         """Close the open range, if any."""
@@ -277,7 +280,8 @@ class StepRanges:
     def end_step(self) -> None:
         """Close the open range; tell the profiler a step ended."""
         self.close()
-        self.on_step_end()
+        if self.on_step_end is not None:
+            self.on_step_end()
 
 
 class _RangedScaler:

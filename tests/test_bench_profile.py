@@ -26,6 +26,7 @@ KERNELS = [
      "f16_s161616gemm_f16_32x32_128x2_tn_align8::Params)", "forward", "aten::bmm", "gemm"),
     ("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NNN", "backward", "aten::mm", "gemm"),
     ("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_nn", "forward", "aten::matmul", "gemm"),
+    ("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_nn", "loss", "aten::matmul", "loss_assigner"),
     ("void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true, (cudnnKernelDataType_t)0>("
      "cudnn::engines_precompiled::nchw2nhwc_params_t<float>, __half const*, __half*)", "forward",
      "aten::cudnn_convolution", "copy_cat_layout"),
@@ -205,3 +206,20 @@ def test_quick_cpu_run_profiles_both_trainers_and_every_range(tmp_path, capsys):
             assert (traces / f"{trainer}_{phase}.json.gz").is_file()
     printed = capsys.readouterr().out
     assert "ours, unfrozen" in printed and "Ultralytics, frozen" in printed
+
+
+def test_ours_stops_when_the_engine_step_order_changes(tmp_path, monkeypatch):
+    """The ranges come from the calls train_one_epoch makes; an engine that no longer makes them in the expected
+    order (here: no GradScaler calls) must not yield a silently mislabelled profile."""
+    import bench.bench_profile as bp
+
+    def engine_without_scaler(step, n, loss_fn=None, ema=None, scaler=None):
+        if loss_fn is not None:
+            for _ in range(n):
+                loss_fn(step.images.float(), step.targets)
+                ema.update(step.model)
+        return {}
+
+    monkeypatch.setattr(bp, "engine_steps", engine_without_scaler)
+    with pytest.raises(RuntimeError, match="no longer calls loss_fn, scaler.scale, scaler.unscale_ and ema.update"):
+        bp.ours_phase(bp.parse_args(["--quick"]), False, 2, tmp_path / "trace.json")
