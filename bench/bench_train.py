@@ -579,13 +579,14 @@ def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_na
     criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
     amp_dtype = torch.float16 if cuda else None
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if cuda else 1.0, enabled=True)
+    ema = ModelEMA(model)
     images, targets = random_batch(batch, imgsz, device)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     options = engine.StepOptions(log_interval=50, nan_patience=100, amp_dtype=amp_dtype, grad_clip=10.0,
                                  channels_last=cuda)
-    step = CeilingStep(model, criterion, optimizer, scaler, ModelEMA(model), options, images, targets, device)
+    step = CeilingStep(model, criterion, optimizer, scaler, ema, options, images, targets, device)
     if graph:
         add_cuda_graph(step)
     return step
