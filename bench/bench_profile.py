@@ -473,7 +473,8 @@ def finish(entry: dict, cuda: bool) -> dict:
 
 
 def report(result: dict) -> None:
-    """One table per trainer and phase, one range table each, and a summary."""
+    """One table per trainer and phase (categories, ranges, top kernels), ours beside Ultralytics per phase, and a
+    summary."""
     summary = []
     for trainer, label in (("ours", "ours"), ("ultralytics", "Ultralytics")):
         for phase, e in result.get(trainer, {}).items():
@@ -507,6 +508,20 @@ def report(result: dict) -> None:
                             e["img_per_s_graph"], p["kernel_ms_per_step"], e.get("gpu_busy_share"),
                             e.get("gpu_busy_share_graph"), p["launches_per_step"], p["profiled_step_ms"],
                             e["peak_mem_GB"]])
+    for phase in ("frozen", "unfrozen"):
+        o, u = (result.get(t, {}).get(phase, {}).get("profile") for t in ("ours", "ultralytics"))
+        if not (o and u):
+            continue
+        rows = []
+        for c, oc, uc in [(c, o["categories"][c], u["categories"][c]) for c in CATEGORIES] + [("total", o, u)]:
+            oms, ums = oc.get("ms_per_step", oc.get("kernel_ms_per_step")), uc.get("ms_per_step",
+                                                                                  uc.get("kernel_ms_per_step"))
+            on, un = oc["launches_per_step"], uc["launches_per_step"]
+            if on or un:
+                rows.append([c, oms, ums, oms / ums if ums else None, f"{on:g}", f"{un:g}"])
+        print_table(f"{phase}: ours beside Ultralytics, per step (Ultralytics' optimizer and EMA spread over its "
+                    "accumulated batches)", ["category", "ours ms", "Ultralytics ms", "ours / Ultralytics",
+                                             "ours launches", "Ultralytics launches"], rows)
     if summary:
         print_table("Summary (eager and graphed: timed without the profiler)",
                     ["trainer", "phase", "batch", "eager ms", "graph ms", "eager img/s", "graph img/s",

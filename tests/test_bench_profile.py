@@ -10,77 +10,76 @@ from bench.bench_profile import CATEGORIES, RANGES, analyse_trace, classify, mai
 # Real kernel names (PyTorch 2.x, cuDNN 9, cuBLAS, CUPTI's copy/set records), the range around their launch, the CPU op
 # that launched them, and the category they belong to.
 KERNELS = [
-    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_"
-     "segment_k_off_kernel__5x_cudnn", "forward", "aten::cudnn_convolution", "conv_fwd"),
-    ("sm80_xmma_fprop_implicit_gemm_indexed_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4_warpsize2x2x1_g1_"
-     "tensor16x8x16_kernel", "forward", "", "conv_fwd"),
-    ("sm90_xmma_dgrad_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_"
-     "segment_k_off_kernel__5x_cudnn", "backward", "aten::convolution_backward", "conv_bwd"),
-    ("sm90_xmma_wgrad_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_"
-     "segment_k_off_kernel__5x_cudnn", "backward", "aten::convolution_backward", "conv_bwd"),
-    ("void cudnn::cnn::wgrad2d_grouped_direct_kernel<false, true, int, __half, float, float>(cudnn::cnn::WgradGroupedDir"
-     "ectParams, __half const*, __half const*, __half*, float, float)", "backward", "", "conv_bwd"),
-    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_f16_s161616gemm_f16_32x32_128x2_tn_align8>(cutlass_80_wmma_tensorop_"
-     "f16_s161616gemm_f16_32x32_128x2_tn_align8::Params)", "forward", "aten::cudnn_convolution", "conv_fwd"),
-    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_f16_s161616gemm_f16_32x32_128x2_tn_align8>(cutlass_80_wmma_tensorop_"
-     "f16_s161616gemm_f16_32x32_128x2_tn_align8::Params)", "forward", "aten::bmm", "gemm"),
+    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_s"
+     "egment_k_off_kernel__5x_cudnn", "forward", "aten::cudnn_convolution", "conv_fwd"),
+    ("sm80_xmma_fprop_implicit_gemm_indexed_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4_warpsize2x2x1_g1_t"
+     "ensor16x8x16_kernel", "forward", "", "conv_fwd"),
+    ("sm90_xmma_dgrad_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_s"
+     "egment_k_off_kernel__5x_cudnn", "backward", "aten::convolution_backward", "conv_bwd"),
+    ("sm90_xmma_wgrad_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_execute_s"
+     "egment_k_off_kernel__5x_cudnn", "backward", "aten::convolution_backward", "conv_bwd"),
+    ("void cudnn::cnn::wgrad2d_grouped_direct_kernel<false, true, int, __half, float, float>(cudnn::cnn::WgradGroupedD"
+     "irectParams, __half const*, __half const*, __half*, float, float)", "backward", "", "conv_bwd"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_f16_s161616gemm_f16_32x32_128x2_tn_align8>(cutlass_80_wmma_tensor"
+     "op_f16_s161616gemm_f16_32x32_128x2_tn_align8::Params)", "forward", "aten::cudnn_convolution", "conv_fwd"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_f16_s161616gemm_f16_32x32_128x2_tn_align8>(cutlass_80_wmma_tensor"
+     "op_f16_s161616gemm_f16_32x32_128x2_tn_align8::Params)", "forward", "aten::bmm", "gemm"),
     ("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NNN", "backward", "aten::mm", "gemm"),
     ("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_nn", "forward", "aten::matmul", "gemm"),
     ("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_nn", "loss", "aten::matmul", "loss_assigner"),
     ("void cudnn::engines_precompiled::nchwToNhwcKernel<__half, __half, float, false, true, (cudnnKernelDataType_t)0>("
-     "cudnn::engines_precompiled::nchw2nhwc_params_t<float>, __half const*, __half*)", "forward",
-     "aten::cudnn_convolution", "copy_cat_layout"),
-    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<at::native::(anonymous namespace)::OpaqueType<2u>, "
-     "unsigned int, 4, 64, 64>(at::native::(anonymous namespace)::OpaqueType<2u>*, at::native::(anonymous namespace)::"
-     "CatArrInputTensorMetadata<at::native::(anonymous namespace)::OpaqueType<2u>, unsigned int, 64, 64>, at::native::"
-     "(anonymous namespace)::TensorSizeStride<unsigned int, 4u>, int, unsigned int)", "forward", "aten::cat",
-     "copy_cat_layout"),
-    ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_cuda"
-     "(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#7}::operator()() const::{lambda(float)#1}>"
-     "(at::TensorIteratorBase&, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()"
-     "() const::{lambda()#7}::operator()() const::{lambda(float)#1} const&)::{lambda(int)#1}>(int, at::native::gpu_kern"
-     "el_impl_nocast<...>)", "outside", "aten::copy_", "copy_cat_layout"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}::"
-     "operator()() const::{lambda()#2}::operator()() const::{lambda(c10::Half)#1}, std::array<char*, 2ul> >(int, at::"
-     "native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}::operator()() const::{lambda()#2}::operator()() const::"
-     "{lambda(c10::Half)#1}, std::array<char*, 2ul>)", "forward", "aten::silu_", "activation"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::(anonymous namespace)::silu_backward_kernel(at::Tensor"
-     "IteratorBase&)::{lambda()#1}::operator()() const::{lambda()#2}::operator()() const::{lambda(c10::Half, c10::Half)"
-     "#1}, std::array<char*, 3ul> >(int, ...)", "backward", "aten::silu_backward", "activation"),
-    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<c10::Half, float, float, 4>(c10::Half const*, "
-     "int, int, float, float*, float*, float*, int*, bool*)", "forward", "aten::cudnn_batch_norm", "batchnorm"),
-    ("void at::native::batch_norm_backward_reduce_channels_last_kernel<4, c10::Half, float, float>(c10::Half const*, "
-     "c10::Half const*, float const*, float const*, float*, float*, float*, float*, float*, int*, bool*, int, int)",
+     "cudnn::engines_precompiled::nchw2nhwc_params_t<float>, __half const*, __half*)",
+     "forward", "aten::cudnn_convolution", "copy_cat_layout"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<at::native::(anonymous namespace)::OpaqueType<2u>, u"
+     "nsigned int, 4, 64, 64>(at::native::(anonymous namespace)::OpaqueType<2u>*, at::native::(anonymous namespace)::Ca"
+     "tArrInputTensorMetadata<at::native::(anonymous namespace)::OpaqueType<2u>, unsigned int, 64, 64>, at::native::(an"
+     "onymous namespace)::TensorSizeStride<unsigned int, 4u>, int, unsigned int)",
+     "forward", "aten::cat", "copy_cat_layout"),
+    ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_cu"
+     "da(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#7}::operator()() const::{lambda(float)#1"
+     "}>(at::TensorIteratorBase&, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator("
+     ")() const::{lambda()#7}::operator()() const::{lambda(float)#1} const&)::{lambda(int)#1}>(int, at::native::gpu_ker"
+     "nel_impl_nocast<...>)", "outside", "aten::copy_", "copy_cat_layout"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}"
+     "::operator()() const::{lambda()#2}::operator()() const::{lambda(c10::Half)#1}, std::array<char*, 2ul> >(int, at::"
+     "native::silu_kernel(at::TensorIteratorBase&)::{lambda()#1}::operator()() const::{lambda()#2}::operator()() const:"
+     ":{lambda(c10::Half)#1}, std::array<char*, 2ul>)", "forward", "aten::silu_", "activation"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::(anonymous namespace)::silu_backward_kernel(at::Te"
+     "nsorIteratorBase&)::{lambda()#1}::operator()() const::{lambda()#2}::operator()() const::{lambda(c10::Half, c10::H"
+     "alf)#1}, std::array<char*, 3ul> >(int, ...)", "backward", "aten::silu_backward", "activation"),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<c10::Half, float, float, 4>(c10::Half const*"
+     ", int, int, float, float*, float*, float*, int*, bool*)", "forward", "aten::cudnn_batch_norm", "batchnorm"),
+    ("void at::native::batch_norm_backward_reduce_channels_last_kernel<4, c10::Half, float, float>(c10::Half const*, c"
+     "10::Half const*, float const*, float const*, float*, float*, float*, float*, float*, int*, bool*, int, int)",
      "backward", "aten::native_batch_norm_backward", "batchnorm"),
-    ("cudnn::bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, true, 1>(cudnnTensorStruct, __half const*, cudnnTensorStruct, "
-     "__half*, float const*, float const*, float, float, float*, float*, float*, float*, float, float)", "forward", "",
-     "batchnorm"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorList"
-     "Metadata<3>, at::native::(anonymous namespace)::FusedSgdMathFunctor<float, 3>, double, double, double, bool, bool, "
-     "bool, float*, float const*>(...)", "optimizer", "aten::_fused_sgd_", "optimizer"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorList"
-     "Metadata<2>, at::native::(anonymous namespace)::BinaryOpScalarListFunctor<float, 2, 2, 0>, at::native::(anonymous "
+    ("cudnn::bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, true, 1>(cudnnTensorStruct, __half const*, cudnnTensorStruc"
+     "t, __half*, float const*, float const*, float, float, float*, float*, float*, float*, float, float)",
+     "forward", "", "batchnorm"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListM"
+     "etadata<3>, at::native::(anonymous namespace)::FusedSgdMathFunctor<float, 3>, double, double, double, bool, bool,"
+     " bool, float*, float const*>(...)", "optimizer", "aten::_fused_sgd_", "optimizer"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListM"
+     "etadata<2>, at::native::(anonymous namespace)::BinaryOpScalarListFunctor<float, 2, 2, 0>, at::native::(anonymous "
      "namespace)::LerpFunctor<float>, float>(...)", "ema", "aten::_foreach_lerp_", "ema"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorList"
-     "Metadata<1>, at::native::(anonymous namespace)::ZeroFunctor<float, 1, 1, 0>>(...)", "outside", "",
-     "elementwise"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::Half>, std::array<char*, 3ul> >"
-     "(int, at::native::CUDAFunctor_add<c10::Half>, std::array<char*, 3ul>)", "forward", "aten::add", "elementwise"),
-    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, at::native::"
-     "sum_functor<float, float, float>::operator()(at::TensorIterator&)::{lambda(float, float)#1}>, unsigned int, float, "
-     "4, 4> >(at::native::ReduceOp<...>)", "backward", "aten::sum", "reduction"),
-    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, at::native::"
-     "sum_functor<float, float, float>::operator()(at::TensorIterator&)::{lambda(float, float)#1}>, unsigned int, float, "
-     "4, 4> >(at::native::ReduceOp<...>)", "loss", "aten::sum", "loss_assigner"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::sigmoid_kernel_cuda(at::TensorIteratorBase&)::{lambda"
-     "()#2}::operator()() const::{lambda()#3}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul> >(int, ...)",
-     "loss", "aten::sigmoid", "loss_assigner"),
-    ("void at::native::(anonymous namespace)::upsample_nearest2d_nhwc_out_frame<c10::Half, at::native::nearest_idx>(c10::"
-     "Half const*, c10::Half*, unsigned long, unsigned long, unsigned long, unsigned long, unsigned long, float, float, "
-     "unsigned long)", "forward", "aten::upsample_nearest2d", "pool_upsample"),
-    ("void at::native::(anonymous namespace)::max_pool_forward_nhwc<c10::Half, c10::Half>(c10::Half const*, int, long, "
-     "long, long, int, int, int, int, int, int, int, int, int, int, int, int, c10::Half*, long*)", "forward",
-     "aten::max_pool2d_with_indices", "pool_upsample"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::TensorListM"
+     "etadata<1>, at::native::(anonymous namespace)::ZeroFunctor<float, 1, 1, 0>>(...)", "outside", "", "elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::Half>, std::array<char*, 3ul>"
+     " >(int, at::native::CUDAFunctor_add<c10::Half>, std::array<char*, 3ul>)", "forward", "aten::add", "elementwise"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, at::native:"
+     ":sum_functor<float, float, float>::operator()(at::TensorIterator&)::{lambda(float, float)#1}>, unsigned int, floa"
+     "t, 4, 4> >(at::native::ReduceOp<...>)", "backward", "aten::sum", "reduction"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, at::native:"
+     ":sum_functor<float, float, float>::operator()(at::TensorIterator&)::{lambda(float, float)#1}>, unsigned int, floa"
+     "t, 4, 4> >(at::native::ReduceOp<...>)", "loss", "aten::sum", "loss_assigner"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::sigmoid_kernel_cuda(at::TensorIteratorBase&)::{lam"
+     "bda()#2}::operator()() const::{lambda()#3}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul> >(int, "
+     "...)", "loss", "aten::sigmoid", "loss_assigner"),
+    ("void at::native::(anonymous namespace)::upsample_nearest2d_nhwc_out_frame<c10::Half, at::native::nearest_idx>(c1"
+     "0::Half const*, c10::Half*, unsigned long, unsigned long, unsigned long, unsigned long, unsigned long, float, flo"
+     "at, unsigned long)", "forward", "aten::upsample_nearest2d", "pool_upsample"),
+    ("void at::native::(anonymous namespace)::max_pool_forward_nhwc<c10::Half, c10::Half>(c10::Half const*, int, long,"
+     " long, long, int, int, int, int, int, int, int, int, int, int, int, int, c10::Half*, long*)",
+     "forward", "aten::max_pool2d_with_indices", "pool_upsample"),
     ("Memset (Device)", "backward", "aten::zero_", "memset"),
     ("Memcpy HtoD (Pinned -> Device)", "outside", "aten::copy_", "copy_cat_layout"),
     ("Memcpy DtoD (Device -> Device)", "forward", "aten::copy_", "copy_cat_layout"),
