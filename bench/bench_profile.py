@@ -43,7 +43,9 @@ GPU, one device call (H100/H200; phi s, 640, both phases, ours and Ultralytics):
   Estimate, not measured: 4 trainer-phases x about (10 warm-up + 20 timed + 2 + 20 profiled steps; ours also 10 + 20
   graphed) at 20-90 ms per eager step (more while profiled), plus cuDNN's autotuning in the warm-up, the graph capture
   and the trace export and parsing (roughly 10-30 s per trainer-phase for ~2,000-4,000 kernels per step): about 1.5-3
-  minutes with CUDA start and imports, well under 5. Traces with --trace_dir are several MB each gzipped.
+  minutes with CUDA start and imports, well under 5. The JSON is small; a gzipped trace of 20 steps may be 10 MB or
+  more (estimate), near the device's 16 MiB per returned file: for traces, a second call with fewer steps, e.g.
+    python bench/bench_profile.py --phases unfrozen --steps 5 --out $OUT/p5.json --trace_dir $OUT/traces
 CPU smoke test (phi n, input 64, batch 2, 2 steps, 1 warm-up, no CUDA graph, CPU activities only: the categories
 are then given to the CPU ops by their own time, there being no CUDA kernels; Ultralytics steps its optimizer every
 batch): python bench/bench_profile.py --quick   (tests/test_bench_profile.py runs it)
