@@ -95,7 +95,7 @@ _RULES = [(category, re.compile(pattern)) for category, pattern in (
     ("activation", r"silu|sigmoid|swish|relu|gelu|tanh|softplus|mish"),
     ("pool_upsample", r"pool|upsample|interpolat"),
     ("copy_cat_layout", r"catarray|\bcat\b|concat|copy|contiguous|clone|\bstack\b"),
-    ("reduction", r"reduce|reduction|cub::|scan|sort|topk|softmax|argmax|argmin|norm_kernel|lpnorm|triton_red|"
+    ("reduction", r"reduce|reduction|cub::|scan|(?<!ten)sort|topk|softmax|argmax|argmin|norm_kernel|lpnorm|triton_red|"
                   r"triton_per"),
     ("elementwise", r"elementwise|pointwise|foreach|multi_tensor|vectorized|unrolled|fill|functor|triton_poi|"
                     r"aten::(add|sub|mul|div|neg|exp|log|pow|sqrt|rsqrt|abs|clamp|where|fill|zero|zeros|ones|lerp|"

@@ -108,6 +108,11 @@ def test_classify_cpu_op_names():
     assert classify("autograd::engine::evaluate_function: ConvolutionBackward0", "backward") == "other"
 
 
+def test_classify_sorts_but_not_tensor_t():
+    assert classify("void cub::DeviceRadixSortOnesweepKernel<...>(...)", "backward") == "reduction"
+    assert classify("void at::native::TensorTransformKernel<float>(...)", "forward") == "other"
+
+
 def _x(cat, name, ts, dur, tid, **args):
     return {"ph": "X", "cat": cat, "name": name, "pid": 7, "tid": tid, "ts": ts, "dur": dur, "args": args}
 
