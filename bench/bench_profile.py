@@ -37,9 +37,12 @@ per step; the step's wall time eager and graphed; GPU busy share = summed kernel
 top kernels. Everything goes to --out (JSON, rewritten after every phase); --trace_dir keeps the Chrome traces
 (gzipped; open in Perfetto or chrome://tracing).
 
-GPU, one device call (H100/H200; phi s, 640, both phases, ours and Ultralytics):
-    python bench/bench_profile.py --out $OUT/bench_profile.json
-    python bench/bench_profile.py --arch yolo11 --out $OUT/bench_profile_yolo11.json      # or --arch yolov8-p2
+GPU, one device call (H100/H200; phi s, 640, both phases, ours and Ultralytics). Ultralytics is not in the device
+image: carry .whl (ultralytics 8.4.190, ultralytics-thop, ultralytics-platform, as in /work/main/.whl; without them
+add --skip_ultra). Command (one line):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+        YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 && python3 bench/bench_profile.py --out $OUT/bench_profile.json
+  the other architectures: --arch yolo11 or --arch yolov8-p2 (and another --out)
   Estimate, not measured: 4 trainer-phases x about (10 warm-up + 20 timed + 2 + 20 profiled steps; ours also 10 + 20
   graphed) at 20-90 ms per eager step (more while profiled), plus cuDNN's autotuning in the warm-up, the graph capture
   and the trace export and parsing (roughly 10-30 s per trainer-phase for ~2,000-4,000 kernels per step): about 1.5-3
