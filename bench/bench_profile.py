@@ -177,7 +177,7 @@ def analyse_trace(trace: dict, steps_hint: int, top: int = 25) -> dict:
     GPU activities (cat kernel, gpu_memcpy, gpu_memset) are matched to their launch (cuda_runtime / cuda_driver event
     with the same args.correlation) and to the CPU op with the same "External id"; without CUDA activities the CPU
     ops' own times are categorised instead. Steps: the ProfilerStep# ranges in the trace (steps_hint if none)."""
-    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e]
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e and "name" in e]
 
     def cat(e: dict) -> str:
         return str(e.get("cat", "")).lower()
@@ -337,21 +337,27 @@ def wall_ms(run: Callable[[int], Any], n: int, device: torch.device) -> float:
 
 def profile_steps(run: Callable[[int, StepRanges], Any], steps: int, warmup: int, cuda: bool, trace: Path) -> dict:
     """run(warmup + steps, ranges) under torch.profiler (CPU, and CUDA activities on CUDA), recording the last steps,
-    each ended by a device sync; the Chrome trace is written to trace and analysed (analyse_trace)."""
+    each ended by a device sync; the Chrome trace is written to trace and analysed: {"profile": analyse_trace()}, or
+    {"profile_error": why} if that failed (the phase's timings are kept)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
-                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
-        def step_end() -> None:
-            """Wait for the step's kernels (so that each runs inside its own step's window, launch included), then
-            tell the profiler the step ended."""
-            if cuda:
-                torch.cuda.synchronize()
-            prof.step()
-        run(warmup + steps, StepRanges(step_end))
-    with open(trace) as f:
-        return analyse_trace(json.load(f), steps)
+    try:
+        with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+                     on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
+            def step_end() -> None:
+                """Wait for the step's kernels (so that each runs inside its own step's window, launch included),
+                then tell the profiler the step ended."""
+                if cuda:
+                    torch.cuda.synchronize()
+                prof.step()
+            run(warmup + steps, StepRanges(step_end))
+        with open(trace) as f:
+            return {"profile": analyse_trace(json.load(f), steps)}
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        return {"profile_error": f"{type(e).__name__}: {e}"}
 
 
 # ------------------------------------------------------------------------------------------------ the two trainers
@@ -387,7 +393,7 @@ def ours_phase(a: argparse.Namespace, frozen: bool, batch: int, trace: Path) -> 
             raise RuntimeError(f"training.engine's step no longer calls loss_fn, scaler.scale, scaler.unscale_ and "
                                f"ema.update in this order (saw {ranges.seen[:6]}...): fix bench_profile's ranges")
 
-    out["profile"] = profile_steps(run, a.steps, a.profile_warmup, cuda, trace)
+    out.update(profile_steps(run, a.steps, a.profile_warmup, cuda, trace))
     out["peak_mem_GB"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 2) if cuda else 0.0
     return out
 
@@ -458,7 +464,7 @@ def ultra_phase(a: argparse.Namespace, frozen: bool, batch: int, trace: Path) ->
     steps = whole(a.steps)
     out = {"batch": batch, "accumulate": accumulate, "cudnn_benchmark": False,
            "eager_step_ms": wall_ms(run, steps, device), "graph_step_ms": None}
-    out["profile"] = profile_steps(run, steps, whole(a.profile_warmup), cuda, trace)
+    out.update(profile_steps(run, steps, whole(a.profile_warmup), cuda, trace))
     out["peak_mem_GB"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 2) if cuda else 0.0
     return out
 
@@ -468,12 +474,13 @@ def ultra_phase(a: argparse.Namespace, frozen: bool, batch: int, trace: Path) ->
 
 def finish(entry: dict, cuda: bool) -> dict:
     """Add img/s and the GPU busy shares (summed kernel time / step wall time, eager and graphed) to a phase's entry."""
-    kernels = cuda and entry["profile"]["source"] == "cuda kernels"
+    profile = entry.get("profile")
+    kernels = cuda and profile is not None and profile["source"] == "cuda kernels"
     for kind in ("eager", "graph"):
         ms = entry[f"{kind}_step_ms"]
         entry[f"img_per_s_{kind}"] = round(entry["batch"] * 1000.0 / ms, 1) if ms else None
         entry["gpu_busy_share" + ("" if kind == "eager" else "_graph")] = (
-            entry["profile"]["kernel_ms_per_step"] / ms if kernels and ms else None)
+            profile["kernel_ms_per_step"] / ms if kernels and ms else None)
     return entry
 
 
@@ -484,6 +491,11 @@ def report(result: dict) -> None:
     for trainer, label in (("ours", "ours"), ("ultralytics", "Ultralytics")):
         for phase, e in result.get(trainer, {}).items():
             if "profile" not in e:
+                print(f"\n{label}, {phase}: no profile: {e.get('profile_error') or e.get('error')}")
+                if "eager_step_ms" in e:
+                    summary.append([label, phase, e["batch"], e["eager_step_ms"], e["graph_step_ms"],
+                                    e["img_per_s_eager"], e["img_per_s_graph"], None, None, None, None, None,
+                                    e["peak_mem_GB"]])
                 continue
             p = e["profile"]
             rows = [[c, v["ms_per_step"], f"{100 * v['share']:.1f} %", f"{v['launches_per_step']:g}"]
@@ -617,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             for trainer, fn in trainers:
                 for phase in a.phases:
                     entry = run_phase(a, trainer, fn, phase, Path(tmp))
-                    failed |= entry.get("ok") is False
+                    failed |= entry.get("ok") is False or "profile_error" in entry
                     result.setdefault(trainer, {})[phase] = entry
                     out.write_text(json.dumps(result, indent=1, default=str))
     finally:

@@ -212,9 +212,10 @@ def test_quick_cpu_run_profiles_both_trainers_and_every_range(tmp_path, capsys):
     assert "ours, unfrozen" in printed and "Ultralytics, frozen" in printed
 
 
-def test_ours_stops_when_the_engine_step_order_changes(tmp_path, monkeypatch):
+def test_ours_refuses_to_profile_when_the_engine_step_order_changes(tmp_path, monkeypatch, capsys):
     """The ranges come from the calls train_one_epoch makes; an engine that no longer makes them in the expected
-    order (here: no GradScaler calls) must not yield a silently mislabelled profile."""
+    order (here: no GradScaler calls) must not yield a silently mislabelled profile: no profile, the reason, the
+    timings kept, exit status 1."""
     import bench.bench_profile as bp
 
     def engine_without_scaler(step, n, loss_fn=None, ema=None, scaler=None):
@@ -225,5 +226,10 @@ def test_ours_stops_when_the_engine_step_order_changes(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(bp, "engine_steps", engine_without_scaler)
-    with pytest.raises(RuntimeError, match="no longer calls loss_fn, scaler.scale, scaler.unscale_ and ema.update"):
-        bp.ours_phase(bp.parse_args(["--quick"]), False, 2, tmp_path / "trace.json")
+    out = tmp_path / "p.json"
+    assert bp.main(["--quick", "--skip_ultra", "--phases", "unfrozen", "--out", str(out)]) == 1
+    entry = json.loads(out.read_text())["ours"]["unfrozen"]
+    assert "profile" not in entry and entry["eager_step_ms"] > 0  # the timings are kept
+    assert entry["profile_error"].startswith("RuntimeError: training.engine's step no longer calls loss_fn, "
+                                             "scaler.scale, scaler.unscale_ and ema.update in this order")
+    assert "ours, unfrozen: no profile: RuntimeError" in capsys.readouterr().out
