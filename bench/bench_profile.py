@@ -132,6 +132,7 @@ def classify(name: str, range_name: str = "", op: str = "") -> str:
 
 
 def _args(e: dict) -> dict:
+    """A trace event's args ({} if none)."""
     return e.get("args") or {}
 
 
@@ -144,6 +145,7 @@ class _Intervals:
         self.spans = spans
 
     def find(self, t: float) -> str | None:
+        """Name of the interval holding t, or None."""
         i = bisect.bisect_right(self.starts, t) - 1
         if i >= 0 and t < self.spans[i][1]:
             return self.spans[i][2]
@@ -180,6 +182,7 @@ def analyse_trace(trace: dict, steps_hint: int, top: int = 25) -> dict:
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e and "name" in e]
 
     def cat(e: dict) -> str:
+        """The event's category, lower-case."""
         return str(e.get("cat", "")).lower()
 
     annotations = [e for e in events if cat(e) == "user_annotation"]
@@ -297,14 +300,17 @@ class _RangedScaler:
         self._scaler, self._ranges = scaler, ranges
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """Open "backward"; the scaled loss."""
         self._ranges.enter("backward")
         return self._scaler.scale(loss)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Open "optimizer"; unscale the gradients."""
         self._ranges.enter("optimizer")
         self._scaler.unscale_(optimizer)
 
     def __getattr__(self, name: str) -> Any:
+        """Everything else: the GradScaler's own."""
         return getattr(self._scaler, name)
 
 
@@ -315,6 +321,7 @@ class _RangedEMA:
         self._ema, self._ranges = ema, ranges
 
     def update(self, model: torch.nn.Module) -> None:
+        """The EMA update in the range "ema"; then the step's end."""
         self._ranges.enter("ema")
         self._ema.update(model)
         self._ranges.end_step()
