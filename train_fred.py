@@ -305,7 +305,7 @@ def oom_message(phase: str, cfg: dict, world: int, during: str, run_dir: Optiona
     world = 1 if during == "evaluation" else world  # rank 0 evaluates alone
     batch = cfg[key]
     lower = max(world, (batch * 3 // 4) // world * world)
-    graph = cfg["CUDA_GRAPH"] and world == 1 and during != "evaluation"
+    graph = cfg["CUDA_GRAPH"] and not (world > 1 and cfg["SYNC_BN"]) and during != "evaluation"
     other = (" or --set CUDA_GRAPH=False (the graph holds memory of its own)" if graph else "") + (
         "" if cfg["FP16"] else "; FP16 = True also saves memory")
     last = os.path.join(run_dir, "last.pth") if run_dir else ""
@@ -380,7 +380,7 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
               resume_state: Optional[dict]) -> tuple[Run, FredIndex]:
     """Index, model (weights or resumed state), optimizer, loss and the run folder: (run, index)."""
     world, main_proc = dist.get_world_size(), dist.is_main()
-    index = build_fred.build_index(cfg, modality)
+    index = dist.in_turns(lambda: build_fred.build_index(cfg, modality))  # the index cache: once per machine
     if main_proc:
         print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
@@ -415,13 +415,15 @@ def setup_data(run: Run, index: FredIndex) -> None:
     """The frame caches (rank 0 builds them), the training set, its step options (with the batch half of the
     augmentation), the warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
     cfg, device, world = run.cfg, run.device, dist.get_world_size()
-    caches = {}
-    if dist.is_main():  # rank 0 builds the caches, the other processes then open the train one
-        caches = {what: build_fred.build_frame_caches(cfg, frames, what) for what, frames in
-                  (("train", index.train), ("val", index.val))}
-    dist.barrier()
-    if not dist.is_main():
-        caches["train"] = build_fred.build_frame_caches(cfg, index.train, "train", progress=False)
+    # rank 0 builds the caches, each other machine's first process its train cache, the other processes open it
+    caches = dist.in_turns(lambda: {what: build_fred.build_frame_caches(cfg, frames, what, progress=dist.is_main())
+                                    for what, frames in (("train", index.train), ("val", index.val))
+                                    if what == "train" or dist.is_main()})
+    workers = build_fred.capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
+    if dist.is_main() and world > 1 and workers < build_fred.capped_workers(cfg["NUM_WORKERS"]):
+        print(f"NUM_WORKERS={cfg['NUM_WORKERS']}: {workers} loader processes per training process "
+              f"({dist.local_world_size()} processes x {workers} <= {os.cpu_count()} CPUs on this machine)",
+              flush=True)
     run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir,
                                              hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda",
                                              **caches["train"])
@@ -449,8 +451,14 @@ def start_phase(run: Run, epoch: int, previous: Optional[build_fred.Phase]) -> b
     phase = build_fred.build_phase(cfg, build_fred.phase_name(cfg, epoch), run.model, run.criterion, run.train_set,
                                    run.device, dist.get_rank(), world, previous)
     if dist.is_main():
-        if cfg["CUDA_GRAPH"] and run.device.type == "cuda" and world > 1:
-            print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
+        off = build_fred.graph_off_reason(cfg, run.device, world)
+        if off:
+            print(off, flush=True)
+        if world > 1:
+            how = ("all-reduced after each backward (DDP_GRAD_SYNC='allreduce'" + (", CUDA graph" if phase.loss_fn
+                                                                                   else "") + ")"
+                   if phase.grad_sync else "averaged by DistributedDataParallel (DDP_GRAD_SYNC='ddp')")
+            print(f"gradients: {how}", flush=True)
         print(f"phase {phase.name}: epochs {epoch + 1}-{phase.last_epoch}, batch {phase.batch} ({phase.per_rank} per "
               f"process x {world}), lr {phase.lr_max:.3g} -> {phase.lr_min:.3g} ({cfg['OPTIMIZER_TYPE']}, nbs 64 "
               f"rule), backbone {phase.name}", flush=True)
@@ -480,7 +488,9 @@ def train_epoch(run: Run, phase: build_fred.Phase, epoch: int, stop: StopFlag) -
         phase.net, run.ema if dist.is_main() else None, run.criterion, run.optimizer, run.scaler, loader, run.device,
         lr_for, run.step, start, stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]),
         desc=f"epoch {epoch + 1}/{total} {phase.name}", show_progress=dist.is_main(), loss_fn=phase.loss_fn,
-        epoch_sums=run.epoch_sums if start else None)
+        epoch_sums=run.epoch_sums if start else None, grad_sync=phase.grad_sync)
+    if phase.grad_sync is not None:  # every process holds rank 0's BatchNorm statistics, as under DDP
+        dist.broadcast_state(run.model, buffers_only=True)
     run.start_iter, run.epoch_sums = 0, None
     if stats["stopped"] == "nan":
         raise RunStop(EXIT_NAN, f"stopping: {cfg['NAN_PATIENCE']} optimizer steps in a row had a non-finite loss "
@@ -534,10 +544,11 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                 except (NonFiniteError, torch.cuda.OutOfMemoryError, DiskFullError) as e:
                     failure = e  # raised below, once every process knows the run ends
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
-                    print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"]),
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"],
+                                                                                 dist.local_world_size()),
                                          device.type == "cuda"), flush=True)
                     hinted = True
-            code = dist.broadcast_object(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
+            code = dist.wait_for_main(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
             if failure is not None:
                 raise failure
             if code:

@@ -1,0 +1,162 @@
+"""Multi-process training on CPU (gloo, 2 processes): the "allreduce" gradient sync against DDP, waits for rank 0
+that outlast the process-group timeout, caches built in turns, and the choices build_fred makes under torchrun."""
+import datetime
+import json
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import build_fred
+import config_fred
+from utils import dist
+from utils.config import config_dict
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, tmp_path, *args) -> None:
+    """fn(rank, out_dir, *args) in 2 processes whose environment is torchrun's (one machine)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    try:
+        mp.spawn(_worker, args=(fn, str(tmp_path), args), nprocs=2, join=True)
+    finally:
+        for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+def _worker(rank: int, fn, out_dir: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    fn(rank, out_dir, *args)
+
+
+def _proof(rank: int, out_dir: str) -> None:
+    from bench import bench_ddp
+    dist.setup("cpu")
+    try:
+        result = bench_ddp.proof(torch.device("cpu"), "n", 64, 2, 3)
+        batches = bench_ddp.proof_batches(2, 64, 3, rank)
+        torch.manual_seed(0)
+        start = build_model_state()
+        real = dist.all_reduce_grads
+        dist.all_reduce_grads = lambda params: None  # control: no averaging at all
+        try:
+            unsynced = bench_ddp.trained_state("allreduce", "n", 64, batches, torch.device("cpu"), None)
+        finally:
+            dist.all_reduce_grads = real
+        synced = bench_ddp.trained_state("allreduce", "n", 64, batches, torch.device("cpu"), None)
+        apart = max((unsynced[k] - synced[k]).abs().max().item() for k in synced)
+        moved = max((synced[k] - start[k]).abs().max().item() for k in synced)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"result": result, "unsynced_apart": apart, "moved": moved}, f)
+    finally:
+        dist.cleanup()
+
+
+def build_model_state() -> dict:
+    from nets import build_model
+    return {k: v.float() for k, v in build_model("n", 1).state_dict().items()}
+
+
+def test_allreduce_sync_gives_ddps_weights_bit_for_bit(tmp_path):
+    """3 SGD steps of the trainer's step from the same weights on each rank's own batches: the bare model with
+    all_reduce_grads ends with DDP's parameters on every rank and DDP's BatchNorm statistics on rank 0."""
+    _spawn(_proof, tmp_path)
+    for rank in (0, 1):
+        out = json.load(open(tmp_path / f"rank{rank}.json"))
+        run = out["result"]["runs"]["allreduce"]
+        assert out["result"]["pass"] and run["param"] == 0.0, out
+        assert out["result"]["update"] > 1e-3 and out["moved"] > 1e-3, "the steps must move the weights"
+        assert out["unsynced_apart"] > 1e-4, "without the all-reduce the ranks' weights differ from the synced ones"
+    assert json.load(open(tmp_path / "rank0.json"))["result"]["runs"]["allreduce"]["buffer"] == 0.0
+
+
+def _slow_rank_0(rank: int, out_dir: str, wait: str) -> None:
+    dist.setup("cpu", timeout=datetime.timedelta(seconds=2))
+    outcome = "ok"
+    try:
+        if rank == 0:
+            time.sleep(5)  # an evaluation longer than the process group's timeout
+        try:
+            got = dist.wait_for_main(rank + 7) if wait == "patient" else dist.broadcast_object(rank + 7)
+            outcome = f"got {got}"
+        except Exception as e:  # the control: the process group's own wait times out
+            outcome = f"error {type(e).__name__}"
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+            f.write(outcome)
+    finally:
+        if outcome.startswith("got"):
+            dist.cleanup()
+
+
+@pytest.mark.parametrize("wait", ["patient", "process_group"])
+def test_wait_for_main_outlasts_the_process_group_timeout(tmp_path, wait):
+    """Rank 0 busy for 5 s with a 2 s process-group timeout: wait_for_main() (the epoch end's) still gets rank 0's
+    value; the process group's own broadcast, the control, times out."""
+    try:
+        _spawn(_slow_rank_0, tmp_path, wait)
+    except Exception:  # the control's ranks leave a broken group behind
+        assert wait == "process_group"
+    got = (tmp_path / "rank1.txt").read_text()
+    if wait == "patient":
+        assert got == "got 7" and (tmp_path / "rank0.txt").read_text() == "got 7"
+    else:
+        assert got.startswith("error"), got
+
+
+def _turns(rank: int, out_dir: str) -> None:
+    dist.setup("cpu")
+    log = os.path.join(out_dir, "log.txt")
+
+    def build() -> int:
+        with open(log, "a") as f:
+            f.write(f"start {rank}\n")
+        time.sleep(1.0 if rank == 0 else 0.0)
+        with open(log, "a") as f:
+            f.write(f"end {rank}\n")
+        return rank
+
+    try:
+        assert dist.in_turns(build) == rank
+    finally:
+        dist.cleanup()
+
+
+def test_in_turns_builds_on_rank_0_before_the_others_open(tmp_path):
+    _spawn(_turns, tmp_path)
+    assert (tmp_path / "log.txt").read_text().split("\n")[:4] == ["start 0", "end 0", "start 1", "end 1"]
+
+
+def test_workers_are_capped_by_the_processes_sharing_the_cpus(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert build_fred.capped_workers(8) == 8 and build_fred.capped_workers(32) == 16
+    assert build_fred.capped_workers(8, processes=4) == 4 and build_fred.capped_workers(8, processes=2) == 8
+    assert build_fred.capped_workers(8, processes=32) == 0
+
+
+def test_graph_under_torchrun_uses_the_allreduce_sync_unless_sync_bn():
+    cfg = {**config_dict(config_fred), "CUDA_GRAPH": True, "SYNC_BN": False, "DDP_GRAD_SYNC": "ddp"}
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert build_fred.uses_graph(cfg, cuda, 2) and build_fred.grad_sync_kind(cfg, cuda, 2) == "allreduce"
+    assert build_fred.graph_off_reason(cfg, cuda, 2) is None
+    assert not build_fred.uses_graph(cfg, cpu, 2) and build_fred.grad_sync_kind(cfg, cpu, 2) == "ddp"
+    assert build_fred.grad_sync_kind({**cfg, "DDP_GRAD_SYNC": "allreduce"}, cpu, 2) == "allreduce"
+    sync_bn = {**cfg, "SYNC_BN": True}
+    assert not build_fred.uses_graph(sync_bn, cuda, 2) and build_fred.grad_sync_kind(sync_bn, cuda, 2) == "ddp"
+    assert "SYNC_BN" in build_fred.graph_off_reason(sync_bn, cuda, 2)
+    assert build_fred.uses_graph(sync_bn, cuda, 1), "SyncBatchNorm is not used in one process: the graph stays"
+
+
+@pytest.mark.parametrize("value", ["DDP", "nccl", "", 1])
+def test_unknown_grad_sync_is_rejected(value):
+    cfg = {**config_dict(config_fred), "DDP_GRAD_SYNC": value}
+    with pytest.raises(ValueError, match=r"DDP_GRAD_SYNC must be one of 'ddp', 'allreduce'"):
+        build_fred.check_config(cfg)
