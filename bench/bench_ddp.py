@@ -190,12 +190,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tol_graph", type=float, default=1e-3, help="proof: every run's largest relative difference")
     p.add_argument("--gpus", default="1,2,4,8", help="scaling: process counts, those above the GPUs present skipped")
     p.add_argument("--batches", default="16,32", help="scaling: global batch per GPU (global batch = b x N)")
-    p.add_argument("--epochs", type=int, default=3, help="scaling: epochs per run (the first left out)")
-    p.add_argument("--data_root", default=str(REPO / "data" / "bench_ddp"), help="scaling: generated data")
+    p.add_argument("--epochs", type=int, default=4, help="scaling: epochs per run (the first left out; Ultralytics: "
+                   "the last too, it validates)")
+    p.add_argument("--data_root", default="", help="scaling: generated data (default data/bench_ddp; --quick: "
+                   "bench/out/bench_ddp_quick_data)")
     p.add_argument("--sequences", type=int, default=24)
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--workers", type=int, default=8, help="scaling: loader processes per GPU (capped)")
     p.add_argument("--skip_ultra", action="store_true")
+    p.add_argument("--eager_allreduce", action="store_true", help="scaling on CUDA: also ours without the graph "
+                   "with DDP_GRAD_SYNC='allreduce' (the cost of the all-reduce not overlapping the backward)")
     p.add_argument("--timeout", type=float, default=900, help="scaling: seconds per trainer run")
     p.add_argument("--quick", action="store_true", help="scaling on CPU: 2 gloo processes, tiny set, ours only")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_ddp.json"))
@@ -205,8 +209,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.device, a.gpus, a.batches, a.epochs, a.skip_ultra = "cpu", "1,2", "4", 2, True
         a.sequences, a.frames, a.workers = 4, 8, 0
-        a.data_root = str(REPO / "bench" / "out" / "bench_ddp_quick_data")
+    a.data_root = a.data_root or str(REPO / "bench" / "out" / "bench_ddp_quick_data" if a.quick
+                                     else REPO / "data" / "bench_ddp")
     return a
+
+
+def our_variants(cuda: bool, eager_allreduce: bool) -> list[tuple[str, dict]]:
+    """Our runs per (N, batch): (name, config overrides). CUDA: graph (its all-reduce after each replay) and eager
+    DDP; CPU: eager DDP and eager allreduce."""
+    if not cuda:
+        return [("ours_ddp", {"CUDA_GRAPH": False, "DDP_GRAD_SYNC": "ddp"}),
+                ("ours_allreduce", {"CUDA_GRAPH": False, "DDP_GRAD_SYNC": "allreduce"})]
+    return ([("ours_graph", {"CUDA_GRAPH": True}), ("ours_no_graph", {"CUDA_GRAPH": False, "DDP_GRAD_SYNC": "ddp"})]
+            + ([("ours_no_graph_allreduce", {"CUDA_GRAPH": False, "DDP_GRAD_SYNC": "allreduce"})]
+               if eager_allreduce else []))
 
 
 def _torchrun(n: int) -> list[str]:
@@ -214,11 +230,12 @@ def _torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
 
 
-def ours_run(a: argparse.Namespace, n: int, per_gpu: int, graph: bool, split: str, save_dir: Path) -> dict:
-    """Our trainer on n processes at global batch per_gpu x n: img/s per GPU of the epochs after the first."""
+def ours_run(a: argparse.Namespace, n: int, per_gpu: int, variant: dict, split: str, save_dir: Path) -> dict:
+    """Our trainer on n processes at global batch per_gpu x n with the variant's config overrides: img/s per GPU of
+    the epochs after the first."""
     sets = {"FREEZE_TRAIN": False, "UNFREEZE_EPOCH": a.epochs, "UNFREEZE_BATCH_SIZE": per_gpu * n,
-            "INPUT_SHAPE": [a.size, a.size], "CUDA_GRAPH": graph, "NUM_WORKERS": a.workers, "EVAL_PERIOD": 1000,
-            "SAVE_PERIOD": 1000, "SPECIAL_AUG_RATIO": 1.0, "MOSAIC_PROB": 0.5, "VAL_FRAME_STRIDE": 10}
+            "INPUT_SHAPE": [a.size, a.size], "NUM_WORKERS": a.workers, "EVAL_PERIOD": 1000,
+            "SAVE_PERIOD": 1000, "SPECIAL_AUG_RATIO": 1.0, "MOSAIC_PROB": 0.5, "VAL_FRAME_STRIDE": 10, **variant}
     cmd = (_torchrun(n) if n > 1 else [sys.executable]) + [
         str(REPO / "train_fred.py"), "--modality", "event", "--data_root", a.data_root, "--split", split, "--phi",
         a.phi, "--save_dir", str(save_dir), "--no_eval_map", "--set", *[f"{k}={v!r}" for k, v in sets.items()]]
@@ -233,7 +250,8 @@ def ours_run(a: argparse.Namespace, n: int, per_gpu: int, graph: bool, split: st
     rates = [float(r["img_per_s"]) for r in rows[1:] if r.get("img_per_s")]
     return {"ok": proc.returncode == 0, "seconds": round(time.time() - t0, 1),
             "img_per_s_per_gpu": sum(rates) / len(rates) if rates else None,
-            "graph": "CUDA graph" in proc.stdout, "log_tail": (proc.stdout + proc.stderr)[-1500:]}
+            "gradients": next((line for line in proc.stdout.splitlines() if line.startswith("gradients:")), ""),
+            "log_tail": (proc.stdout + proc.stderr)[-1500:]}
 
 
 def ultra_run(a: argparse.Namespace, n: int, per_gpu: int, data_yaml: str, train_images: int, save_dir: Path
@@ -263,20 +281,20 @@ def run_scaling(a: argparse.Namespace) -> int:
     present = torch.cuda.device_count() if cuda else 2
     counts = [n for n in map(int, a.gpus.split(",")) if n <= present]
     size = (720, 1280) if not a.quick else (180, 320)
-    ensure_generated(a.data_root, a.sequences, a.frames, size)
-    split = write_split(a.data_root, [8])
+    manifest, _ = ensure_generated(a.data_root, a.sequences, a.frames, size, workers=os.cpu_count() or 1)
+    split = write_split(a.data_root, manifest["ids"])
     index = build_fred_index(a.data_root, "event", split=split)
     runs_dir = Path(a.out).with_suffix("").parent / (Path(a.out).stem + "_runs")
     data_yaml = "" if a.skip_ultra else build_ultra_dataset(index.train, index.val[::10], str(runs_dir / "ultra_data"))
     result: dict = {"args": vars(a), "train_frames": len(index.train), "runs": []}
     for per_gpu in map(int, a.batches.split(",")):
         for n in counts:
-            trainers = [("ours_graph", True), ("ours_no_graph", False)] if cuda else [("ours", False)]
-            for name, graph in trainers + ([] if a.skip_ultra else [("ultralytics", None)]):
+            trainers = our_variants(cuda, a.eager_allreduce) + ([] if a.skip_ultra else [("ultralytics", None)])
+            for name, variant in trainers:
                 save = runs_dir / f"{name}_n{n}_b{per_gpu}"
                 print(f"[ddp] {name}: {n} process(es), global batch {per_gpu * n}", flush=True)
-                r = (ultra_run(a, n, per_gpu, data_yaml, len(index.train), save) if graph is None
-                     else ours_run(a, n, per_gpu, graph, split, save))
+                r = (ultra_run(a, n, per_gpu, data_yaml, len(index.train), save) if variant is None
+                     else ours_run(a, n, per_gpu, variant, split, save))
                 result["runs"].append({"trainer": name, "n": n, "per_gpu": per_gpu, **r})
                 Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(a.out).write_text(json.dumps(result, indent=1))

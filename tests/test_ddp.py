@@ -160,3 +160,20 @@ def test_unknown_grad_sync_is_rejected(value):
     cfg = {**config_dict(config_fred), "DDP_GRAD_SYNC": value}
     with pytest.raises(ValueError, match=r"DDP_GRAD_SYNC must be one of 'ddp', 'allreduce'"):
         build_fred.check_config(cfg)
+
+
+def test_bench_ddp_quick_runs_ours_on_1_and_2_gloo_processes(tmp_path):
+    """bench_ddp.py --quick (CPU): eager DDP and eager allreduce on 1 and 2 processes, img/s per process and the
+    scaling efficiency against 1 process in the table and the JSON."""
+    from bench import bench_ddp
+    out = tmp_path / "bench_ddp.json"
+    assert bench_ddp.main(["--quick", "--data_root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    runs = json.load(open(out))["runs"]
+    assert sorted((r["trainer"], r["n"]) for r in runs) == [("ours_allreduce", 1), ("ours_allreduce", 2),
+                                                             ("ours_ddp", 1), ("ours_ddp", 2)]
+    for r in runs:
+        assert r["ok"] and r["img_per_s_per_gpu"] > 0 and r["efficiency"] > 0, r
+        assert r["efficiency"] == 1.0 if r["n"] == 1 else r["efficiency"] != 1.0
+    two = {r["trainer"]: r["gradients"] for r in runs if r["n"] == 2}
+    assert "all-reduced after each backward" in two["ours_allreduce"]
+    assert "DistributedDataParallel" in two["ours_ddp"]
