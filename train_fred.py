@@ -218,6 +218,16 @@ def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
     return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
 
 
+def workers_note(num_workers: int, processes: int) -> str:
+    """The line to print when `processes` training processes on this machine share its CPUs, so that each starts
+    fewer than num_workers (NUM_WORKERS) loader processes; else ""."""
+    workers = build_fred.capped_workers(num_workers, processes)
+    if workers >= build_fred.capped_workers(num_workers):
+        return ""
+    return (f"NUM_WORKERS={num_workers}: {workers} loader processes per training process ({processes} processes x "
+            f"{workers} <= {os.cpu_count()} CPUs on this machine)")
+
+
 def run_check_data(cfg: dict, modality: str) -> int:
     """--check_data: index, decode every image, print the summary and the JSON line; 0 when usable."""
     try:
@@ -419,11 +429,9 @@ def setup_data(run: Run, index: FredIndex) -> None:
     caches = dist.in_turns(lambda: {what: build_fred.build_frame_caches(cfg, frames, what, progress=dist.is_main())
                                     for what, frames in (("train", index.train), ("val", index.val))
                                     if what == "train" or dist.is_main()})
-    workers = build_fred.capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
-    if dist.is_main() and world > 1 and workers < build_fred.capped_workers(cfg["NUM_WORKERS"]):
-        print(f"NUM_WORKERS={cfg['NUM_WORKERS']}: {workers} loader processes per training process "
-              f"({dist.local_world_size()} processes x {workers} <= {os.cpu_count()} CPUs on this machine)",
-              flush=True)
+    note = workers_note(cfg["NUM_WORKERS"], dist.local_world_size())
+    if dist.is_main() and note:
+        print(note, flush=True)
     run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir,
                                              hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda",
                                              **caches["train"])

@@ -142,6 +142,45 @@ def test_workers_are_capped_by_the_processes_sharing_the_cpus(monkeypatch):
     assert build_fred.capped_workers(8, processes=32) == 0
 
 
+def test_capped_workers_are_announced_only_when_processes_share_the_cpus(monkeypatch):
+    import train_fred
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert train_fred.workers_note(8, 4) == ("NUM_WORKERS=8: 4 loader processes per training process (4 processes x 4 "
+                                             "<= 16 CPUs on this machine)")
+    assert train_fred.workers_note(8, 2) == "" and train_fred.workers_note(32, 1) == ""
+    assert train_fred.workers_note(0, 8) == ""
+
+
+def _buffers(rank: int, out_dir: str) -> None:
+    dist.setup("cpu")
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+        net(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(rank)))  # each rank's own statistics
+        with torch.no_grad():
+            net[0].weight.add_(rank)  # a parameter of its own, which the buffer broadcast must leave alone
+        own_weight = net[0].weight.flatten().tolist()
+        before = [b.tolist() for b in net.buffers()]
+        dist.broadcast_state(net, buffers_only=True)
+        after = [b.tolist() for b in net.buffers()]
+        kept = net[0].weight.flatten().tolist() == own_weight
+        dist.broadcast_state(net)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"before": before, "after": after, "kept": kept, "own_weight": own_weight,
+                       "final_weight": net[0].weight.flatten().tolist()}, f)
+    finally:
+        dist.cleanup()
+
+
+def test_broadcast_state_copies_rank_0s_buffers_and_then_parameters(tmp_path):
+    _spawn(_buffers, tmp_path)
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["before"][0] != r1["before"][0], "each rank's BatchNorm statistics are its own before"
+    assert r1["after"] == r0["before"] and r0["after"] == r0["before"]
+    assert r1["kept"] and r1["own_weight"] != r0["own_weight"], "buffers_only leaves the parameters alone"
+    assert r1["final_weight"] == r0["own_weight"], "the full broadcast copies rank 0's parameters too"
+
+
 def test_graph_under_torchrun_uses_the_allreduce_sync_unless_sync_bn():
     cfg = {**config_dict(config_fred), "CUDA_GRAPH": True, "SYNC_BN": False, "DDP_GRAD_SYNC": "ddp"}
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
