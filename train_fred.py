@@ -158,7 +158,7 @@ def open_run_dir(cfg: dict, modality: str, resume: Optional[str]) -> str:
             run_dir = new_run_dir(cfg["SAVE_DIR"])
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump({"modality": modality, **cfg}, f, indent=1)
-    return dist.broadcast_object(run_dir)
+    return dist.wait_for_main(run_dir)
 
 
 def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:

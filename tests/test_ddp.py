@@ -86,7 +86,12 @@ def _slow_rank_0(rank: int, out_dir: str, wait: str) -> None:
         if rank == 0:
             time.sleep(5)  # an evaluation longer than the process group's timeout
         try:
-            got = dist.wait_for_main(rank + 7) if wait == "patient" else dist.broadcast_object(rank + 7)
+            box = [rank + 7]
+            if wait == "patient":
+                box = [dist.wait_for_main(rank + 7)]
+            else:
+                torch.distributed.broadcast_object_list(box, src=0)
+            got = box[0]
             outcome = f"got {got}"
         except Exception as e:  # the control: the process group's own wait times out
             outcome = f"error {type(e).__name__}"

@@ -80,21 +80,6 @@ def cleanup() -> None:
     _WAIT_GROUP = None
 
 
-def barrier() -> None:
-    """Wait for all processes (no-op when not distributed)."""
-    if is_dist():
-        dist.barrier()
-
-
-def broadcast_object(obj: object) -> object:
-    """Return rank 0's obj on every process."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def wait_for_main(obj: T) -> T:
     """Return rank 0's obj on every process; the others wait for it up to WAIT_TIMEOUT, not PG_TIMEOUT (rank 0 may
     be building caches or evaluating), in setup()'s gloo side group (the process group where there is none)."""
