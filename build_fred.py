@@ -425,9 +425,9 @@ def train_loader(cfg: dict, train_set: FredDataset, per_rank: int, sampler: Samp
                  rank: int, persistent: bool = True) -> DataLoader:
     """The training loader of one process: NUM_WORKERS (capped: the machine's processes share its CPUs), seeded per
     rank."""
-    return make_loader(train_set, per_rank, sampler, capped_workers(cfg["NUM_WORKERS"], dist.local_world_size()),
-                       device,
-                       cfg["SEED"] + 1000 * rank, persistent=persistent, ring=cfg["BATCH_RING"])
+    workers = capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
+    return make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank,
+                       persistent=persistent, ring=cfg["BATCH_RING"])
 
 
 def resumed_loader(cfg: dict, phase: Phase, train_set: FredDataset, start_iter: int, device: torch.device,

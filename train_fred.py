@@ -422,10 +422,10 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
 
 
 def setup_data(run: Run, index: FredIndex) -> None:
-    """The frame caches (rank 0 builds them), the training set, its step options (with the batch half of the
-    augmentation), the warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
+    """The frame caches (built in turns: rank 0 train and val, each other machine's first process train, then the
+    other processes open it), the training set, its step options (with the batch half of the augmentation), the
+    warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
     cfg, device, world = run.cfg, run.device, dist.get_world_size()
-    # rank 0 builds the caches, each other machine's first process its train cache, the other processes open it
     caches = dist.in_turns(lambda: {what: build_fred.build_frame_caches(cfg, frames, what, progress=dist.is_main())
                                     for what, frames in (("train", index.train), ("val", index.val))
                                     if what == "train" or dist.is_main()})
@@ -462,11 +462,11 @@ def start_phase(run: Run, epoch: int, previous: Optional[build_fred.Phase]) -> b
         off = build_fred.graph_off_reason(cfg, run.device, world)
         if off:
             print(off, flush=True)
-        if world > 1:
-            how = ("all-reduced after each backward (DDP_GRAD_SYNC='allreduce'" + (", CUDA graph" if phase.loss_fn
-                                                                                   else "") + ")"
-                   if phase.grad_sync else "averaged by DistributedDataParallel (DDP_GRAD_SYNC='ddp')")
-            print(f"gradients: {how}", flush=True)
+        if world > 1 and phase.grad_sync is not None:
+            graph = ", after each CUDA graph replay" if phase.loss_fn is not None else ""
+            print(f"gradients: all-reduced after each backward (DDP_GRAD_SYNC='allreduce'{graph})", flush=True)
+        elif world > 1:
+            print("gradients: averaged by DistributedDataParallel (DDP_GRAD_SYNC='ddp')", flush=True)
         print(f"phase {phase.name}: epochs {epoch + 1}-{phase.last_epoch}, batch {phase.batch} ({phase.per_rank} per "
               f"process x {world}), lr {phase.lr_max:.3g} -> {phase.lr_min:.3g} ({cfg['OPTIMIZER_TYPE']}, nbs 64 "
               f"rule), backbone {phase.name}", flush=True)
@@ -552,9 +552,8 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                 except (NonFiniteError, torch.cuda.OutOfMemoryError, DiskFullError) as e:
                     failure = e  # raised below, once every process knows the run ends
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
-                    print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"],
-                                                                                 dist.local_world_size()),
-                                         device.type == "cuda"), flush=True)
+                    workers = build_fred.capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], workers, device.type == "cuda"), flush=True)
                     hinted = True
             code = dist.wait_for_main(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
             if failure is not None:
