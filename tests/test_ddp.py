@@ -147,6 +147,25 @@ def test_workers_are_capped_by_the_processes_sharing_the_cpus(monkeypatch):
     assert build_fred.capped_workers(8, processes=32) == 0
 
 
+def test_coalesced_collective_writes_back_into_every_layout():
+    """One flat buffer per dtype through the collective, written back in place: NCHW, channels_last, a strided
+    (non-dense) view and an integer tensor, each keeping its storage and layout."""
+    g = torch.Generator().manual_seed(0)
+    nchw = torch.rand(2, 3, 4, 5, generator=g)
+    nhwc = torch.rand(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    strided = torch.rand(6, 8, generator=g)[:, ::2]
+    counts = torch.arange(5)
+    tensors = [nchw, nhwc, strided, counts]
+    expected = [t * 2 + 1 for t in tensors]
+    pointers = [t.data_ptr() for t in tensors]
+    seen = []
+    dist._coalesced(tensors, lambda flat: seen.append(flat.dtype) or flat.mul_(2).add_(1))
+    assert seen == [torch.float32, torch.int64], "one collective per dtype"
+    for t, e, ptr in zip(tensors, expected, pointers):
+        assert torch.equal(t, e) and t.data_ptr() == ptr
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not strided.is_contiguous()
+
+
 def test_capped_workers_are_announced_only_when_processes_share_the_cpus(monkeypatch):
     import train_fred
     monkeypatch.setattr(os, "cpu_count", lambda: 16)

@@ -104,16 +104,30 @@ def in_turns(build: Callable[[], T]) -> T:
     return build() if not is_local_main() else result
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill one block of memory: contiguous, also in the channels_last layout."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
 def _coalesced(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], None]) -> None:
     """collective(flat) in place on one flat copy of tensors per (device, dtype), then copied back into them: one
-    collective per dtype instead of one per tensor."""
+    collective per dtype instead of one per tensor (every process must hold the same shapes and layouts). A dense
+    tensor goes in memory order through a 1-D view (no per-tensor copy kernels for channels_last weights)."""
     groups: dict[tuple, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for group in groups.values():
-        flat = torch.cat([t.reshape(-1) for t in group])
+        dense = [_dense(t) for t in group]
+        flats = [t.as_strided((t.numel(),), (1,)) if d else t.reshape(-1) for t, d in zip(group, dense)]
+        flat = torch.cat(flats)
         collective(flat)
-        torch._foreach_copy_(group, [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in group]), group)])
+        chunks = flat.split([t.numel() for t in group])
+        views = [(f, c) for f, c, d in zip(flats, chunks, dense) if d]
+        if views:
+            torch._foreach_copy_([f for f, _ in views], [c for _, c in views])
+        for t, c, d in zip(group, chunks, dense):
+            if not d:
+                t.copy_(c.view_as(t))
 
 
 def all_reduce_grads(params: list[torch.Tensor]) -> None:
