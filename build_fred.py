@@ -34,8 +34,10 @@ from speed.cuda_graph import GraphedTrainLoss
 from speed.frame_cache import FrameCache, open_frame_cache
 from training.engine import StepOptions
 from training.optim import scale_lr_for_batch
+from utils import dist
 from utils.letterbox import rect_shape
 
+GRAD_SYNCS = ("ddp", "allreduce")  # DDP_GRAD_SYNC: how gradients are averaged over torchrun's processes
 RECOMMENDED_STEPS = {"sgd": 5e4, "adam": 1.5e4, "adamw": 1.5e4}  # the RTX 3090 tuning note's minimum optimizer steps
 MODALITIES = ("rgb", "event", "fusion")
 MAX_STRIDE = max(max(strides) for strides in ARCHS.values())  # any ARCH's coarsest stride (32): EVAL_RECT rounds to it
@@ -106,7 +108,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
     "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
     "FRAME_CACHE": _choice("off", "disk"), "FRAME_CACHE_MAX_GB": _number(0), "FRAME_CACHE_DIR": _STR,
-    "SYNC_BN": _BOOL, "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
+    "SYNC_BN": _BOOL, "DDP_GRAD_SYNC": _choice(*GRAD_SYNCS), "LOG_INTERVAL": _whole(1), "NAN_PATIENCE": _whole(1),
     "SAVE_DIR": (_formats_with_modality, "a folder path, where {modality} is the only {} field"),
     "SAVE_PERIOD": _whole(1), "EVAL_PERIOD": _whole(1), "EVAL_MAP": _BOOL, "CONFIDENCE": _FRACTION,
     "NMS_IOU": _FRACTION, "MAX_DET": _whole(1), "EVAL_BATCH_SIZE": _whole(1),
@@ -139,9 +141,10 @@ def check_config(cfg: dict, world: int = 1) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def capped_workers(workers: int) -> int:
-    """Loader processes to start for a setting of `workers`: at most the CPU count, at least 0."""
-    return max(0, min(workers, os.cpu_count() or 1))
+def capped_workers(workers: int, processes: int = 1) -> int:
+    """Loader processes to start for a setting of `workers` in each of `processes` training processes on this
+    machine: at most the CPU count divided among them (processes x workers <= CPUs), at least 0."""
+    return max(0, min(workers, (os.cpu_count() or 1) // max(1, processes)))
 
 
 def build_index(cfg: dict, modality: str, val_only: bool = False) -> FredIndex:
@@ -349,6 +352,7 @@ class Phase:
     loader: DataLoader
     net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
     loss_fn: Optional[GraphedTrainLoss]  # the CUDA-graphed forward + loss, or None (eager)
+    grad_sync: Optional[Callable[[list], None]]  # averages the gradients after backward (allreduce sync), or None
     lr_max: float  # learning rates after the nbs-64 batch rule
     lr_min: float
 
@@ -358,10 +362,29 @@ def phase_name(cfg: dict, epoch: int) -> str:
     return "frozen" if cfg["FREEZE_TRAIN"] and epoch < cfg["FREEZE_EPOCH"] else "unfrozen"
 
 
+def graph_off_reason(cfg: dict, device: torch.device, world: int) -> Optional[str]:
+    """Why the training step runs without a CUDA graph although CUDA_GRAPH is on (to print), or None."""
+    if cfg["CUDA_GRAPH"] and device.type == "cuda" and world > 1 and cfg["SYNC_BN"]:
+        return ("CUDA_GRAPH: off with SYNC_BN under torchrun (SyncBatchNorm's collectives cannot be captured in the "
+                "graph); SYNC_BN=False keeps the graph")
+    return None
+
+
+def uses_graph(cfg: dict, device: torch.device, world: int) -> bool:
+    """Whether the training step replays a CUDA graph: CUDA_GRAPH on CUDA, unless SYNC_BN under torchrun."""
+    return cfg["CUDA_GRAPH"] and device.type == "cuda" and graph_off_reason(cfg, device, world) is None
+
+
+def grad_sync_kind(cfg: dict, device: torch.device, world: int) -> str:
+    """How a torchrun run averages gradients: "allreduce" with a CUDA graph (DDP's hooks cannot run inside it),
+    else DDP_GRAD_SYNC."""
+    return "allreduce" if uses_graph(cfg, device, world) else cfg["DDP_GRAD_SYNC"]
+
+
 def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
                  world: int) -> Optional[GraphedTrainLoss]:
-    """The CUDA-graphed training forward + loss of this phase's model and batch (CUDA_GRAPH, one GPU), or None."""
-    if not cfg["CUDA_GRAPH"] or device.type != "cuda" or world > 1:
+    """The CUDA-graphed training forward + loss of this phase's model and batch (uses_graph()), or None."""
+    if not uses_graph(cfg, device, world):
         return None
     h, w = cfg["INPUT_SHAPE"]
     sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
@@ -375,6 +398,9 @@ def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: Detecti
                 device: torch.device, rank: int, world: int, previous: Optional[Phase] = None) -> Phase:
     """Freeze or unfreeze the backbone and make the phase's sampler, loader, model wrapper and loss function.
 
+    Under torchrun (world > 1) the gradients are averaged by DistributedDataParallel, or, with the "allreduce" sync
+    (grad_sync_kind()), by utils.dist.all_reduce_grads after each backward on the bare model, whose parameters and
+    buffers are first made rank 0's as DDP's wrapping makes them.
     previous: the phase before, whose CUDA graph is released first (it holds GPU memory)."""
     if previous is not None:
         previous.loss_fn = None
@@ -384,18 +410,24 @@ def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: Detecti
     lr_max, lr_min = scale_lr_for_batch(cfg["INIT_LR"], cfg["MIN_LR"], batch, cfg["OPTIMIZER_TYPE"])
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
     loader = train_loader(cfg, train_set, per_rank, sampler, device, rank)
-    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if world > 1 else model)
+    net, grad_sync = model, None
+    if world > 1 and grad_sync_kind(cfg, device, world) == "allreduce":
+        dist.broadcast_state(model)
+        grad_sync = dist.all_reduce_grads
+    elif world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     last_epoch = cfg["FREEZE_EPOCH"] if name == "frozen" else cfg["UNFREEZE_EPOCH"]
     return Phase(name, last_epoch, batch, per_rank, sampler, loader, net,
-                 graphed_loss(cfg, model, criterion, per_rank, device, world), lr_max, lr_min)
+                 graphed_loss(cfg, model, criterion, per_rank, device, world), grad_sync, lr_max, lr_min)
 
 
 def train_loader(cfg: dict, train_set: FredDataset, per_rank: int, sampler: Sampler, device: torch.device,
                  rank: int, persistent: bool = True) -> DataLoader:
-    """The training loader of one process: NUM_WORKERS (capped), seeded per rank."""
-    return make_loader(train_set, per_rank, sampler, capped_workers(cfg["NUM_WORKERS"]), device,
-                       cfg["SEED"] + 1000 * rank, persistent=persistent, ring=cfg["BATCH_RING"])
+    """The training loader of one process: NUM_WORKERS (capped: the machine's processes share its CPUs), seeded per
+    rank."""
+    workers = capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
+    return make_loader(train_set, per_rank, sampler, workers, device, cfg["SEED"] + 1000 * rank,
+                       persistent=persistent, ring=cfg["BATCH_RING"])
 
 
 def resumed_loader(cfg: dict, phase: Phase, train_set: FredDataset, start_iter: int, device: torch.device,

@@ -56,7 +56,7 @@ SEED = 0                          # random seed (init, shuffling, augmentation);
 FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
 CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
-CUDA_GRAPH = True                 # CUDA, one GPU: replay the model's and the loss's forward+backward from a CUDA graph per phase (no launch overhead); ignored on CPU and with torchrun
+CUDA_GRAPH = True                 # CUDA: replay the model's and the loss's forward+backward from a CUDA graph per phase (no launch overhead); under torchrun the gradients are then all-reduced after each replay (DDP_GRAD_SYNC's "allreduce"); off with SYNC_BN under torchrun; ignored on CPU
 CUDA_GRAPH_TARGETS_PER_IMAGE = 16 # CUDA_GRAPH: boxes per image the graphed loss holds (targets are padded to it); a batch with more trains eagerly, 1..
 
 # ----------------------------------------------------------------- augmentation
@@ -83,7 +83,8 @@ BATCH_RING = True                 # CUDA: workers collate into reused shared-mem
 FRAME_CACHE = "disk"              # off | disk: decode each image once, resized to max(INPUT_SHAPE), into a file all workers map
 FRAME_CACHE_MAX_GB = 100.0        # largest frame cache to build, GB; larger: decode files. Per 1280x720 frame: 0.69 MB at 640; at 1280 RGB 2.76 MB (48,000 frames: 133 GB, so decoded), event 0.23 MB (packed: 11 GB)
 FRAME_CACHE_DIR = ""              # frame cache folder ("" = <DATA_ROOT>/.fred_frame_cache, else ~/.cache/fred_yolo/frames; /dev/shm/... = RAM)
-SYNC_BN = False                   # multi-GPU (torchrun) only: synchronise BatchNorm statistics across GPUs
+SYNC_BN = False                   # multi-GPU (torchrun) only: synchronise BatchNorm statistics across GPUs; turns the CUDA graph off (its collectives cannot be captured)
+DDP_GRAD_SYNC = "ddp"             # torchrun without a CUDA graph: how gradients are averaged over the processes: "ddp" (DistributedDataParallel, all-reduce overlapping the backward) | "allreduce" (the bare model, then one all-reduce per dtype of all gradients after the backward: what a CUDA-graphed step always uses, also on CPU/gloo); ignored in one process
 
 # ----------------------------------------------------------------- training run
 LOG_INTERVAL = 50                 # iterations between reads of the loss from the GPU (progress bar, NaN check), >= 1

@@ -15,7 +15,9 @@ frames; one frame out per frame in, grey for an unreadable one), frames/<name>.j
 (--save_txt: class cx cy w h score, normalised to the source frame), detections.json (--save_json: COCO style, bbox
 x, y, w, h in source pixels), skipped.txt (unreadable frames). With no --save_* flag: the video (the annotated
 frame for a single image) and detections.json. The last line printed is one JSON object: frames, detections, fps
-(end to end), model_fps (device copy, network and NMS), skipped, out, interrupted.
+(end to end), model_fps (device copy, network and NMS), decode_wait_s and write_wait_s (seconds the detector waited
+for decoded frames and for the writer: which stage limits the run), first_batch_s (seconds until the first batch's
+detections: start-up such as the CUDA graph's capture included), skipped, out, interrupted.
 Exit status: 0 done, 2 a bad argument, source or checkpoint (the message names it), 130 Ctrl-C (outputs closed).
 """
 from __future__ import annotations
@@ -76,6 +78,9 @@ def _summary(stats: dict, out: str, interrupted: bool) -> dict:
     return {"frames": frames, "detections": stats["detections"],
             "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
             "model_fps": round(good / model_seconds, 2) if model_seconds > 0 else 0.0,
+            "decode_wait_s": round(stats.get("decode_wait_seconds", 0.0), 3),
+            "write_wait_s": round(stats.get("write_wait_seconds", 0.0), 3),
+            "first_batch_s": round(stats.get("first_batch_seconds", 0.0), 3),
             "skipped": stats["skipped"], "out": out, "interrupted": interrupted}
 
 

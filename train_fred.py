@@ -158,7 +158,7 @@ def open_run_dir(cfg: dict, modality: str, resume: Optional[str]) -> str:
             run_dir = new_run_dir(cfg["SAVE_DIR"])
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump({"modality": modality, **cfg}, f, indent=1)
-    return dist.broadcast_object(run_dir)
+    return dist.wait_for_main(run_dir)
 
 
 def resume_conflict(state: dict, cfg: dict, path: str) -> Optional[str]:
@@ -216,6 +216,16 @@ def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
         tips.append("HSV_ON_GPU=True (colour jitter on the GPU)")
     advice = "; try " + ", ".join(tips) if tips else "; the CPUs are the limit here"
     return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
+
+
+def workers_note(num_workers: int, processes: int) -> str:
+    """The line to print when `processes` training processes on this machine share its CPUs, so that each starts
+    fewer than num_workers (NUM_WORKERS) loader processes; else ""."""
+    workers = build_fred.capped_workers(num_workers, processes)
+    if workers >= build_fred.capped_workers(num_workers):
+        return ""
+    return (f"NUM_WORKERS={num_workers}: {workers} loader processes per training process ({processes} processes x "
+            f"{workers} <= {os.cpu_count()} CPUs on this machine)")
 
 
 def run_check_data(cfg: dict, modality: str) -> int:
@@ -305,7 +315,7 @@ def oom_message(phase: str, cfg: dict, world: int, during: str, run_dir: Optiona
     world = 1 if during == "evaluation" else world  # rank 0 evaluates alone
     batch = cfg[key]
     lower = max(world, (batch * 3 // 4) // world * world)
-    graph = cfg["CUDA_GRAPH"] and world == 1 and during != "evaluation"
+    graph = cfg["CUDA_GRAPH"] and not (world > 1 and cfg["SYNC_BN"]) and during != "evaluation"
     other = (" or --set CUDA_GRAPH=False (the graph holds memory of its own)" if graph else "") + (
         "" if cfg["FP16"] else "; FP16 = True also saves memory")
     last = os.path.join(run_dir, "last.pth") if run_dir else ""
@@ -380,7 +390,7 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
               resume_state: Optional[dict]) -> tuple[Run, FredIndex]:
     """Index, model (weights or resumed state), optimizer, loss and the run folder: (run, index)."""
     world, main_proc = dist.get_world_size(), dist.is_main()
-    index = build_fred.build_index(cfg, modality)
+    index = dist.in_turns(lambda: build_fred.build_index(cfg, modality))  # the index cache: once per machine
     if main_proc:
         print(f"{modality}: {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences) from {index.stats['root']}")
@@ -412,16 +422,16 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
 
 
 def setup_data(run: Run, index: FredIndex) -> None:
-    """The frame caches (rank 0 builds them), the training set, its step options (with the batch half of the
-    augmentation), the warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
+    """The frame caches (built in turns: rank 0 train and val, each other machine's first process train, then the
+    other processes open it), the training set, its step options (with the batch half of the augmentation), the
+    warmup length and, on rank 0, the val loader, the run log and the end-of-epoch unit."""
     cfg, device, world = run.cfg, run.device, dist.get_world_size()
-    caches = {}
-    if dist.is_main():  # rank 0 builds the caches, the other processes then open the train one
-        caches = {what: build_fred.build_frame_caches(cfg, frames, what) for what, frames in
-                  (("train", index.train), ("val", index.val))}
-    dist.barrier()
-    if not dist.is_main():
-        caches["train"] = build_fred.build_frame_caches(cfg, index.train, "train", progress=False)
+    caches = dist.in_turns(lambda: {what: build_fred.build_frame_caches(cfg, frames, what, progress=dist.is_main())
+                                    for what, frames in (("train", index.train), ("val", index.val))
+                                    if what == "train" or dist.is_main()})
+    note = workers_note(cfg["NUM_WORKERS"], dist.local_world_size())
+    if dist.is_main() and note:
+        print(note, flush=True)
     run.train_set = build_fred.train_dataset(cfg, index.train, run.run_dir,
                                              hsv_in_batch=cfg["HSV_ON_GPU"] and device.type == "cuda",
                                              **caches["train"])
@@ -449,8 +459,14 @@ def start_phase(run: Run, epoch: int, previous: Optional[build_fred.Phase]) -> b
     phase = build_fred.build_phase(cfg, build_fred.phase_name(cfg, epoch), run.model, run.criterion, run.train_set,
                                    run.device, dist.get_rank(), world, previous)
     if dist.is_main():
-        if cfg["CUDA_GRAPH"] and run.device.type == "cuda" and world > 1:
-            print("CUDA_GRAPH: multi-GPU runs train without CUDA graphs", flush=True)
+        off = build_fred.graph_off_reason(cfg, run.device, world)
+        if off:
+            print(off, flush=True)
+        if world > 1 and phase.grad_sync is not None:
+            graph = ", after each CUDA graph replay" if phase.loss_fn is not None else ""
+            print(f"gradients: all-reduced after each backward (DDP_GRAD_SYNC='allreduce'{graph})", flush=True)
+        elif world > 1:
+            print("gradients: averaged by DistributedDataParallel (DDP_GRAD_SYNC='ddp')", flush=True)
         print(f"phase {phase.name}: epochs {epoch + 1}-{phase.last_epoch}, batch {phase.batch} ({phase.per_rank} per "
               f"process x {world}), lr {phase.lr_max:.3g} -> {phase.lr_min:.3g} ({cfg['OPTIMIZER_TYPE']}, nbs 64 "
               f"rule), backbone {phase.name}", flush=True)
@@ -480,7 +496,9 @@ def train_epoch(run: Run, phase: build_fred.Phase, epoch: int, stop: StopFlag) -
         phase.net, run.ema if dist.is_main() else None, run.criterion, run.optimizer, run.scaler, loader, run.device,
         lr_for, run.step, start, stop=lambda i: stop.requested(i, cfg["LOG_INTERVAL"]),
         desc=f"epoch {epoch + 1}/{total} {phase.name}", show_progress=dist.is_main(), loss_fn=phase.loss_fn,
-        epoch_sums=run.epoch_sums if start else None)
+        epoch_sums=run.epoch_sums if start else None, grad_sync=phase.grad_sync)
+    if phase.grad_sync is not None:  # every process holds rank 0's BatchNorm statistics, as under DDP
+        dist.broadcast_state(run.model, buffers_only=True)
     run.start_iter, run.epoch_sums = 0, None
     if stats["stopped"] == "nan":
         raise RunStop(EXIT_NAN, f"stopping: {cfg['NAN_PATIENCE']} optimizer steps in a row had a non-finite loss "
@@ -534,10 +552,10 @@ def train(cfg: dict, modality: str, device: torch.device, resume: Optional[str],
                 except (NonFiniteError, torch.cuda.OutOfMemoryError, DiskFullError) as e:
                     failure = e  # raised below, once every process knows the run ends
                 if not hinted and epoch != phase_start and stats["data_wait_pct"] > DATA_WAIT_HINT_PCT:
-                    print(data_wait_hint(cfg, stats["data_wait_pct"], build_fred.capped_workers(cfg["NUM_WORKERS"]),
-                                         device.type == "cuda"), flush=True)
+                    workers = build_fred.capped_workers(cfg["NUM_WORKERS"], dist.local_world_size())
+                    print(data_wait_hint(cfg, stats["data_wait_pct"], workers, device.type == "cuda"), flush=True)
                     hinted = True
-            code = dist.broadcast_object(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
+            code = dist.wait_for_main(exit_code(failure))  # also the epoch's barrier: rank 0 may stop the run
             if failure is not None:
                 raise failure
             if code:

@@ -60,7 +60,9 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -523,33 +525,27 @@ def part_ceiling(b: Bench) -> dict:
     return out
 
 
-def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, device_name: str,
-                    engine_step: bool, graph: bool = False, warmup: int = 10, arch: str = "yolov8") -> dict:
-    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA) of a
-    YOLOv8 phi of architecture arch; graph: the engine step with the model's and loss's forward/backward replayed
-    from a CUDA graph (CUDA_GRAPH)."""
+@dataclass
+class CeilingStep:
+    """The trainer's step on one random uint8 batch kept on the device: what training.engine.train_one_epoch takes."""
+
+    model: Any
+    criterion: Any
+    optimizer: Any
+    scaler: Any
+    ema: Any
+    options: Any  # engine.StepOptions
+    images: Any  # uint8 [B, 3, imgsz, imgsz] on the device
+    targets: Any  # [2B, 6] (batch_idx, cls, cx, cy, w, h) in pixels, on the device
+    device: Any
+    loss_fn: Optional[Callable] = None  # a GraphedTrainLoss (add_cuda_graph), or None: the eager model + loss
+
+
+def random_batch(batch: int, imgsz: int, device: Any) -> tuple[Any, Any]:
+    """The ceiling's batch, the same on every call (its own seeded generator): uint8 images [B, 3, imgsz, imgsz] and
+    2 boxes per image, 10-60 px, as targets [2B, 6] (batch_idx, cls 0, cx, cy, w, h in pixels), on device."""
     import torch
 
-    import config_fred
-    from nets import build_model, freeze_backbone
-    from nets.loss import DetectionLoss, total_loss
-    from speed.cuda_graph import GraphedTrainLoss
-    from training import engine
-    from training.ema import ModelEMA
-    from training.optim import build_optimizer
-
-    device = torch.device(device_name)
-    cuda = device.type == "cuda"
-    torch.manual_seed(0)
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = build_model(phi, 1, arch=arch).to(device, memory_format=fmt)
-    optimizer = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4, fused=cuda)
-    freeze_backbone(model, frozen)
-    model.train()
-    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
-    amp_dtype = torch.float16 if cuda else None
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if cuda else 1.0, enabled=True)
-    ema = ModelEMA(model)
     g = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=g).to(device)
     n_boxes = 2 * batch
@@ -557,34 +553,97 @@ def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, 
     cxy = torch.rand(n_boxes, 2, generator=g) * (imgsz - 80) + 40
     targets = torch.cat([torch.arange(n_boxes).remainder(batch).float()[:, None], torch.zeros(n_boxes, 1),
                          cxy, wh], 1).to(device)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    return images, targets
+
+
+def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_name: str, graph: bool = False,
+                       arch: str = "yolov8") -> CeilingStep:
+    """The trainer's step pieces for a YOLOv8 phi of architecture arch, 1 class, frozen or not: fused SGD, GradScaler,
+    EMA, fp16 AMP and channels_last on CUDA, random_batch(); graph: with add_cuda_graph()."""
+    import torch
+
+    from nets import build_model, freeze_backbone
+    from nets.loss import DetectionLoss
+    from training import engine
+    from training.ema import ModelEMA
+    from training.optim import build_optimizer
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model(phi, 1, arch=arch).to(device, memory_format=torch.channels_last if cuda
+                                                else torch.contiguous_format)
+    optimizer = build_optimizer(model, "sgd", 0.01, 0.937, 5e-4, fused=cuda)
+    freeze_backbone(model, frozen)
+    model.train()
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    amp_dtype = torch.float16 if cuda else None
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if cuda else 1.0, enabled=True)
+    ema = ModelEMA(model)
+    images, targets = random_batch(batch, imgsz, device)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-    loss_fn = (GraphedTrainLoss(model, criterion, torch.empty(images.shape, device=device, memory_format=fmt),
-                                batch * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, amp_dtype) if graph else None)
-
     options = engine.StepOptions(log_interval=50, nan_patience=100, amp_dtype=amp_dtype, grad_clip=10.0,
                                  channels_last=cuda)
+    step = CeilingStep(model, criterion, optimizer, scaler, ema, options, images, targets, device)
+    if graph:
+        add_cuda_graph(step)
+    return step
+
+
+def add_cuda_graph(step: CeilingStep) -> None:
+    """Give step the trainer's CUDA-graphed forward/backward of model + loss (CUDA_GRAPH), for its batch shape."""
+    import torch
+
+    import config_fred
+    from speed.cuda_graph import GraphedTrainLoss
+
+    sample = torch.empty(step.images.shape, device=step.device, memory_format=torch.channels_last)
+    step.loss_fn = GraphedTrainLoss(step.model, step.criterion, sample,
+                                    sample.shape[0] * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, step.options.amp_dtype)
+
+
+def engine_steps(step: CeilingStep, n: int, loss_fn: Optional[Callable] = None, ema: Any = None,
+                 scaler: Any = None) -> dict:
+    """n steps of training.engine.train_one_epoch on step's batch (learning rate 0.01); loss_fn, ema and scaler, when
+    given, replace step's (e.g. wrappers that mark profiler ranges). Returns train_one_epoch's statistics."""
+    from training import engine
+
+    return engine.train_one_epoch(step.model, ema or step.ema, step.criterion, step.optimizer, scaler or step.scaler,
+                                  [{"images": step.images, "targets": step.targets}] * n, step.device,
+                                  lambda i: 0.01, step.options, show_progress=False, loss_fn=loss_fn or step.loss_fn)
+
+
+def measure_ceiling(phi: str, imgsz: int, batch: int, frozen: bool, iters: int, device_name: str,
+                    engine_step: bool, graph: bool = False, warmup: int = 10, arch: str = "yolov8") -> dict:
+    """img/s and peak memory of training steps on one random batch kept on the device (fp16 AMP on CUDA) of a
+    YOLOv8 phi of architecture arch; graph: the engine step with the model's and loss's forward/backward replayed
+    from a CUDA graph (CUDA_GRAPH)."""
+    import torch
+
+    from nets.loss import total_loss
+
+    s = build_ceiling_step(phi, imgsz, batch, frozen, device_name, graph=graph, arch=arch)
+    device, cuda = s.device, s.device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    amp_dtype = s.options.amp_dtype
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def run_engine(n: int) -> float:
-        stats = engine.train_one_epoch(model, ema, criterion, optimizer, scaler,
-                                       [{"images": images, "targets": targets}] * n, device, lambda i: 0.01,
-                                       options, show_progress=False, loss_fn=loss_fn)
-        return stats["img_per_s"]
+        return engine_steps(s, n)["img_per_s"]
 
     def run_bare(n: int) -> float:
         sync()
         t0 = time.perf_counter()
         for _ in range(n):
-            x = images.contiguous(memory_format=fmt).float().div_(255.0)
+            x = s.images.contiguous(memory_format=fmt).float().div_(255.0)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                parts = criterion(model(x), targets, (imgsz, imgsz))
-            scaler.scale(total_loss(parts, criterion.weight_dict, batch)).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                parts = s.criterion(s.model(x), s.targets, (imgsz, imgsz))
+            s.scaler.scale(total_loss(parts, s.criterion.weight_dict, batch)).backward()
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.optimizer.zero_grad(set_to_none=True)
         sync()
         return n * batch / (time.perf_counter() - t0)
 

@@ -7,13 +7,18 @@ max_det it was built with.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from evaluation.postprocess import non_max_suppression
 from inference.checkpoint import CheckpointError, build_checkpoint_model, read_checkpoint
+from speed.cuda_graph import GraphedFrameForward
+
+LOGGER = logging.getLogger(__name__)
 
 ONNX_MISSING = "ONNX support: export_fred.py / inference/onnx_model.py missing"
 DEFAULT_INPUT_SHAPE = [640, 640]  # for a bare state dict, which records no input size
@@ -29,14 +34,20 @@ class Detector(Protocol):
         ...
 
 
+def frames_to_input(frames: list[np.ndarray], device: torch.device | str) -> torch.Tensor:
+    """uint8 letterboxed frames [H, W, C] of one shape -> a Detector's input: float [B, C, H, W] in 0..1 on device."""
+    return torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 class TorchDetector:
     """A train_fred.py checkpoint (or a bare state dict) as a Detector: fused BatchNorm, fp16 and channels_last on
-    CUDA."""
+    CUDA; detect_frames() runs the network from a CUDA graph there (speed/cuda_graph.py)."""
 
     def __init__(self, path: str, device: torch.device | str = "cpu", conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 300, half: bool | None = None, phi: str | None = None):
+                 max_det: int = 300, half: bool | None = None, phi: str | None = None, cuda_graph: bool = True):
         """Read and build the checkpoint at path on device (CheckpointError naming the file when it cannot be used);
-        half: fp16 weights and inputs (default: on CUDA; never on the CPU)."""
+        half: fp16 weights and inputs (default: on CUDA; never on the CPU); cuda_graph: detect_frames() replays the
+        network from a CUDA graph on CUDA (eager where capture fails, with a warning)."""
         ckpt = read_checkpoint(path, phi)
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
@@ -53,6 +64,7 @@ class TorchDetector:
                      "num_classes": nc, "class_names": names + [f"class{i}" for i in range(len(names), nc)],
                      "in_channels": int(self.model.in_channels), "arch": ckpt["arch"], "phi": ckpt["phi"]}
         self.config = config  # what the checkpoint was trained with (RGB_IMAGE_DIR, FUSION_PAIR_TOLERANCE, ...)
+        self._graphed = GraphedFrameForward(self.model, self.device, self.half) if cuda and cuda_graph else None
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -61,6 +73,20 @@ class TorchDetector:
         x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         preds = self.model(x.half() if self.half else x.float())
         return non_max_suppression(preds.float(), conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det)
+
+    def detect_frames(self, frames: list[np.ndarray], batch: int) -> list[torch.Tensor]:
+        """detect() of uint8 letterboxed frames [H, W, C] of one shape (RGB order; fused: RGB, ON, OFF); on CUDA
+        from a CUDA graph for batches of `batch` (a shorter last batch is padded to it)."""
+        if self._graphed is not None:
+            try:
+                preds = self._graphed(frames, max(batch, len(frames)))[:len(frames)]
+            except RuntimeError as e:  # capture can fail on a layer or driver it does not support: run eagerly
+                LOGGER.warning("CUDA graph capture failed (%s); predicting without a graph", e)
+                self._graphed = None
+            else:
+                return non_max_suppression(preds.float(), conf_thres=self.conf, iou_thres=self.iou,
+                                           max_det=self.max_det)
+        return self.detect(frames_to_input(frames, self.device))
 
 
 def load_detector(path: str, device: torch.device | str = "cpu", conf: float = 0.25, iou: float = 0.7,

@@ -20,9 +20,10 @@ BOX_COLOURS = ((56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (
 BLANK = 114  # grey of the video frame standing for an unreadable source frame
 
 
-def draw_detections(frame: np.ndarray, dets: np.ndarray, class_names: list[str]) -> np.ndarray:
-    """A copy of a BGR frame with dets [N, 6] (x1, y1, x2, y2 in its pixels, score, class) drawn: box, name, score."""
-    out = frame.copy()
+def draw_detections(frame: np.ndarray, dets: np.ndarray, class_names: list[str], copy: bool = True) -> np.ndarray:
+    """A BGR frame with dets [N, 6] (x1, y1, x2, y2 in its pixels, score, class) drawn: box, name, score; on a copy,
+    or on the frame itself when copy is False."""
+    out = frame.copy() if copy else frame
     thickness = max(1, round(max(frame.shape[:2]) / 640))
     for x1, y1, x2, y2, score, cls in dets.tolist():
         colour = BOX_COLOURS[int(cls) % len(BOX_COLOURS)]
@@ -67,13 +68,14 @@ class Outputs:
 
     def write(self, frame: SourceFrame, dets: np.ndarray | None) -> None:
         """One frame's outputs: dets [N, 6] x1, y1, x2, y2 (source pixels), score, class, or None for an unreadable
-        frame (listed in skipped.txt; a grey frame in the video, so that frames in and out stay one to one)."""
+        frame (listed in skipped.txt; a grey frame in the video, so that frames in and out stay one to one). The
+        boxes are drawn on the frame's own image (no copy: a frame is done with once written)."""
         if frame.image is None:
             self._skip(frame)
             return
         bgr = frame.image[0] if isinstance(frame.image, tuple) else frame.image
         if self.video or self.frames_dir:
-            annotated = draw_detections(bgr, dets, self.class_names)
+            annotated = draw_detections(bgr, dets, self.class_names, copy=False)  # the frame is not used after this
             if self.frames_dir:
                 cv2.imwrite(os.path.join(self.frames_dir, _file_stem(frame.name) + ".jpg"), annotated)
             if self.video:

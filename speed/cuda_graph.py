@@ -69,3 +69,61 @@ class GraphedTrainLoss:
             parts = self._graphed(images, pad_targets(targets.float(), self.max_targets, self.shape[0]))
             return dict(zip(LOSS_PARTS, parts.unbind()))
         return self.criterion(self.model(images), targets, tuple(images.shape[2:]))
+
+
+class GraphedFrameForward:
+    """Inference: model(frames) for batches of uint8 frames [B, H, W, C] (RGB, letterboxed), replayed from one CUDA
+    graph per batch shape. One replay holds the input's conversion (0..1 float, NCHW channels_last, fp16 when half:
+    the same arithmetic as the eager TorchDetector) and the network, so a batch costs one host-to-device copy from a
+    pinned buffer and one graph launch instead of hundreds of kernel launches. The output is the graph's own tensor,
+    overwritten by the next call: consume it first. At most max_shapes graphs are kept (the oldest is dropped)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, half: bool, max_shapes: int = 4,
+                 warmup_iters: int = 1):
+        """model: in eval mode on the CUDA device (weights fp16 when half)."""
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.model, self.device, self.half = model, device, half
+        self.max_shapes, self.warmup_iters = max_shapes, warmup_iters
+        self._graphs: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._copied = torch.cuda.Event()  # the last host-to-device copy: its pinned buffer is free once it is done
+
+    def _forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, C] on the device -> the model's output."""
+        x = frames.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        return self.model(x.half() if self.half else x)
+
+    @torch.no_grad()
+    def _capture(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph,
+                                                        torch.Tensor]:
+        """(pinned host input, device input, graph, graph output) for frames of shape [B, H, W, C]."""
+        if len(self._graphs) >= self.max_shapes:
+            self._graphs.pop(next(iter(self._graphs)))
+        host = torch.zeros(shape, dtype=torch.uint8).pin_memory()
+        static = torch.zeros(shape, dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: cuDNN picks its kernels, the allocator its blocks
+            for _ in range(self.warmup_iters):
+                self._forward(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._forward(static)
+        self._graphs[shape] = (host, static, graph, out)
+        return self._graphs[shape]
+
+    @torch.no_grad()
+    def __call__(self, frames: list, batch: int) -> torch.Tensor:
+        """The model's output for len(frames) <= batch uint8 arrays [H, W, C] of one shape, as a batch of `batch`
+        (rows past len(frames) hold stale frames: ignore their outputs)."""
+        shape = (batch, *frames[0].shape)
+        host, static, graph, out = self._graphs.get(shape) or self._capture(shape)
+        self._copied.synchronize()
+        rows = host.numpy()
+        for i, frame in enumerate(frames):
+            rows[i] = frame
+        static.copy_(host, non_blocking=True)
+        self._copied.record()
+        graph.replay()
+        return out

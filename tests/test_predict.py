@@ -1,5 +1,6 @@
 """predict_fred.py and inference/: every source kind, the outputs' formats, bad input, Ctrl-C, constant memory (CPU,
 tiny random or one-epoch YOLOv8n checkpoints at 64x64 on generated FRED)."""
+import gc
 import glob
 import importlib.util
 import json
@@ -20,7 +21,7 @@ import predict_fred
 from datasets.fred_dataset import FredDataset
 from datasets.fred_index import EVENT_IMAGE_DIR, build_fred_index
 from inference.checkpoint import CheckpointError
-from inference.detector import TorchDetector, load_detector
+from inference.detector import TorchDetector, frames_to_input, load_detector
 from inference.pipeline import prepare, run_predictions
 from inference.sources import SourceFrame, open_source, stream_source
 from inference.writers import VIDEO_NAME, Outputs
@@ -292,6 +293,25 @@ def test_torch_detector_meta(kit):
     assert len(out) == 2 and all(d.shape[1] == 6 for d in out)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("modality", ["rgb", "fusion"])
+def test_cuda_graph_gives_the_eager_detections(kit, modality):
+    """detect_frames replays the network from a CUDA graph: the same detections as the eager detect() for a full
+    batch, and the same raw outputs (fp16 rounding) for a short batch padded to the graph's size."""
+    det = TorchDetector(kit["ckpt"][modality], "cuda", conf=0.01, iou=0.7, max_det=300)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 96, det.meta["in_channels"]), dtype=np.uint8) for _ in range(5)]
+    eager = det.detect(frames_to_input(frames, "cuda"))
+    graphed = det.detect_frames(frames, 5)
+    assert det._graphed is not None and sum(len(d) for d in eager) > 0
+    for g, e in zip(graphed, eager):
+        torch.testing.assert_close(g, e)
+    padded = det._graphed(frames, 8)[:5].float()
+    with torch.no_grad():
+        x = frames_to_input(frames, "cuda").contiguous(memory_format=torch.channels_last).half()
+        torch.testing.assert_close(padded, det.model(x).float(), rtol=1e-2, atol=1e-2)
+
+
 def test_ctrl_c_closes_a_playable_video_and_exits_130(kit, capsys, tmp_path, monkeypatch):
     calls = []
     original = TorchDetector.detect
@@ -320,9 +340,10 @@ class StubDetector:
         return [torch.tensor([[4.0, 5.0, 30.0, 40.0, 0.9, 0.0]]) for _ in images]
 
 
-def peak_heap(n: int, folder: str) -> int:
-    """Peak Python heap (numpy arrays included) while n generated 48x64 frames go through the decode-ahead thread,
-    batches of 16, box mapping and every writer, with StubDetector."""
+def heap_use(n: int, folder: str) -> tuple[int, int]:
+    """(peak, retained) Python heap (numpy arrays included) of n generated 48x64 frames going through the decode and
+    letterbox threads, batches of 16, box mapping and every writer (in its thread), with StubDetector: the peak while
+    it runs, and what it still holds once run_predictions has returned and the outputs are closed."""
     def frames():
         rng = np.random.default_rng(0)
         for _ in range(n):
@@ -331,23 +352,29 @@ def peak_heap(n: int, folder: str) -> int:
     outputs = Outputs(folder, ["drone"], 30.0, video=True, frames=False, txt=True, json=True)
     tracemalloc.start()
     try:
+        before = tracemalloc.get_traced_memory()[0]
         stats = run_predictions(StubDetector(), stream_source(frames(), 30.0), 64, 16, outputs)
-        peak = tracemalloc.get_traced_memory()[1]
+        outputs.close()
+        gc.collect()
+        retained, peak = tracemalloc.get_traced_memory()
     finally:
         outputs.close()
         tracemalloc.stop()
     assert stats["frames"] == n and stats["detections"] == n
     assert len(json.load(open(os.path.join(folder, "detections.json")))["annotations"]) == n
     assert video_info(os.path.join(folder, VIDEO_NAME))[0] == n
-    return peak
+    return peak - before, retained - before
 
 
 def test_constant_memory_over_a_long_stream(tmp_path):
-    """The peak heap over 2,000 frames is the peak over 400: 1,600 frames more may add less than 20 bytes each (a
-    leak of one float per frame, 32 bytes, fails; the peaks of equal runs differ by up to ~25 kB)."""
-    short = peak_heap(400, str(tmp_path / "short"))
-    long = peak_heap(2000, str(tmp_path / "long"))
-    assert long - short < 32_000, f"{long - short} bytes more at the peak over 1,600 more frames"
+    """Nothing is kept per frame: 1,600 frames more leave less than 20 bytes each behind (a leak of one float per
+    frame, 32 bytes, fails), and no stage piles frames up: the peak grows by less than 20 frames' worth (the peaks
+    of equal runs differ by up to ~40 kB, with the frames in flight in four bounded queues)."""
+    short_peak, short_kept = heap_use(400, str(tmp_path / "short"))
+    long_peak, long_kept = heap_use(2000, str(tmp_path / "long"))
+    assert long_kept - short_kept < 32_000, f"{long_kept - short_kept} bytes more kept after 1,600 more frames"
+    frame_bytes = 48 * 64 * 3 + 64 * 64 * 3  # a source frame and its network input
+    assert long_peak - short_peak < 20 * frame_bytes, f"{long_peak - short_peak} bytes more at the peak"
 
 
 def test_stream_source_frames_are_numbered(tmp_path):

@@ -386,13 +386,14 @@ def test_weights_are_loaded_and_reported_and_no_eval_map_keeps_best_by_val_loss(
 
 def test_oom_advice_names_the_phase_batch_and_the_graph():
     cfg = {"FREEZE_BATCH_SIZE": 32, "UNFREEZE_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 32, "FP16": True,
-           "CUDA_GRAPH": True}
+           "CUDA_GRAPH": True, "SYNC_BN": False}
     capture = train_fred.oom_message("unfrozen", cfg, 1, "CUDA graph capture", "/nonexistent")
     assert "--set UNFREEZE_BATCH_SIZE=12" in capture and "CUDA_GRAPH=False" in capture
     assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", cfg, 1, "evaluation", "/nonexistent")
     assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", {**cfg, "CUDA_GRAPH": False}, 1, "train", "/x")
     two = train_fred.oom_message("frozen", cfg, 2, "train", "/x")
-    assert "CUDA_GRAPH" not in two and "(16 per GPU)" in two  # the graph is not used on 2 GPUs
+    assert "CUDA_GRAPH=False" in two and "(16 per GPU)" in two  # the graph is used on 2 GPUs too
+    assert "CUDA_GRAPH" not in train_fred.oom_message("frozen", {**cfg, "SYNC_BN": True}, 2, "train", "/x")
     setup = train_fred.oom_message("frozen", cfg, 1, "setup", None, "runs/last.pth")
     assert "setting up" in setup and "--resume runs/last.pth" in setup and "BATCH_SIZE" not in setup
 
@@ -741,13 +742,27 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(data, tmp_path):
-    """DDP on CPU: global batch sizes split over 2 processes, DDP re-wrapped when the backbone is unfrozen."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(REPO, "train_fred.py"), *tiny_args(data, tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def torchrun_runs(data, tmp_path_factory):
+    """The tiny two-phase run on 2 gloo processes, once per DDP_GRAD_SYNC: {sync: (process, save_dir)}."""
+    runs = {}
+    for sync in build_fred.GRAD_SYNCS:
+        save = tmp_path_factory.mktemp(f"torchrun_{sync}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(REPO, "train_fred.py"), *tiny_args(data, save, f"DDP_GRAD_SYNC={sync!r}")]
+        runs[sync] = (subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300), save)
+    return runs
+
+
+@pytest.mark.parametrize("sync", build_fred.GRAD_SYNCS)
+def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(torchrun_runs, sync):
+    """On CPU: global batch sizes split over 2 processes, DDP re-wrapped (or the bare model re-synced) when the
+    backbone is unfrozen."""
+    proc, tmp_path = torchrun_runs[sync]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "batch 8 (4 per process x 2)" in proc.stdout and "batch 4 (2 per process x 2)" in proc.stdout
+    said = "all-reduced after each backward" if sync == "allreduce" else "averaged by DistributedDataParallel"
+    assert proc.stdout.count(f"gradients: {said}") == 2, proc.stdout[-3000:]
     json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(json_lines) == 1, "only rank 0 prints the summary"
     run_dir = only_run_dir(tmp_path)
@@ -757,6 +772,23 @@ def test_torchrun_two_processes_gloo_cross_freeze_to_unfreeze(data, tmp_path):
     assert ckpt["ema_updates"] == 14 // 4 + 14 // 2, ("each process takes 14 of the 27 frames: 3 full batches of 4, "
                                                        "then 7 of 2 (incomplete last batches dropped)")
     assert not any(k.startswith("module.") for k in ckpt["model_raw"])
+
+
+def test_torchrun_allreduce_sync_trains_as_ddp_bit_for_bit(torchrun_runs):
+    """DDP_GRAD_SYNC='allreduce' (the CUDA graph's sync, here eager on gloo) ends the run with DDP's raw weights,
+    BatchNorm statistics, EMA and optimizer state: the same gradients on every rank, rank 0's buffers as DDP's."""
+    ckpts = {}
+    for sync, (proc, save) in torchrun_runs.items():
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ckpts[sync] = load_checkpoint(os.path.join(only_run_dir(save), "last.pth"))
+    ddp, allreduce = ckpts["ddp"], ckpts["allreduce"]
+    for part in ("model_raw", "model"):
+        assert ddp[part].keys() == allreduce[part].keys()
+        for k, v in ddp[part].items():
+            assert torch.equal(v, allreduce[part][k]), (part, k)
+    moments = [s["momentum_buffer"] for s in ddp["optimizer"]["state"].values()]
+    assert moments and all(torch.equal(m, allreduce["optimizer"]["state"][i]["momentum_buffer"])
+                           for i, m in zip(ddp["optimizer"]["state"], moments))
 
 
 def test_torchrun_rank_0_stopping_at_an_epoch_end_stops_every_process(data, tmp_path):

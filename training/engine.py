@@ -49,7 +49,8 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
                     scaler: torch.amp.GradScaler, loader: torch.utils.data.DataLoader, device: torch.device,
                     set_lr: Callable[[int], float], options: StepOptions, start_iter: int = 0,
                     stop: Callable[[int], bool] = lambda i: False, desc: str = "", show_progress: bool = True,
-                    loss_fn: Optional[Callable] = None, epoch_sums: Optional[dict] = None) -> dict:
+                    loss_fn: Optional[Callable] = None, epoch_sums: Optional[dict] = None,
+                    grad_sync: Optional[Callable[[list[torch.Tensor]], None]] = None) -> dict:
     """Train over loader from iteration start_iter, each step as options say (StepOptions); loss parts stay on the
     device and are read every options.log_interval.
 
@@ -65,7 +66,9 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
     input shape) when given (a GraphedTrainLoss: the same computation replayed from a CUDA graph). The result's
     "epoch_sums" (CPU tensors) holds the loss sums and non-finite step counts so far; passed back as epoch_sums with
     start_iter, the epoch's loss means and skipped count cover its first start_iter iterations too (a resume in
-    mid-epoch).
+    mid-epoch). grad_sync(trainable parameters), when given, averages the gradients over the processes after each
+    backward, before the scaler and the clipping look at them (utils.dist.all_reduce_grads: a model not wrapped in
+    DistributedDataParallel, e.g. one trained from a CUDA graph).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,6 +97,8 @@ def train_one_epoch(model: nn.Module, ema: Optional[ModelEMA], criterion: Callab
         loss = parts.sum() * (images.shape[0] * world)  # DDP averages gradients: undo it, as for one big batch
         finite = torch.isfinite(loss)
         scaler.scale(loss).backward()
+        if grad_sync is not None:
+            grad_sync(params)
         scaler.unscale_(optimizer)
         if options.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, options.grad_clip, foreach=True)
