@@ -24,18 +24,22 @@ size buckets tiny < 8 <= small < 16 <= medium < 32 <= large px wide at 1280; a f
 narrowest drone), train-loop img/s (median over the epochs after the first), peak reserved GPU memory, train seconds
 and the GPU it ran on (compare speeds of one GPU type only).
 
-Full size (the defaults: 24 sequences x 100 frames at 1280x720, 18 train / 6 val sequences, about 1,800 / 600 frames
-per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take under a minute on 16 cores). One modality's
-nine configs should take about 25-32 minutes of an H100 (estimated from bench/README.md's speeds, not yet measured),
-so split them over device calls with --configs; --out is read back and each call's configs are merged into it (the
-settings must match), so copy the previous call's JSON to --out first. For example, per modality M (event, rgb),
---timeout bounding each trainer process:
-    python bench/bench_accuracy.py --modality M --configs ours640,ultra640,ours640_tiny,ours640_p2 --timeout 420 \\
-        --out $OUT/bench_accuracy_M.json
-    python bench/bench_accuracy.py --modality M --configs ultra640_p2,ours1280 --timeout 420 \\
+Full size (the defaults: 24 sequences x 100 frames at 1280x720, 18 train / 6 val sequences, about 1,850 / 600 frames
+per modality; YOLOv8s, batch 16, 20 epochs, 8 workers; the data take about 11 s on 16 cores). Measured on an H100
+(bench/README.md): our trainer at 640 trains 20 epochs in about 80 s and 60 in 155-165 s; Ultralytics' 20 epochs at
+640 take 117-132 s; add 20-40 s per config for start-up and our evaluator. The P2 and 1280 configs take about 1.7x
+and 3x ours at 640 (from bench_train.py's speeds, not yet measured here). One modality's nine configs are too much
+for one 10-minute device call: split them with --configs; --out is read back and each call's configs are merged
+into it (the settings must match), so copy the previous call's JSON to --out first. --parallel 2 trains two configs
+at once on the GPU (an Ultralytics config beside one of ours uses the GPU time Ultralytics leaves idle; two of ours
+at one modality and input never overlap), which leaves mAP as it is but makes img/s a shared-GPU figure (marked).
+For example, per modality M (event, rgb), --timeout bounding each trainer process:
+    python bench/bench_accuracy.py --modality M --configs ours640,ultra640,ours640_tiny,ours640_p2 --parallel 2 \
+        --timeout 420 --out $OUT/bench_accuracy_M.json
+    python bench/bench_accuracy.py --modality M --configs ultra640_p2,ours1280 --parallel 2 --timeout 480 \
         --out $OUT/bench_accuracy_M.json
     python bench/bench_accuracy.py --modality M --configs ours1280_p2 --timeout 480 --out $OUT/bench_accuracy_M.json
-    python bench/bench_accuracy.py --modality M --configs ours640_yolo11,ultra640_yolo11 --timeout 420 \
+    python bench/bench_accuracy.py --modality M --configs ours640_yolo11,ultra640_yolo11 --parallel 2 --timeout 420 \
         --out $OUT/bench_accuracy_M.json
 CPU smoke test (tiny FRED-hard set, phi n, 1 epoch, ours640 / ultra640 / ours640_p2 / ours1280; a few minutes on 2
 cores):
@@ -51,8 +55,11 @@ import argparse
 import json
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -92,6 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modality", default="event", help="event, rgb, or both: event,rgb")
     p.add_argument("--configs", default="all", help=f"comma list of {', '.join(CONFIGS)}, or all")
     add_setup_args(p, "bench_accuracy", "the 640 configs (the 1280 configs: twice this)")
+    p.add_argument("--parallel", type=int, default=1, help="configs trained at once on the one GPU (default 1). More "
+                   "saves device time when the trainers leave the GPU idle (Ultralytics' does, half the time); mAP is "
+                   "unaffected, but img/s then counts a shared GPU and is marked so: take speeds from bench_train.py. "
+                   "Pair configs whose peak memory fits the card together (1280 ones take up to ~40 GB each)")
     p.add_argument("--quick", action="store_true", help="CPU smoke test: 10 sequences x 6 frames at 160x96, phi n, "
                    f"input 64 (128), 1 epoch, batch 8, no workers, configs {QUICK_CONFIGS}")
     a = p.parse_args(argv)
@@ -103,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.modality = [m.strip() for m in a.modality.split(",") if m.strip()]
     if not a.modality or set(a.modality) - {"event", "rgb"}:
         p.error(f"--modality: event, rgb or event,rgb, got {','.join(a.modality)!r}")
+    if a.parallel < 1:
+        p.error(f"--parallel: at least 1, got {a.parallel}")
     a.data_root = a.data_root or shared_data_root(a.quick)
     return a
 
@@ -315,7 +328,7 @@ def report(result: dict, a: argparse.Namespace) -> None:
             rows.append([name, e["imgsz"], e.get("mAP50") if e.get("ok") else "FAILED", e.get("mAP50_95"),
                          e.get("AP_small"), e.get("own_mAP50"),
                          *[(cond.get(c) or {}).get("mAP50") for c in CONDITION_COLUMNS],
-                         e.get("img_per_s"), e.get("peak_mem_GB"), e.get("train_s"), e.get("gpu")])
+                         shared_speed(e), e.get("peak_mem_GB"), e.get("train_s"), e.get("gpu")])
         print_table(f"{modality}: FRED-hard, {m.get('train_frames')} train / {m.get('val_frames')} val frames, "
                     f"YOLOv8{a.phi}, {a.epochs} epochs, batch {a.batch}, from scratch; our evaluator on the same "
                     "val frames", ["config", "input", "mAP50", "mAP50:95", "AP_small", "own mAP50",
@@ -326,8 +339,43 @@ def report(result: dict, a: argparse.Namespace) -> None:
                 f"{c} {counts[c]['images']} ({counts[c]['boxes']})" for c in CONDITION_COLUMNS if c in counts))
     print("(mAP by our evaluator, eval_fred.py, on each config's final weights; condition columns: mAP50 on the val "
           "frames with that condition, - = none there; own mAP50 = Ultralytics' own val of the same weights; img/s = "
-          "median train-loop speed after the first epoch; peak GB = max reserved CUDA memory; compare speeds of one "
-          "gpu only)")
+          "median train-loop speed after the first epoch, '(shared by N)' when N configs trained on the GPU at once "
+          "(--parallel: not a speed figure); peak GB = max reserved CUDA memory; compare speeds of one gpu only)")
+
+
+def shared_speed(entry: dict) -> object:
+    """A config's img/s for the table, marked when it shared the GPU with other configs (--parallel)."""
+    speed, parallel = entry.get("img_per_s"), entry.get("parallel", 1)
+    return f"{speed:.0f} (shared by {parallel})" if speed is not None and parallel > 1 else speed
+
+
+def run_jobs(jobs: list[tuple[str, str]], parallel: int, run: Callable[[str, str], dict], result: dict,
+             save: Callable[[], None]) -> list[str]:
+    """run(modality, config) for each job, `parallel` at a time, in order of the list; each entry goes into result
+    (with "parallel": how many configs shared the GPU) and save() is called after each; returns the failed jobs.
+    Two of our trainers at the same modality and input never run at once: both would build the same frame cache,
+    and the second's rename would stop the first (speed/frame_cache.py)."""
+    lock, failed = threading.Lock(), []
+    same_cache = {(m, CONFIGS[n]["scale"]): threading.Lock() for m, n in jobs}
+
+    def job(modality: str, name: str) -> None:
+        conf = CONFIGS[name]
+        if conf["trainer"] == "ours":
+            with same_cache[modality, conf["scale"]]:
+                entry = run(modality, name)
+        else:
+            entry = run(modality, name)
+        entry["parallel"] = parallel
+        with lock:
+            result["modalities"][modality]["configs"][name] = entry
+            if not entry["ok"]:
+                failed.append(f"{modality}/{name}")
+            save()
+
+    with ThreadPoolExecutor(parallel) as pool:
+        for future in [pool.submit(job, *j) for j in jobs]:
+            future.result()
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,20 +401,18 @@ def main(argv: list[str] | None = None) -> int:
 
     split = prepare_hard_data(a, result)
     save()
-    failed = []
+    data_yamls = {}
     for modality in a.modality:
         index = build_fred_index(a.data_root, modality, split=split)
-        data_yaml = ""
+        data_yamls[modality] = ""
         if any(CONFIGS[c]["trainer"] == "ultralytics" for c in a.configs):
-            data_yaml = build_ultra_dataset(index.train, index.val, f"{a.data_root}_ultra_{modality}")
+            data_yamls[modality] = build_ultra_dataset(index.train, index.val, f"{a.data_root}_ultra_{modality}")
         entry = result["modalities"].setdefault(modality, {"configs": {}})
         entry.update(train_frames=len(index.train), val_frames=len(index.val), val_sequences=index.val_sequences)
         print(f"[{modality}] {len(index.train)} train frames ({len(index.train_sequences)} sequences), "
               f"{len(index.val)} val frames ({len(index.val_sequences)} sequences)", flush=True)
-        for name in a.configs:
-            entry["configs"][name] = run_config(a, name, modality, split, data_yaml, logs)
-            failed += [] if entry["configs"][name]["ok"] else [f"{modality}/{name}"]
-            save()
+    failed = run_jobs([(m, name) for m in a.modality for name in a.configs], a.parallel,
+                      lambda m, name: run_config(a, name, m, split, data_yamls[m], logs), result, save)
     report(result, a)
     return finish_call(result, out, logs, failed)
 

@@ -82,3 +82,34 @@ def test_config_sets_of_our_configs():
             sets = config_sets(a, size, conf["sets"])
             assert sets["INPUT_SHAPE"] == [size, size] and sets["UNFREEZE_EPOCH"] == a.epochs, name
             assert sets["ASSIGNER"] == conf["sets"].get("ASSIGNER", "tal"), name
+
+
+
+def test_parallel_jobs_overlap_but_never_two_of_our_trainers_on_one_cache():
+    """--parallel 2: configs train two at a time, every entry lands in the result marked as shared, a failure is
+    listed, and two of our trainers at one modality and input (one frame cache) never overlap."""
+    import threading
+    import time
+
+    from bench.bench_accuracy import run_jobs
+
+    running, starts, lock = set(), [], threading.Lock()
+
+    def run(modality, name):
+        with lock:
+            starts.append((name, set(running)))
+            running.add(name)
+        time.sleep(0.2)
+        with lock:
+            running.discard(name)
+        return {"ok": name != "ultra640_p2"}
+
+    jobs = [("event", n) for n in ("ours640", "ours640_tiny", "ultra640", "ultra640_p2")]
+    result = {"modalities": {"event": {"configs": {}}}}
+    saves = []
+    failed = run_jobs(jobs, 2, run, result, lambda: saves.append(1))
+    assert failed == ["event/ultra640_p2"] and len(saves) == 4
+    assert {n: e["parallel"] for n, e in result["modalities"]["event"]["configs"].items()} == {n: 2 for _, n in jobs}
+    assert any(others for _, others in starts), "nothing ran at the same time"
+    ours = {"ours640", "ours640_tiny"}
+    assert not any(name in ours and others & ours for name, others in starts), starts
