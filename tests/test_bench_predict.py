@@ -31,3 +31,18 @@ def test_quick_sizes_and_outputs():
         ["n"], [1, 4], 320, 10, 320, 180, "cpu")
     with pytest.raises(SystemExit):
         parse_args(["--outputs", "video,frames"])
+
+
+def test_warm_fps_leaves_the_first_batch_and_start_up_out():
+    """Ours' e2e after start-up: frames after the first batch over the time after its detections; nothing for a run
+    that failed or predates first_batch_s; the warm ratio divides it by Ultralytics' e2e fps."""
+    from bench.bench_predict import add_warm_fps, ratio
+
+    run = {"ok": True, "frames": 300, "fps": 100.0, "first_batch_s": 0.5}
+    add_warm_fps(run, 32)
+    assert run["warm_fps"] == round(268 / 2.5, 2)
+    assert ratio(run, {"ok": True, "fps": 53.6}, "warm_fps") == round(268 / 2.5 / 53.6, 2)
+    for bad in ({"ok": False, "frames": 300, "fps": 100.0, "first_batch_s": 0.5}, {"ok": True, "frames": 300,
+                                                                                   "fps": 100.0}):
+        add_warm_fps(bad, 32)
+        assert "warm_fps" not in bad and ratio(bad, {"ok": True, "fps": 50.0}, "warm_fps") is None
