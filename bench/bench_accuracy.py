@@ -55,9 +55,8 @@ import argparse
 import json
 import shutil
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -351,30 +350,32 @@ def shared_speed(entry: dict) -> object:
 
 def run_jobs(jobs: list[tuple[str, str]], parallel: int, run: Callable[[str, str], dict], result: dict,
              save: Callable[[], None]) -> list[str]:
-    """run(modality, config) for each job, `parallel` at a time, in order of the list; each entry goes into result
-    (with "parallel": how many configs shared the GPU) and save() is called after each; returns the failed jobs.
-    Two of our trainers at the same modality and input never run at once: both would build the same frame cache,
-    and the second's rename would stop the first (speed/frame_cache.py)."""
-    lock, failed = threading.Lock(), []
-    same_cache = {(m, CONFIGS[n]["scale"]): threading.Lock() for m, n in jobs}
+    """run(modality, config) for each job, up to `parallel` at a time, in the list's order as far as allowed; each
+    entry goes into result (with "parallel": how many configs shared the GPU) and save() is called after each;
+    returns the failed jobs. Two of our trainers at the same modality and input never run at once (both would build
+    the same frame cache, and the second's rename would stop the first: speed/frame_cache.py): such a job waits,
+    without holding a place, while a later one that can run starts."""
+    def cache(job: tuple[str, str]) -> tuple | None:
+        conf = CONFIGS[job[1]]
+        return (job[0], conf["scale"]) if conf["trainer"] == "ours" else None
 
-    def job(modality: str, name: str) -> None:
-        conf = CONFIGS[name]
-        if conf["trainer"] == "ours":
-            with same_cache[modality, conf["scale"]]:
-                entry = run(modality, name)
-        else:
-            entry = run(modality, name)
-        entry["parallel"] = parallel
-        with lock:
-            result["modalities"][modality]["configs"][name] = entry
-            if not entry["ok"]:
-                failed.append(f"{modality}/{name}")
-            save()
-
+    pending, running, busy, failed = list(jobs), {}, set(), []
     with ThreadPoolExecutor(parallel) as pool:
-        for future in [pool.submit(job, *j) for j in jobs]:
-            future.result()
+        while pending or running:
+            for job in list(pending):
+                if len(running) < parallel and (cache(job) is None or cache(job) not in busy):
+                    pending.remove(job)
+                    busy.add(cache(job))
+                    running[pool.submit(run, *job)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                (modality, name), entry = running.pop(future), future.result()
+                busy.discard(cache((modality, name)))
+                entry["parallel"] = parallel
+                result["modalities"][modality]["configs"][name] = entry
+                if not entry["ok"]:
+                    failed.append(f"{modality}/{name}")
+                save()
     return failed
 
 

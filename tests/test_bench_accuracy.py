@@ -87,7 +87,8 @@ def test_config_sets_of_our_configs():
 
 def test_parallel_jobs_overlap_but_never_two_of_our_trainers_on_one_cache():
     """--parallel 2: configs train two at a time, every entry lands in the result marked as shared, a failure is
-    listed, and two of our trainers at one modality and input (one frame cache) never overlap."""
+    listed, two of our trainers at one modality and input (one frame cache) never overlap, and one that has to wait
+    does not keep a later job from starting."""
     import threading
     import time
 
@@ -97,19 +98,20 @@ def test_parallel_jobs_overlap_but_never_two_of_our_trainers_on_one_cache():
 
     def run(modality, name):
         with lock:
-            starts.append((name, set(running)))
-            running.add(name)
+            starts.append(((modality, name), set(running)))
+            running.add((modality, name))
         time.sleep(0.2)
         with lock:
-            running.discard(name)
+            running.discard((modality, name))
         return {"ok": name != "ultra640_p2"}
 
-    jobs = [("event", n) for n in ("ours640", "ours640_tiny", "ultra640", "ultra640_p2")]
-    result = {"modalities": {"event": {"configs": {}}}}
+    jobs = [(m, n) for m in ("event", "rgb") for n in ("ours640", "ours640_tiny")] + [("event", "ultra640_p2")]
+    result = {"modalities": {"event": {"configs": {}}, "rgb": {"configs": {}}}}
     saves = []
     failed = run_jobs(jobs, 2, run, result, lambda: saves.append(1))
-    assert failed == ["event/ultra640_p2"] and len(saves) == 4
-    assert {n: e["parallel"] for n, e in result["modalities"]["event"]["configs"].items()} == {n: 2 for _, n in jobs}
-    assert any(others for _, others in starts), "nothing ran at the same time"
-    ours = {"ours640", "ours640_tiny"}
-    assert not any(name in ours and others & ours for name, others in starts), starts
+    assert failed == ["event/ultra640_p2"] and len(saves) == 5
+    assert [e["parallel"] for m in ("event", "rgb") for e in result["modalities"][m]["configs"].values()] == [2] * 5
+    # a job that must wait for its frame cache leaves its place to the next one: event and rgb pair up
+    assert starts[:2] == [(("event", "ours640"), set()), (("rgb", "ours640"), {("event", "ours640")})], starts
+    assert not any(job[1] != "ultra640_p2" and {o for o in others if o[0] == job[0] and o[1] != "ultra640_p2"}
+                   for job, others in starts), starts
