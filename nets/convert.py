@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import torch
 
 from nets.weights import checkpoint_info, infer_arch, is_ultralytics_state_dict
-from nets.yolov8 import build_model, model_name
+from nets.model import build_model
+from nets.yolov8 import model_name
 
 _BACKBONE = {
     0: "backbone.stem",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nets.weights import checkpoint_info, infer_arch, read_state_dict
-from nets.yolov8 import YoloV8, arch_parts, build_model
+from nets.model import YoloV8, arch_parts, build_model
 
 FUSION_KINDS = ("early", "mid")
 RGB_CHANNELS = 3

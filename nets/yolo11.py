@@ -1,7 +1,7 @@
 """YOLO11 (arch "yolo11", Ultralytics' yolo11.yaml): C3k2 blocks, SPPF and C2PSA attention in the backbone, a PAN
 neck of C3k2 blocks, and the v8 head with a depthwise-separable class branch.
 
-Built from nets/yolov8.py's blocks (Conv, Bottleneck, C2f, SPPF, Detect); YoloV8 assembles it (nets.yolov8.arch_parts),
+Built from nets/yolov8.py's blocks (Conv, Bottleneck, C2f, SPPF, Detect); YoloV8 assembles it (nets.model.arch_parts),
 so loss, assigner, freezing, fusing and checkpoints are the v8 ones. The frozen backbone is layers 0-10, C2PSA included
 (the yaml's backbone section; Ultralytics' freeze=11). Module names follow yolov8.py's (backbone.stem,
 backbone.dark2..dark5, neck.top_down_p4, ..., head.box / head.cls) so nets/convert.py maps Ultralytics' layer indices
