@@ -74,6 +74,16 @@ class TorchDetector:
         preds = self.model(x.half() if self.half else x.float())
         return non_max_suppression(preds.float(), conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det)
 
+    def warm_up(self, shape: tuple[int, ...], batch: int) -> None:
+        """Capture the CUDA graph of detect_frames for frames of shape (H, W, C) in batches of `batch` now (on CUDA;
+        nothing elsewhere), so that the first batch does not wait for it."""
+        if self._graphed is not None:
+            try:
+                self._graphed.capture((batch, *shape))
+            except RuntimeError as e:
+                LOGGER.warning("CUDA graph capture failed (%s); predicting without a graph", e)
+                self._graphed = None
+
     def detect_frames(self, frames: list[np.ndarray], batch: int) -> list[torch.Tensor]:
         """detect() of uint8 letterboxed frames [H, W, C] of one shape (RGB order; fused: RGB, ON, OFF); on CUDA
         from a CUDA graph for batches of `batch` (a shorter last batch is padded to it)."""

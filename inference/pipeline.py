@@ -149,7 +149,8 @@ def run_predictions(detector: Detector, source: Source, long_side: int, batch: i
     time (a change of frame size starts a new batch); write each frame's detections (source pixels) to outputs in order.
     Three stages overlap: decoding and letterboxing in background threads, the detector here, the outputs in a
     writer thread (each bounded: constant memory). A detector with detect_frames (TorchDetector: a CUDA graph) gets
-    the uint8 frames, any other detect() of frames_to_input.
+    the uint8 frames, any other detect() of frames_to_input; one with warm_up(frame shape, batch) is warmed up at the
+    first frame of each shape, while the background threads prepare the rest of the batch.
     Returns {frames, detections, skipped, seconds, model_seconds, decode_wait_seconds (waiting for letterboxed
     frames), write_wait_seconds (waiting for the writer), first_batch_seconds (from the start until the first batch's
     detections: start-up included)}; on Ctrl-C (KeyboardInterrupt) the frames done so
@@ -162,6 +163,8 @@ def run_predictions(detector: Detector, source: Source, long_side: int, batch: i
     pending: list[_Prepared] = []
     shape = None  # the input shape of the pending frames
     by_frames = getattr(detector, "detect_frames", None)
+    warm_up = getattr(detector, "warm_up", None)  # TorchDetector: the CUDA graph's capture, while the batch fills
+    warmed: set = set()
     depth = max(QUEUE_MIN, 2 * batch)  # frames each stage may hold ahead
     writer = _Writer(outputs, depth)
 
@@ -206,6 +209,9 @@ def run_predictions(detector: Detector, source: Source, long_side: int, batch: i
                 flush()
             if p.input is not None:
                 shape = p.input.shape
+                if warm_up is not None and shape not in warmed:
+                    warmed.add(shape)
+                    warm_up(shape, batch)
             pending.append(p)
             if len(pending) >= 4 * batch or sum(q.input is not None for q in pending) == batch:
                 flush()

@@ -94,9 +94,12 @@ class GraphedFrameForward:
         return self.model(x.half() if self.half else x)
 
     @torch.no_grad()
-    def _capture(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph,
-                                                        torch.Tensor]:
-        """(pinned host input, device input, graph, graph output) for frames of shape [B, H, W, C]."""
+    def capture(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph,
+                                                       torch.Tensor]:
+        """(pinned host input, device input, graph, graph output) for frames of shape [B, H, W, C], captured now
+        unless it was before."""
+        if shape in self._graphs:
+            return self._graphs[shape]
         if len(self._graphs) >= self.max_shapes:
             self._graphs.pop(next(iter(self._graphs)))
         host = torch.zeros(shape, dtype=torch.uint8).pin_memory()
@@ -118,7 +121,7 @@ class GraphedFrameForward:
         """The model's output for len(frames) <= batch uint8 arrays [H, W, C] of one shape, as a batch of `batch`
         (rows past len(frames) hold stale frames: ignore their outputs)."""
         shape = (batch, *frames[0].shape)
-        host, static, graph, out = self._graphs.get(shape) or self._capture(shape)
+        host, static, graph, out = self.capture(shape)
         self._copied.synchronize()
         rows = host.numpy()
         for i, frame in enumerate(frames):

@@ -302,8 +302,9 @@ def test_cuda_graph_gives_the_eager_detections(kit, modality):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (64, 96, det.meta["in_channels"]), dtype=np.uint8) for _ in range(5)]
     eager = det.detect(frames_to_input(frames, "cuda"))
+    det.warm_up(frames[0].shape, 5)
     graphed = det.detect_frames(frames, 5)
-    assert det._graphed is not None and sum(len(d) for d in eager) > 0
+    assert det._graphed is not None and len(det._graphed._graphs) == 1 and sum(len(d) for d in eager) > 0
     for g, e in zip(graphed, eager):
         torch.testing.assert_close(g, e)
     padded = det._graphed(frames, 8)[:5].float()
@@ -340,6 +341,35 @@ class StubDetector:
 
     def detect(self, images):
         return [self.box for _ in images]
+
+
+class WarmingStub(StubDetector):
+    """StubDetector with TorchDetector's warm_up and detect_frames, recording the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def warm_up(self, shape, batch):
+        self.calls.append(("warm_up", shape, batch))
+
+    def detect_frames(self, frames, batch):
+        self.calls.append(("detect", len(frames), frames[0].shape))
+        return [self.box for _ in frames]
+
+
+def test_the_detector_is_warmed_up_once_per_frame_shape_before_its_first_batch(tmp_path):
+    """warm_up (TorchDetector: the CUDA graph's capture) runs at the first frame of each input shape, before that
+    shape's first batch is complete, and not again; a short last batch goes to detect_frames with the run's batch."""
+    frames = [np.zeros((32, 64, 3), np.uint8)] * 5 + [np.zeros((64, 32, 3), np.uint8)] * 2
+    det = WarmingStub()
+    outputs = Outputs(str(tmp_path), ["drone"], 30.0, json=True)
+    try:
+        stats = run_predictions(det, stream_source(iter(frames), 30.0), 64, 4, outputs)
+    finally:
+        outputs.close()
+    assert stats["frames"] == 7 and stats["detections"] == 7
+    assert det.calls == [("warm_up", (32, 64, 3), 4), ("detect", 4, (32, 64, 3)), ("detect", 1, (32, 64, 3)),
+                         ("warm_up", (64, 32, 3), 4), ("detect", 2, (64, 32, 3))]
 
 
 def heap_use(n: int, folder: str) -> tuple[int, int]:
