@@ -317,6 +317,21 @@ def load_previous(out: Path, setup: dict, bench: str = "accuracy") -> dict | Non
     return previous
 
 
+def open_result(a: argparse.Namespace, bench: str, fresh: dict) -> tuple[Path, dict | None]:
+    """--out (its folder made) and the result this call adds to: the JSON there when it holds bench_<bench>.py's
+    results of the same setup, else a new one (fresh's keys, no calls yet); None, the error printed, when --out
+    cannot be merged into."""
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    setup = {"profile": "hard", **{k: getattr(a, k) for k in SETUP_KEYS}}
+    try:
+        previous = load_previous(out, setup, bench)
+    except ValueError as e:
+        print(f"bench_{bench}.py: error: {e}", file=sys.stderr)
+        return out, None
+    return out, previous or {"bench": bench, "setup": setup, **fresh, "calls": []}
+
+
 def report(result: dict, a: argparse.Namespace) -> None:
     """One table per modality, every config in the JSON (this call's and earlier calls')."""
     for modality, m in result["modalities"].items():
@@ -385,15 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     from datasets.fred_index import build_fred_index
 
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setup = {"profile": "hard", **{k: getattr(a, k) for k in SETUP_KEYS}}
-    try:
-        previous = load_previous(out, setup)
-    except ValueError as e:
-        print(f"bench_accuracy.py: error: {e}", file=sys.stderr)
+    out, result = open_result(a, "accuracy", {"modalities": {}})
+    if result is None:
         return 2
-    result = previous or {"bench": "accuracy", "setup": setup, "modalities": {}, "calls": []}
     result["calls"].append({"args": vars(a), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     logs = work_dir(a.out, a.runs_dir)
 

@@ -58,8 +58,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_accuracy import (CONDITION_COLUMNS, QUICK, SETUP_KEYS, add_setup_args, config_sets,  # noqa: E402
-                                  finish_call, load_previous, prepare_hard_data, score_entry, shared_data_root, train_ours)
+from bench.bench_accuracy import (CONDITION_COLUMNS, QUICK, add_setup_args, config_sets, finish_call,  # noqa: E402
+                                  open_result, prepare_hard_data, score_entry, shared_data_root, train_ours)
 from bench.ultra_ref import apply_quick, exit_on_sigterm, fmt, print_table, work_dir  # noqa: E402
 
 WARM_START = {"FUSION_RGB_WEIGHTS": "rgb", "FUSION_EVENT_WEIGHTS": "event"}  # config key -> config whose best.pth
@@ -223,15 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     from datasets.fred_index import build_fred_index
 
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setup = {"profile": "hard", **{k: getattr(a, k) for k in SETUP_KEYS}}
-    try:
-        previous = load_previous(out, setup, bench="fusion")
-    except ValueError as e:
-        print(f"bench_fusion.py: error: {e}", file=sys.stderr)
+    out, result = open_result(a, "fusion", {"configs": {}, "frames": {}})
+    if result is None:
         return 2
-    result = previous or {"bench": "fusion", "setup": setup, "configs": {}, "frames": {}, "calls": []}
     missing = missing_starts(a.configs, result["configs"], out)
     if missing:
         print("bench_fusion.py: error: " + "\n  ".join(missing), file=sys.stderr)

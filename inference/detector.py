@@ -71,32 +71,30 @@ class TorchDetector:
         """Per image of float [B, C, H, W] in 0..1 on self.device: [N, 6] x1, y1, x2, y2 (input pixels), score,
         class (float32)."""
         x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-        preds = self.model(x.half() if self.half else x.float())
+        return self._select(self.model(x.half() if self.half else x.float()))
+
+    def _select(self, preds: torch.Tensor) -> list[torch.Tensor]:
+        """The network's output [B, 4 + nc, A] -> per image [N, 6] after NMS with this detector's settings."""
         return non_max_suppression(preds.float(), conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det)
 
     def warm_up(self, shape: tuple[int, ...], batch: int) -> None:
         """Capture the CUDA graph of detect_frames for frames of shape (H, W, C) in batches of `batch` now (on CUDA;
-        nothing elsewhere), so that the first batch does not wait for it."""
+        nothing elsewhere), so that the first batch does not wait for it; where capture fails, run eagerly."""
         if self._graphed is not None:
             try:
                 self._graphed.capture((batch, *shape))
-            except RuntimeError as e:
+            except RuntimeError as e:  # a layer or driver that capture does not support
                 LOGGER.warning("CUDA graph capture failed (%s); predicting without a graph", e)
                 self._graphed = None
 
     def detect_frames(self, frames: list[np.ndarray], batch: int) -> list[torch.Tensor]:
         """detect() of uint8 letterboxed frames [H, W, C] of one shape (RGB order; fused: RGB, ON, OFF); on CUDA
         from a CUDA graph for batches of `batch` (a shorter last batch is padded to it)."""
-        if self._graphed is not None:
-            try:
-                preds = self._graphed(frames, max(batch, len(frames)))[:len(frames)]
-            except RuntimeError as e:  # capture can fail on a layer or driver it does not support: run eagerly
-                LOGGER.warning("CUDA graph capture failed (%s); predicting without a graph", e)
-                self._graphed = None
-            else:
-                return non_max_suppression(preds.float(), conf_thres=self.conf, iou_thres=self.iou,
-                                           max_det=self.max_det)
-        return self.detect(frames_to_input(frames, self.device))
+        batch = max(batch, len(frames))
+        self.warm_up(frames[0].shape, batch)
+        if self._graphed is None:
+            return self.detect(frames_to_input(frames, self.device))
+        return self._select(self._graphed(frames, batch)[:len(frames)])
 
 
 def load_detector(path: str, device: torch.device | str = "cpu", conf: float = 0.25, iou: float = 0.7,

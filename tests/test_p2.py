@@ -106,17 +106,8 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     """train_fred.py with ARCH='yolov8-p2' records the arch; eval_fred.py on best.pth, without --set, rebuilds the P2
     model and reproduces the training mAP; a bare state dict of it is recognised too. Large boxes (as in
     tests/test_eval_fred.py) make the mAP non-zero."""
-    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
+    root, trained, ckpt = train_and_rebuild(tmp_path, capsys, ARCH)
     sets = LARGE_BOX_SETS
-    best = os.path.join(trained["run_dir"], "best.pth")
-    ckpt = torch.load(best, weights_only=True)
-    assert ckpt["arch"] == ARCH and infer_arch(ckpt["model"]) == ARCH
-
-    status, out, err = run_main(["--device", "cpu", "--weights", best], capsys)
-    assert status == 0, err
-    evaluated = json.loads(out.strip().splitlines()[-1])
-    assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
-    assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
 
     bare = str(tmp_path / "bare.pth")  # no metadata: phi and arch are told by the tensors
     torch.save(ckpt["model"], bare)
@@ -126,11 +117,33 @@ def test_p2_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsy
     assert json.loads(out.strip().splitlines()[-1])["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6,
                                                                              abs=1e-9)
 
-    resumed = str(tmp_path / "resume")  # resuming a P2 run as a yolov8 is refused, naming the key
-    shutil.copytree(trained["run_dir"], resumed)
+    assert_resume_as_yolov8_refused(tmp_path, capsys, trained["run_dir"], ARCH)
+
+
+def train_and_rebuild(tmp_path, capsys, arch: str) -> tuple[str, dict, dict]:
+    """train_on_large_boxes with ARCH=arch; its best.pth records the arch (and its tensors tell it), and eval_fred.py
+    on it, without --set, rebuilds that model and reproduces the training mAP: (data root, the run's final JSON line,
+    the checkpoint)."""
+    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"ARCH={arch!r}")
+    best = os.path.join(trained["run_dir"], "best.pth")
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["arch"] == arch and infer_arch(ckpt["model"]) == arch
+
+    status, out, err = run_main(["--device", "cpu", "--weights", best], capsys)
+    assert status == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
+    assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
+    return root, trained, ckpt
+
+
+def assert_resume_as_yolov8_refused(tmp_path, capsys, run_dir: str, arch: str) -> None:
+    """Resuming a copy of run_dir (trained with ARCH=arch) with ARCH='yolov8' exits 2, naming the recorded key."""
+    resumed = str(tmp_path / "resume")
+    shutil.copytree(run_dir, resumed)
     status = train_fred.main(["--resume", os.path.join(resumed, "last.pth"), "--device", "cpu",
                               "--set", "UNFREEZE_EPOCH=2", "ARCH='yolov8'"])
-    assert status == 2 and "ARCH='yolov8-p2'" in capsys.readouterr().err
+    assert status == 2 and f"ARCH={arch!r}" in capsys.readouterr().err
 
 
 def convert_with_cli(ultralytics_net: nn.Module, tmp_path, capsys, arch: str) -> tuple[str, str]:

@@ -3,8 +3,6 @@ train outputs and gradients; conversion, size and arch inference, freezing, fusi
 checkpoint."""
 import copy
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -12,13 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-import train_fred
 from nets import build_model, freeze_backbone, infer_phi
 from nets.convert import from_ultralytics, ultralytics_arch
 from nets.weights import checkpoint_info, infer_arch
-from tests.test_eval_fred import run_main, train_on_large_boxes
 from tests.test_nets import REPO, max_rel, perturb_bn
-from tests.test_p2 import convert_with_cli
+from tests.test_p2 import assert_resume_as_yolov8_refused, convert_with_cli, train_and_rebuild
 
 ARCH = "yolo11"
 
@@ -133,22 +129,8 @@ def test_yolo11_convert_cli_records_the_arch(tmp_path, capsys):
 def test_yolo11_trains_and_eval_fred_rebuilds_it_from_the_checkpoint(tmp_path, capsys):
     """train_fred.py with ARCH='yolo11' records the arch; eval_fred.py on best.pth, without --set, rebuilds YOLO11
     and reproduces the training mAP; resuming it as a yolov8 is refused, naming the key."""
-    root, trained, _ = train_on_large_boxes(tmp_path, capsys, f"ARCH={ARCH!r}")
-    best = os.path.join(trained["run_dir"], "best.pth")
-    ckpt = torch.load(best, weights_only=True)
-    assert ckpt["arch"] == ARCH and infer_arch(ckpt["model"]) == ARCH
-
-    status, out, err = run_main(["--device", "cpu", "--weights", best], capsys)
-    assert status == 0, err
-    evaluated = json.loads(out.strip().splitlines()[-1])
-    assert evaluated["mAP50"] == pytest.approx(trained["best_mAP50"], rel=1e-6, abs=1e-9)
-    assert evaluated["mAP50_95"] == pytest.approx(trained["best_mAP50_95"], rel=1e-6, abs=1e-9)
-
-    resumed = str(tmp_path / "resume")
-    shutil.copytree(trained["run_dir"], resumed)
-    status = train_fred.main(["--resume", os.path.join(resumed, "last.pth"), "--device", "cpu",
-                              "--set", "UNFREEZE_EPOCH=2", "ARCH='yolov8'"])
-    assert status == 2 and f"ARCH={ARCH!r}" in capsys.readouterr().err
+    _, trained, _ = train_and_rebuild(tmp_path, capsys, ARCH)
+    assert_resume_as_yolov8_refused(tmp_path, capsys, trained["run_dir"], ARCH)
 
 
 def test_yolo11_export_fred_names_it_and_round_trips(tmp_path, capsys):
