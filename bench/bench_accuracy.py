@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO))
 from bench.bench_learning import ours_settings  # noqa: E402
 from bench.ultra_ref import (CsvWatcher, add_run_args, apply_quick, build_ultra_dataset, copy_logs,  # noqa: E402
                              ensure_generated, exit_on_sigterm, final_json_line, log_tail, median, ours_command,
-                             print_table, run_logged, ultra_device, work_dir, write_split)
+                             print_table, run_logged, stop_all_runs, ultra_device, work_dir, write_split)
 
 TINY_ASSIGNER = "tal-small"  # nets.loss.ASSIGNERS: the small-box assignment (issue 17 part 2)
 # name -> trainer ("ours" | "ultralytics"), input as a multiple of --imgsz, config keys (Ultralytics: ARCH only)
@@ -376,21 +376,25 @@ def run_jobs(jobs: list[tuple[str, str]], parallel: int, run: Callable[[str, str
 
     pending, running, busy, failed = list(jobs), {}, set(), []
     with ThreadPoolExecutor(parallel) as pool:
-        while pending or running:
-            for job in list(pending):
-                if len(running) < parallel and (cache(job) is None or cache(job) not in busy):
-                    pending.remove(job)
-                    busy.add(cache(job))
-                    running[pool.submit(run, *job)] = job
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                (modality, name), entry = running.pop(future), future.result()
-                busy.discard(cache((modality, name)))
-                entry["parallel"] = parallel
-                result["modalities"][modality]["configs"][name] = entry
-                if not entry["ok"]:
-                    failed.append(f"{modality}/{name}")
-                save()
+        try:
+            while pending or running:
+                for job in list(pending):
+                    if len(running) < parallel and (cache(job) is None or cache(job) not in busy):
+                        pending.remove(job)
+                        busy.add(cache(job))
+                        running[pool.submit(run, *job)] = job
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    (modality, name), entry = running.pop(future), future.result()
+                    busy.discard(cache((modality, name)))
+                    entry["parallel"] = parallel
+                    result["modalities"][modality]["configs"][name] = entry
+                    if not entry["ok"]:
+                        failed.append(f"{modality}/{name}")
+                    save()
+        except BaseException:  # SIGTERM (exit_on_sigterm) or Ctrl-C: the jobs' threads would otherwise run on
+            stop_all_runs()
+            raise
     return failed
 
 

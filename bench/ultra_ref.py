@@ -329,6 +329,30 @@ class CsvWatcher:
             self.stamps.append(now)
 
 
+_LIVE: set = set()  # the processes of run_logged() now running, in any thread
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by stop_all_runs(): run_logged() starts nothing more
+
+
+def stop_all_runs() -> None:
+    """Stop every process run_logged() is running (in any thread) with its child processes, and refuse new ones: a
+    bench stopped in its main thread (SIGTERM, Ctrl-C) leaves nothing running, also with configs in parallel."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        for pid in _descendants(proc.pid) + [proc.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for pid in _descendants(proc.pid) + [proc.pid]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watchers: Iterable[CsvWatcher] = (),
                timeout: float | None = None, cwd: str | None = None,
                stop_when: Callable[[], bool] | None = None) -> dict:
@@ -344,7 +368,12 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or str(REPO))
+        with _LIVE_LOCK:
+            if _STOPPING.is_set():
+                raise RuntimeError(f"the bench is stopping: {cmd[0]} not started")
+            proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                    cwd=cwd or str(REPO))
+            _LIVE.add(proc)
         try:
             while proc.poll() is None:
                 for w in watchers:
@@ -370,6 +399,9 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
     for w in watchers:
         w.poll()
     end = time.time()

@@ -115,3 +115,49 @@ def test_parallel_jobs_overlap_but_never_two_of_our_trainers_on_one_cache():
     assert starts[:2] == [(("event", "ours640"), set()), (("rgb", "ours640"), {("event", "ours640")})], starts
     assert not any(job[1] != "ultra640_p2" and {o for o in others if o[0] == job[0] and o[1] != "ultra640_p2"}
                    for job, others in starts), starts
+
+
+def test_sigterm_stops_the_running_trainers_and_starts_no_more(tmp_path):
+    """`timeout` on the bench (SIGTERM) while two configs train in parallel: their processes stop with the bench,
+    and no config (nor a config's evaluation) starts after it (they used to run on, orphaned, into the next call)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "jobs.py"
+    script.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from bench.bench_accuracy import run_jobs
+from bench.ultra_ref import exit_on_sigterm, run_logged
+exit_on_sigterm()
+out = {str(tmp_path)!r}
+def run(modality, name):
+    child = "import os, time; open(os.path.join(%r, %r + '.pid'), 'w').write(str(os.getpid())); time.sleep(60)"
+    run_logged([sys.executable, "-c", child % (out, modality + name)], out + "/" + modality + name + ".log")
+    run_logged([sys.executable, "-c", child % (out, modality + name + "_eval")], out + "/x.log")
+    return {{"ok": True}}
+jobs = [("event", "ours640"), ("rgb", "ours640"), ("event", "ultra640")]
+run_jobs(jobs, 2, run, {{"modalities": {{"event": {{"configs": {{}}}}, "rgb": {{"configs": {{}}}}}}}}, lambda: None)
+""")
+    bench = subprocess.Popen([sys.executable, str(script)])
+    pid_files = [tmp_path / "eventours640.pid", tmp_path / "rgbours640.pid"]
+    deadline = time.time() + 60
+    while not all(p.exists() and p.read_text() for p in pid_files) and time.time() < deadline:
+        time.sleep(0.1)
+    assert all(p.exists() for p in pid_files), "the two trainers never started"
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(45) != 0
+    time.sleep(1.0)
+    started = sorted(p.name for p in tmp_path.glob("*.pid"))
+    assert started == ["eventours640.pid", "rgbours640.pid"], started  # nothing started after the SIGTERM
+    alive = []
+    for p in pid_files:
+        try:
+            os.kill(int(p.read_text()), 0)
+            alive.append(p.name)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"still running after the bench stopped: {alive}"
