@@ -59,14 +59,57 @@ class Conv(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.SiLU() if act else nn.Identity()
+        # (key, {dtype: (weight, bias)}): the BatchNorm folded into the conv while the backbone is frozen (fold_bn);
+        # plain attributes, outside state_dict, buffers and .to(); key: see _fold_key.
+        self._folded: tuple[tuple, dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply conv, BatchNorm (Identity once fused) and activation."""
+        """Apply conv, BatchNorm (Identity once fused) and activation; one conv with the folded bias instead while
+        fold_bn's tensors are valid (BatchNorm in eval mode, conv and BatchNorm parameters not rewritten since)."""
+        folded = self._folded
+        if folded is not None and not self.bn.training and folded[0] == self._fold_key():
+            weight, bias = self._folded_as(x)
+            return self.act(nn.functional.conv2d(x, weight, bias, self.conv.stride, self.conv.padding,
+                                                 self.conv.dilation, self.conv.groups))
         return self.act(self.bn(self.conv(x)))
+
+    def _fold_key(self) -> tuple:
+        """Storage address and version counter of the conv and BatchNorm parameters: a move (.to, .half, channels_last,
+        a deep copy) changes an address, an in-place write (load_state_dict, an optimiser step, an EMA update) a
+        version. Writes through .data change neither, and the running statistics are left out (DDP rewrites them
+        before every forward): whoever writes them so calls fold_bn again."""
+        return tuple((t.data_ptr(), t._version) for t in (self.conv.weight, self.bn.weight, self.bn.bias)
+                     if t is not None)
+
+    def _folded_as(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded (weight, bias) in the dtype the conv runs in for x: autocast's (cast once and kept, the cast
+        autocast would make on every call) or the module's."""
+        tensors = self._folded[1]
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        if dtype is None or dtype in tensors:
+            return tensors[dtype or self.conv.weight.dtype]
+        weight, bias = tensors[self.conv.weight.dtype]
+        tensors[dtype] = (weight.to(dtype), bias.to(dtype))
+        return tensors[dtype]
+
+    @torch.no_grad()
+    def fold_bn(self, enabled: bool) -> None:
+        """enabled: fold the BatchNorm's current parameters and running statistics into a conv weight and bias
+        (same device, dtype and memory format as the conv's), used by forward while the BatchNorm is in eval mode
+        and those parameters are not moved or rewritten (nets.freeze.freeze_backbone). Not enabled: drop them."""
+        self._folded = None
+        bn = self.bn
+        if not enabled or not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            return
+        weight, bias = fuse_conv_bn_weights(self.conv.weight, self.conv.bias, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        weight = torch.empty_like(self.conv.weight).copy_(weight)  # the conv weight's strides (channels_last)
+        self._folded = (self._fold_key(), {weight.dtype: (weight, bias.detach().to(weight.dtype))})
 
     @torch.no_grad()
     def fuse(self) -> None:
         """Fold the BatchNorm (its running statistics) into the convolution; the BN becomes Identity."""
+        self._folded = None
         if isinstance(self.bn, nn.Identity):
             return
         bn = self.bn
