@@ -181,3 +181,13 @@ def test_folded_conv_under_autocast_equals_autocasts_own_cast():
         again = conv(x)
     assert out.dtype == torch.bfloat16 and torch.bfloat16 in conv._folded[1]
     assert torch.equal(out, expected) and torch.equal(again, expected)
+
+
+def test_folds_are_unused_while_the_batchnorm_trains():
+    conv = randomised().backbone.stem
+    conv.fold_bn(True)
+    conv.train()
+    stats = conv.bn.running_mean.clone()
+    with bn_calls(conv) as calls:
+        conv(torch.rand(2, 3, 32, 32))
+    assert calls and not torch.equal(conv.bn.running_mean, stats)
