@@ -197,6 +197,19 @@ class DFL(nn.Module):
         return nn.functional.conv2d(prob, self.conv.weight.to(prob.dtype)).view(b, 4, a)
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour 2x upsampling in the input's dtype; [B, C, H, W] -> [B, C, 2H, 2W].
+
+    CUDA autocast lists upsample_nearest2d as a float32 op: nn.Upsample turns a half activation into float32, and the
+    concatenation after it too (torch.cat promotes), until the next conv casts back. Nearest upsampling only copies
+    values (its backward sums in float32 either way), so running it with autocast off gives the same numbers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat every pixel 2 x 2, with autocast off."""
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
 class Backbone(nn.Module):
     """CSP-Darknet with C2f and SPPF; [B, C, H, W] -> P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..],
     preceded by P2 [B, c2, H/4, W/4] when with_p2 (the same layers either way)."""
@@ -234,7 +247,7 @@ class PAN(nn.Module):
         w = functools.partial(scaled_width, phi=phi)
         n = scaled_depth(3, phi)
         c3, c4, c5 = w(256), w(512), w(1024)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = Upsample2x()
         self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
         self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
         self.down_p3 = Conv(c3, c3, 3, 2)
@@ -263,7 +276,7 @@ class PANP2(nn.Module):
         w = functools.partial(scaled_width, phi=phi)
         n = scaled_depth(3, phi)
         c2, c3, c4, c5 = w(128), w(256), w(512), w(1024)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = Upsample2x()
         self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
         self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
         self.top_down_p2 = C2f(c3 + c2, c2, n, shortcut=False)
