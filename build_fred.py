@@ -394,6 +394,24 @@ def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, pe
                             amp_dtype(cfg, device))
 
 
+def rank_sync(cfg: dict, model: torch.nn.Module, frozen: bool, device: torch.device, world: int
+              ) -> tuple[torch.nn.Module, Optional[Callable[[list], None]]]:
+    """(model wrapper, gradient sync) of a phase whose backbone freeze_backbone(model, frozen) has just set: under
+    torchrun (world > 1) rank 0's parameters and buffers are copied into every process, by DDP's wrapping or
+    (grad_sync_kind() "allreduce") utils.dist.broadcast_state, then the frozen backbone is folded again from them
+    (those copies bypass the check that makes a folded Conv fall back); one process: (model, None)."""
+    if world == 1:
+        return model, None
+    net, grad_sync = model, None
+    if grad_sync_kind(cfg, device, world) == "allreduce":
+        dist.broadcast_state(model)
+        grad_sync = dist.all_reduce_grads
+    else:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    freeze_backbone(model, frozen)
+    return net, grad_sync
+
+
 def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: DetectionLoss, train_set: FredDataset,
                 device: torch.device, rank: int, world: int, previous: Optional[Phase] = None) -> Phase:
     """Freeze or unfreeze the backbone and make the phase's sampler, loader, model wrapper and loss function.
@@ -410,12 +428,7 @@ def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: Detecti
     lr_max, lr_min = scale_lr_for_batch(cfg["INIT_LR"], cfg["MIN_LR"], batch, cfg["OPTIMIZER_TYPE"])
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
     loader = train_loader(cfg, train_set, per_rank, sampler, device, rank)
-    net, grad_sync = model, None
-    if world > 1 and grad_sync_kind(cfg, device, world) == "allreduce":
-        dist.broadcast_state(model)
-        grad_sync = dist.all_reduce_grads
-    elif world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net, grad_sync = rank_sync(cfg, model, name == "frozen", device, world)
     last_epoch = cfg["FREEZE_EPOCH"] if name == "frozen" else cfg["UNFREEZE_EPOCH"]
     return Phase(name, last_epoch, batch, per_rank, sampler, loader, net,
                  graphed_loss(cfg, model, criterion, per_rank, device, world), grad_sync, lr_max, lr_min)

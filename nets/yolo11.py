@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import nn
 
-from nets.yolov8 import PAN, C2f, SPPF, Bottleneck, Conv, Detect, scaled_depth, scaled_width
+from nets.yolov8 import PAN, C2f, SPPF, Bottleneck, Conv, Detect, Upsample2x, scaled_depth, scaled_width
 
 # phi -> (depth multiple, width multiple, max channels), as in yolo11.yaml (not v8's).
 SCALES: dict[str, tuple[float, float, int]] = {
@@ -155,7 +155,7 @@ class PAN11(PAN):
         n, c3k = depth(2, phi), phi in C3K_SIZES
         b3, b4, b5 = w(512), w(512), w(1024)  # Backbone11.out_channels
         c3, c4, c5 = w(256), w(512), w(1024)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = Upsample2x()
         self.top_down_p4 = C3k2(b5 + b4, c4, n, c3k)
         self.top_down_p3 = C3k2(c4 + b3, c3, n, c3k)
         self.down_p3 = Conv(c3, c3, 3, 2)

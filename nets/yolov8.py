@@ -59,14 +59,57 @@ class Conv(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.SiLU() if act else nn.Identity()
+        # (key, {dtype: (weight, bias)}): the BatchNorm folded into the conv while the backbone is frozen (fold_bn);
+        # plain attributes, outside state_dict, buffers and .to(); key: see _fold_key.
+        self._folded: tuple[tuple, dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply conv, BatchNorm (Identity once fused) and activation."""
+        """Apply conv, BatchNorm (Identity once fused) and activation; one conv with the folded bias instead while
+        fold_bn's tensors are valid (BatchNorm in eval mode, conv and BatchNorm parameters not rewritten since)."""
+        folded = self._folded
+        if folded is not None and not self.bn.training and folded[0] == self._fold_key():
+            weight, bias = self._folded_as(x)
+            return self.act(nn.functional.conv2d(x, weight, bias, self.conv.stride, self.conv.padding,
+                                                 self.conv.dilation, self.conv.groups))
         return self.act(self.bn(self.conv(x)))
+
+    def _fold_key(self) -> tuple:
+        """Storage address and version counter of the conv and BatchNorm parameters: a move (.to, .half, channels_last,
+        a deep copy) changes an address, an in-place write (load_state_dict, an optimiser step, an EMA update) a
+        version. Writes through .data change neither, and the running statistics are left out (DDP rewrites them
+        before every forward): whoever writes them so calls fold_bn again."""
+        return tuple((t.data_ptr(), t._version) for t in (self.conv.weight, self.bn.weight, self.bn.bias)
+                     if t is not None)
+
+    def _folded_as(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded (weight, bias) in the dtype the conv runs in for x: autocast's (cast once and kept, the cast
+        autocast would make on every call) or the module's."""
+        tensors = self._folded[1]
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        if dtype is None or dtype in tensors:
+            return tensors[dtype or self.conv.weight.dtype]
+        weight, bias = tensors[self.conv.weight.dtype]
+        tensors[dtype] = (weight.to(dtype), bias.to(dtype))
+        return tensors[dtype]
+
+    @torch.no_grad()
+    def fold_bn(self, enabled: bool) -> None:
+        """enabled: fold the BatchNorm's current parameters and running statistics into a conv weight and bias
+        (same device, dtype and memory format as the conv's), used by forward while the BatchNorm is in eval mode
+        and those parameters are not moved or rewritten (nets.freeze.freeze_backbone). Not enabled: drop them."""
+        self._folded = None
+        bn = self.bn
+        if not enabled or not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            return
+        weight, bias = fuse_conv_bn_weights(self.conv.weight, self.conv.bias, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        weight = torch.empty_like(self.conv.weight).copy_(weight)  # the conv weight's strides (channels_last)
+        self._folded = (self._fold_key(), {weight.dtype: (weight, bias.detach().to(weight.dtype))})
 
     @torch.no_grad()
     def fuse(self) -> None:
         """Fold the BatchNorm (its running statistics) into the convolution; the BN becomes Identity."""
+        self._folded = None
         if isinstance(self.bn, nn.Identity):
             return
         bn = self.bn
@@ -154,6 +197,19 @@ class DFL(nn.Module):
         return nn.functional.conv2d(prob, self.conv.weight.to(prob.dtype)).view(b, 4, a)
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour 2x upsampling in the input's dtype; [B, C, H, W] -> [B, C, 2H, 2W].
+
+    CUDA autocast lists upsample_nearest2d as a float32 op: nn.Upsample turns a half activation into float32, and the
+    concatenation after it too (torch.cat promotes), until the next conv casts back. Nearest upsampling only copies
+    values (its backward sums in float32 either way), so running it with autocast off gives the same numbers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat every pixel 2 x 2, with autocast off."""
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
 class Backbone(nn.Module):
     """CSP-Darknet with C2f and SPPF; [B, C, H, W] -> P3 [B, c3, H/8, W/8], P4 [.., H/16, ..], P5 [.., H/32, ..],
     preceded by P2 [B, c2, H/4, W/4] when with_p2 (the same layers either way)."""
@@ -191,7 +247,7 @@ class PAN(nn.Module):
         w = functools.partial(scaled_width, phi=phi)
         n = scaled_depth(3, phi)
         c3, c4, c5 = w(256), w(512), w(1024)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = Upsample2x()
         self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
         self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
         self.down_p3 = Conv(c3, c3, 3, 2)
@@ -220,7 +276,7 @@ class PANP2(nn.Module):
         w = functools.partial(scaled_width, phi=phi)
         n = scaled_depth(3, phi)
         c2, c3, c4, c5 = w(128), w(256), w(512), w(1024)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.upsample = Upsample2x()
         self.top_down_p4 = C2f(c5 + c4, c4, n, shortcut=False)
         self.top_down_p3 = C2f(c4 + c3, c3, n, shortcut=False)
         self.top_down_p2 = C2f(c3 + c2, c2, n, shortcut=False)

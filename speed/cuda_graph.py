@@ -40,7 +40,8 @@ class GraphedTrainLoss:
     Capture runs a few warm-up steps on a constant batch without targets; the BatchNorm statistics they moved are
     restored afterwards (parameter gradients are never written: capture uses torch.autograd.grad), so building it
     leaves the model as it was. The model's parameters must keep their storage and requires_grad flags while the
-    graph is used (optimiser steps and EMA updates are in place).
+    graph is used (optimiser steps and EMA updates are in place), and a frozen backbone its folded convolutions (the
+    graph holds those of capture time: no freeze_backbone call while it is used, see Conv.fold_bn).
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, sample: torch.Tensor, max_targets: int,

@@ -59,6 +59,7 @@ def test_graphed_step_matches_eager_and_leaves_state(frozen):
     for k, v in model.state_dict().items():  # capture's warm-up steps left no trace (BatchNorm statistics too)
         assert torch.equal(v, before[k]), k
     eager_model = copy.deepcopy(model)
+    freeze_backbone(eager_model, frozen)  # a copy runs conv + BatchNorm until folded again, as the graph's model
     g_graph, loss_graph = _grads(model, graphed, criterion, images, targets)
     g_eager, loss_eager = _grads(eager_model, _eager(eager_model, criterion), criterion, images, targets)
     assert set(g_graph) == set(g_eager)

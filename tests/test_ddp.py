@@ -205,6 +205,31 @@ def test_broadcast_state_copies_rank_0s_buffers_and_then_parameters(tmp_path):
     assert r1["final_weight"] == r0["own_weight"], "the full broadcast copies rank 0's parameters too"
 
 
+def _folded_sync(rank: int, out_dir: str, sync: str) -> None:
+    from nets import freeze_backbone
+    from tests.test_freeze import bn_calls, randomised
+    dist.setup("cpu")
+    try:
+        model = randomised(seed=rank)  # each rank its own weights: the sync makes them rank 0's
+        freeze_backbone(model, True)
+        cfg = {**config_dict(config_fred), "DDP_GRAD_SYNC": sync}
+        build_fred.rank_sync(cfg, model, True, torch.device("cpu"), 2)
+        with torch.no_grad(), bn_calls(model.backbone) as calls:
+            out = model.eval()(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"out": out.flatten()[::50].tolist(), "bn_calls": len(calls)}, f)
+    finally:
+        dist.cleanup()
+
+
+@pytest.mark.parametrize("sync", ["allreduce", "ddp"])
+def test_rank_sync_folds_the_frozen_backbone_from_rank_0s_weights(tmp_path, sync):
+    _spawn(_folded_sync, tmp_path, sync)
+    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    assert r0["bn_calls"] == r1["bn_calls"] == 0, "the frozen backbone runs folded after the sync"
+    assert r1["out"] == pytest.approx(r0["out"], rel=1e-6, abs=1e-6), "rank 1 folded rank 0's weights"
+
+
 def test_graph_under_torchrun_uses_the_allreduce_sync_unless_sync_bn():
     cfg = {**config_dict(config_fred), "CUDA_GRAPH": True, "SYNC_BN": False, "DDP_GRAD_SYNC": "ddp"}
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")

@@ -381,3 +381,21 @@ def test_load_bubbliiiing_yolobody_and_backbone_weights(tmp_path):
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in src.state_dict().items() if k.startswith("backbone."))
     with pytest.raises(ValueError, match="looks like YOLOv8s"):  # a size mismatch is still named
         load_weights(build_model("m", 1), theirs)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA autocast's float32 list is what Upsample2x avoids"))])
+def test_neck_upsample_keeps_the_autocast_dtype_and_nn_upsamples_values(device):
+    from nets.yolov8 import Upsample2x
+    x = torch.randn(2, 8, 5, 7, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    amp = torch.float16 if device == "cuda" else torch.bfloat16
+    grad = torch.randn(2, 8, 10, 14, device=device).to(amp).float()  # as a half conv's input gradient would be
+    outs = []
+    for up in (Upsample2x(), nn.Upsample(scale_factor=2, mode="nearest")):
+        with torch.autocast(device, dtype=amp):
+            y = up(x.to(amp))
+        (g,) = torch.autograd.grad(y, x, grad.to(y.dtype))
+        outs.append((y, g))
+    (y, g), (y_ref, g_ref) = outs
+    assert y.dtype == amp  # nn.Upsample gives float32 under CUDA autocast
+    assert torch.equal(y.float(), y_ref.float()) and torch.equal(g, g_ref)
