@@ -1,8 +1,12 @@
 """Fused samples (FredDataset on a fusion index): 5 channels, lossless planes, one geometry for both streams."""
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
+import datasets.augment as augment
 import datasets.fred_dataset as fred_dataset
 from datasets.augment import Augmentation
 from datasets.event_frames import EVENT_PALETTE, event_planes, fused_item_image
@@ -106,3 +110,52 @@ def test_fused_items_from_the_frame_caches_equal_those_from_the_files(fusion_ind
     cached, plain = FredDataset(frames, (side, side), **caches), FredDataset(frames, (side, side))
     for i in range(len(frames)):
         torch.testing.assert_close(cached[i]["image"], plain[i]["image"])
+
+
+def _planes_as_image(self, path, j, cache):
+    """FredDataset._read_one for a single-stream dataset of the event partners: their polarity planes as the image."""
+    event, reason = read_image(str(self.partners[j]))
+    return event_planes(event), (event.shape[0], event.shape[1]), reason
+
+
+@pytest.mark.parametrize("aug", [
+    Augmentation(mosaic=True, mosaic_prob=0.5),
+    Augmentation(mosaic=True, mosaic_prob=1.0, mixup=True, mixup_prob=0.5, degrees=8.0),
+    Augmentation(mosaic=False, flip_lr=0.5, degrees=8.0)], ids=["default", "mosaic_mixup_rotate", "single_rotate"])
+def test_fused_training_items_equal_each_stream_augmented_alone(fusion_index, monkeypatch, aug):
+    # the fused sample is, bit for bit, the RGB frame's sample and the planes' sample of the same seed side by side
+    # (HSV on the RGB channels only), whatever layout the augmentation works in
+    frames = fusion_index.train
+    alone = [dataclasses.replace(f, event_image="") for f in frames]
+    fused = FredDataset(frames, (64, 64), aug, seed=4)
+    rgb = FredDataset(alone, (64, 64), aug, seed=4)
+    planes = FredDataset(alone, (64, 64), dataclasses.replace(aug, hsv_in_batch=True), seed=4)  # same draws, no HSV
+    planes.partners = [f.event_image for f in frames]
+    monkeypatch.setattr(FredDataset, "_read_one", _planes_as_image)
+    planes_items = [planes[i] for i in range(12)]
+    monkeypatch.undo()
+    for i in range(12):
+        f, r, p = fused[i], rgb[i], planes_items[i]
+        torch.testing.assert_close(f["image"][:3], r["image"], rtol=0, atol=0)
+        torch.testing.assert_close(f["image"][3], p["image"][2], rtol=0, atol=0)  # ON: the planes' "B" channel 0
+        torch.testing.assert_close(f["image"][4], p["image"][1], rtol=0, atol=0)
+        torch.testing.assert_close(f["boxes"], r["boxes"], rtol=0, atol=0)
+
+
+def test_a_fused_training_sample_resizes_warps_and_flips_five_channels_not_six(fusion_index, monkeypatch):
+    # the augmentation works on BGR + ON and OFF (4 + 1 channels): not on the planes' zero channel
+    counts = {}
+
+    def counting(name, fn):
+        def wrapped(src, *args, **kwargs):
+            counts[name] = counts.get(name, 0) + (src.shape[2] if src.ndim == 3 else 1)
+            return fn(src, *args, **kwargs)
+        return wrapped
+
+    for name in ("resize", "warpAffine", "flip"):
+        monkeypatch.setattr(augment.cv2, name, counting(name, getattr(cv2, name)))
+    for degrees in (0.0, 8.0):  # resize_axis_aligned, warp_affine
+        aug = Augmentation(mosaic=False, flip_lr=1.0, degrees=degrees, scale=0.0, hsv_in_batch=True)
+        counts.clear()
+        assert FredDataset(fusion_index.train, (64, 64), aug, seed=0)[0]["image"].shape == (5, 64, 64)
+        assert counts == {"resize" if degrees == 0 else "warpAffine": 5, "flip": 5}
