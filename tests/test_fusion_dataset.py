@@ -1,12 +1,10 @@
 """Fused samples (FredDataset on a fusion index): 5 channels, lossless planes, one geometry for both streams."""
 import dataclasses
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-import datasets.augment as augment
 import datasets.fred_dataset as fred_dataset
 from datasets.augment import Augmentation
 from datasets.event_frames import EVENT_PALETTE, event_planes, fused_item_image
@@ -140,22 +138,3 @@ def test_fused_training_items_equal_each_stream_augmented_alone(fusion_index, mo
         torch.testing.assert_close(f["image"][3], p["image"][2], rtol=0, atol=0)  # ON: the planes' "B" channel 0
         torch.testing.assert_close(f["image"][4], p["image"][1], rtol=0, atol=0)
         torch.testing.assert_close(f["boxes"], r["boxes"], rtol=0, atol=0)
-
-
-def test_a_fused_training_sample_resizes_warps_and_flips_five_channels_not_six(fusion_index, monkeypatch):
-    # the augmentation works on BGR + ON and OFF (4 + 1 channels): not on the planes' zero channel
-    counts = {}
-
-    def counting(name, fn):
-        def wrapped(src, *args, **kwargs):
-            counts[name] = counts.get(name, 0) + (src.shape[2] if src.ndim == 3 else 1)
-            return fn(src, *args, **kwargs)
-        return wrapped
-
-    for name in ("resize", "warpAffine", "flip"):
-        monkeypatch.setattr(augment.cv2, name, counting(name, getattr(cv2, name)))
-    for degrees in (0.0, 8.0):  # resize_axis_aligned, warp_affine
-        aug = Augmentation(mosaic=False, flip_lr=1.0, degrees=degrees, scale=0.0, hsv_in_batch=True)
-        counts.clear()
-        assert FredDataset(fusion_index.train, (64, 64), aug, seed=0)[0]["image"].shape == (5, 64, 64)
-        assert counts == {"resize" if degrees == 0 else "warpAffine": 5, "flip": 5}
