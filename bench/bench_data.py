@@ -1,13 +1,15 @@
 """Data-only img/s of our training loader (mosaic on, prob 0.5) with FRAME_CACHE off vs disk, on generated frames.
 
-    python bench/bench_data.py [--root DIR] [--modality event] [--input 640] [--workers 8] [--batch 32]
+    python bench/bench_data.py [--root DIR] [--modality event|rgb|fusion] [--input 640] [--workers 8] [--batch 32]
                                [--batches 60] [--hsv_in_batch] [--quick]
 
 Generates a FRED-shaped set at 1280x720 (tools.synthetic.generate_fred) in --root (kept and reused when it
 exists) or a temporary folder, then times the DataLoader of train_fred.py's training set (input 640, mosaic prob
 0.5, HSV, flip, affine: config_fred's defaults) without a model: first without the cache, then with the disk cache
 (its build time reported apart). The first `--warmup` batches (worker start-up) are not timed. --quick: a small set,
-2 workers, batch 8, for a CPU.
+2 workers, batch 8, for a CPU. --modality fusion: RGB + event planes, with the event frame cache as train_fred.py
+builds it (build_fred.build_frame_caches: polarity planes at the input's long side). The workers start as the
+trainer's do (datasets.fred_dataset.worker_init).
 """
 import argparse
 import logging
@@ -24,22 +26,24 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.augment import Augmentation  # noqa: E402
-from datasets.fred_dataset import FredDataset, collate_fred  # noqa: E402
+from build_fred import build_frame_caches  # noqa: E402
+from datasets.fred_dataset import FredDataset, collate_fred, worker_init  # noqa: E402
 from datasets.fred_index import build_fred_index  # noqa: E402
 from speed.frame_cache import build_frame_cache  # noqa: E402
 from tools.synthetic import generate_fred  # noqa: E402
 
 
 def loader_img_per_s(frames: list, cache, input_size: int, workers: int, batch: int, batches: int,
-                     warmup: int, hsv_in_batch: bool = False) -> float:
+                     warmup: int, hsv_in_batch: bool = False, event_cache=None) -> float:
     """Images per second of the training DataLoader over `batches` batches after `warmup` untimed ones
-    (hsv_in_batch: the workers leave the HSV jitter to the batch, as train_fred.py on CUDA)."""
+    (hsv_in_batch: the workers leave the HSV jitter to the batch, as train_fred.py on CUDA; event_cache: fused
+    frames' event frame cache)."""
     aug = Augmentation(mosaic=True, mosaic_prob=0.5, hsv_in_batch=hsv_in_batch)
-    ds = FredDataset(frames, (input_size, input_size), aug, frame_cache=cache)
+    ds = FredDataset(frames, (input_size, input_size), aug, frame_cache=cache, event_cache=event_cache)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + batches) * batch,
                                              generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_fred,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+                        worker_init_fn=worker_init, persistent_workers=False, prefetch_factor=4 if workers else None)
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -52,7 +56,8 @@ def main() -> None:
     """Generate (or reuse) the set, time the loader off and disk, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", help="FRED set to use or create (default: a temporary folder, removed at the end)")
-    p.add_argument("--modality", default="event", choices=("rgb", "event"), help="PNG event frames or RGB JPEGs")
+    p.add_argument("--modality", default="event", choices=("rgb", "event", "fusion"),
+                   help="PNG event frames, RGB JPEGs, or both (RGB + event planes)")
     p.add_argument("--sequences", type=int, default=8)
     p.add_argument("--frames", type=int, default=60, help="frames per sequence")
     p.add_argument("--input", type=int, default=640, help="square network input size")
@@ -88,12 +93,16 @@ def main() -> None:
                                          args.warmup, args.hsv_in_batch), None, None, None)]
         start = time.perf_counter()
         cache = build_frame_cache([f.image for f in frames], args.input, cache_dir, workers=os.cpu_count() or 1)
+        event_cache = build_frame_caches({"FRAME_CACHE": "disk", "INPUT_SHAPE": [args.input, args.input],
+                                          "FRAME_CACHE_DIR": cache_dir, "DATA_ROOT": root, "FRAME_CACHE_MAX_GB": 1e3},
+                                         frames, "train", progress=False)["event_cache"]
         build_s = time.perf_counter() - start
         start = time.perf_counter()
         build_frame_cache([f.image for f in frames], args.input, cache_dir, progress=False)
         reuse_s = time.perf_counter() - start
         rows.append(("disk", loader_img_per_s(frames, cache, args.input, args.workers, args.batch, args.batches,
-                                              args.warmup, args.hsv_in_batch), build_s, reuse_s, cache.nbytes / 1e9))
+                                              args.warmup, args.hsv_in_batch, event_cache), build_s, reuse_s,
+                     (cache.nbytes + (event_cache.nbytes if event_cache else 0)) / 1e9))
         print(f"\n{'FRAME_CACHE':<12}{'img/s':>9}{'build s':>10}{'reuse s':>10}{'cache GB':>10}")
         for mode, ips, b, r, gb in rows:
             extra = "" if b is None else f"{b:10.1f}{r:10.2f}{gb:10.2f}"
