@@ -29,7 +29,7 @@ from nets.fusion import FUSION_KINDS, build_fusion_model, load_fusion_weights
 from nets.loss import ASSIGNERS, DetectionLoss
 from nets.yolov8 import ARCHS
 from speed.batch_ring import build_loader
-from speed.compiled import build_batch_transform
+from speed.compiled import build_batch_transform, compile_backends, compile_model
 from speed.cuda_graph import GraphedTrainLoss
 from speed.frame_cache import FrameCache, open_frame_cache
 from training.engine import StepOptions
@@ -102,7 +102,9 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "WARMUP_BIAS_LR": _number(0), "WARMUP_MOMENTUM": _BELOW_ONE,
     "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
     "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
-    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+    "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1),
+    "COMPILE_MODEL": (lambda v: v == "" or v in compile_backends(), "\"\" (off) or a torch.compile backend name: "
+                      + ", ".join(repr(b) for b in compile_backends())), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
     "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
     "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
     "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
@@ -362,6 +364,14 @@ def phase_name(cfg: dict, epoch: int) -> str:
     return "frozen" if cfg["FREEZE_TRAIN"] and epoch < cfg["FREEZE_EPOCH"] else "unfrozen"
 
 
+def compile_off_reason(cfg: dict, device: torch.device, world: int) -> Optional[str]:
+    """Why the training network is not compiled although COMPILE_MODEL is set (to print), or None."""
+    if cfg["COMPILE_MODEL"] and world > 1 and grad_sync_kind(cfg, device, world) == "ddp":
+        return ("COMPILE_MODEL: off with DistributedDataParallel (DDP_GRAD_SYNC='ddp' without a CUDA graph); "
+                "DDP_GRAD_SYNC='allreduce' keeps it")
+    return None
+
+
 def graph_off_reason(cfg: dict, device: torch.device, world: int) -> Optional[str]:
     """Why the training step runs without a CUDA graph although CUDA_GRAPH is on (to print), or None."""
     if cfg["CUDA_GRAPH"] and device.type == "cuda" and world > 1 and cfg["SYNC_BN"]:
@@ -382,15 +392,16 @@ def grad_sync_kind(cfg: dict, device: torch.device, world: int) -> str:
 
 
 def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
-                 world: int) -> Optional[GraphedTrainLoss]:
-    """The CUDA-graphed training forward + loss of this phase's model and batch (uses_graph()), or None."""
+                 world: int, net: Optional[torch.nn.Module] = None) -> Optional[GraphedTrainLoss]:
+    """The CUDA-graphed training forward + loss of this phase's model and batch (uses_graph()), or None; net: what
+    the step calls instead of model (its torch.compile module, COMPILE_MODEL)."""
     if not uses_graph(cfg, device, world):
         return None
     h, w = cfg["INPUT_SHAPE"]
     sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
                          memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     model.train()
-    return GraphedTrainLoss(model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
+    return GraphedTrainLoss(net or model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
                             amp_dtype(cfg, device))
 
 
@@ -429,9 +440,11 @@ def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: Detecti
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["SEED"])
     loader = train_loader(cfg, train_set, per_rank, sampler, device, rank)
     net, grad_sync = rank_sync(cfg, model, name == "frozen", device, world)
+    if cfg["COMPILE_MODEL"] and compile_off_reason(cfg, device, world) is None:
+        net = compile_model(model, cfg["COMPILE_MODEL"])
     last_epoch = cfg["FREEZE_EPOCH"] if name == "frozen" else cfg["UNFREEZE_EPOCH"]
     return Phase(name, last_epoch, batch, per_rank, sampler, loader, net,
-                 graphed_loss(cfg, model, criterion, per_rank, device, world), grad_sync, lr_max, lr_min)
+                 graphed_loss(cfg, model, criterion, per_rank, device, world, net), grad_sync, lr_max, lr_min)
 
 
 def train_loader(cfg: dict, train_set: FredDataset, per_rank: int, sampler: Sampler, device: torch.device,

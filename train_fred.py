@@ -459,9 +459,10 @@ def start_phase(run: Run, epoch: int, previous: Optional[build_fred.Phase]) -> b
     phase = build_fred.build_phase(cfg, build_fred.phase_name(cfg, epoch), run.model, run.criterion, run.train_set,
                                    run.device, dist.get_rank(), world, previous)
     if dist.is_main():
-        off = build_fred.graph_off_reason(cfg, run.device, world)
-        if off:
-            print(off, flush=True)
+        for off in (build_fred.graph_off_reason(cfg, run.device, world),
+                    build_fred.compile_off_reason(cfg, run.device, world)):
+            if off:
+                print(off, flush=True)
         if world > 1 and phase.grad_sync is not None:
             graph = ", after each CUDA graph replay" if phase.loss_fn is not None else ""
             print(f"gradients: all-reduced after each backward (DDP_GRAD_SYNC='allreduce'{graph})", flush=True)

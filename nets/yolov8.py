@@ -67,7 +67,8 @@ class Conv(nn.Module):
         """Apply conv, BatchNorm (Identity once fused) and activation; one conv with the folded bias instead while
         fold_bn's tensors are valid (BatchNorm in eval mode, conv and BatchNorm parameters not rewritten since)."""
         folded = self._folded
-        if folded is not None and not self.bn.training and folded[0] == self._fold_key():
+        if (folded is not None and not self.bn.training and not torch.compiler.is_compiling()
+                and folded[0] == self._fold_key()):  # torch.compile fuses conv + BatchNorm itself (COMPILE_MODEL)
             weight, bias = self._folded_as(x)
             return self.act(nn.functional.conv2d(x, weight, bias, self.conv.stride, self.conv.padding,
                                                  self.conv.dilation, self.conv.groups))

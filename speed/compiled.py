@@ -1,8 +1,10 @@
-"""torch.compile with an eager fallback, and the training loop's batch transform it compiles (HSV_COMPILE)."""
+"""torch.compile with an eager fallback, the training loop's batch transform it compiles (HSV_COMPILE), and the
+compiled training network (COMPILE_MODEL)."""
 import logging
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 from datasets.augment import Augmentation
 from datasets.gpu_augment import BatchHSV, jittered_float
@@ -40,3 +42,16 @@ def build_batch_transform(augmentation: Augmentation, compiled: bool) -> Optiona
     if not augmentation.hsv_in_batch:
         return None
     return BatchHSV(CompiledOrEager(jittered_float) if compiled else jittered_float)
+
+
+def compile_backends() -> list[str]:
+    """The torch.compile backends this PyTorch has (COMPILE_MODEL's accepted values besides "")."""
+    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+
+def compile_model(model: nn.Module, backend: str, fullgraph: bool = False) -> nn.Module:
+    """torch.compile(model) with `backend` for the training step (COMPILE_MODEL): static shapes, PyTorch's default
+    mode (no CUDA graphs of its own: the trainer captures its graph around the compiled code, speed/cuda_graph.py).
+    The result shares model's parameters and buffers; save and evaluate model itself (its state_dict keys are plain).
+    It compiles at its first call per input shape, phase (requires_grad, BatchNorm mode) and autocast state."""
+    return torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph)

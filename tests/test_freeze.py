@@ -191,3 +191,29 @@ def test_folds_are_unused_while_the_batchnorm_trains():
     with bn_calls(conv) as calls:
         conv(torch.rand(2, 3, 32, 32))
     assert calls and not torch.equal(conv.bn.running_mean, stats)
+
+
+def test_a_compiled_frozen_model_traces_whole_and_computes_the_same():
+    """COMPILE_MODEL's torch.compile of a model with a folded frozen backbone: one graph (fullgraph: the fold's
+    validity check, storage addresses and versions, is not traced: the compiled code runs conv + BatchNorm, which the
+    compiler fuses itself), outputs and trainable gradients those of the eager model (aot_eager: no code generation)."""
+    from speed.compiled import compile_model
+
+    model = randomised().double().train()  # float64: the neck's batch statistics of 2 images amplify fp32 rounding
+    freeze_backbone(model, True)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    compiled = compile_model(model, "aot_eager", fullgraph=True)
+    outs = []
+    for net in (model, compiled):
+        model.zero_grad(set_to_none=True)
+        out = net(x)
+        sum((o ** 2).mean() for o in out).backward()
+        outs.append(([o.detach().clone() for o in out],
+                     {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (eager_out, eager_grad), (comp_out, comp_grad) = outs
+    assert len(eager_out) == len(comp_out) and eager_grad.keys() == comp_grad.keys()
+    assert not any(n.startswith("backbone.") for n in eager_grad)
+    for a, b in zip(eager_out, comp_out):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
+    for n in eager_grad:
+        torch.testing.assert_close(comp_grad[n], eager_grad[n], rtol=1e-7, atol=1e-10)

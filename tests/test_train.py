@@ -89,7 +89,7 @@ class Recorder:
         n = len(self.calls)
         loader = args[4]
         net = model.module if hasattr(model, "module") else model
-        self.calls.append({"batch_size": loader.batch_size,
+        self.calls.append({"batch_size": loader.batch_size, "net": model,
                            "requires_grad": {p.requires_grad for p in net.backbone.parameters()},
                            "head_requires_grad": {p.requires_grad for p in net.head.cls.parameters()},
                            "bn_training_after_train": None})
@@ -263,6 +263,24 @@ def test_two_epochs_cross_freeze_to_unfreeze(run_a):
     assert summary["run_dir"] == run_dir and summary["epochs"] == 2 and summary["best_epoch"] in (1, 2)
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["modality"] == "event" and config["UNFREEZE_BATCH_SIZE"] == 4
+
+
+def test_compile_model_trains_the_compiled_network_and_saves_the_plain_one(data, run_a, tmp_path):
+    """COMPILE_MODEL (here the aot_eager backend: torch.compile's tracing and autograd, no code generation): both
+    phases train through torch.compile's module, whose checkpoints are the plain model's (no _orig_mod. keys) and
+    whose weights follow the eager run's (same seed, same data)."""
+    rec = Recorder()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "train_one_epoch", rec)
+        assert train_fred.main(tiny_args(data, tmp_path, "COMPILE_MODEL='aot_eager'")) == 0
+    assert [type(c["net"]).__name__ for c in rec.calls] == ["OptimizedModule"] * 2
+    assert [type(c["net"]).__name__ for c in run_a["rec"].calls] == ["YoloV8"] * 2
+    compiled = load_checkpoint(os.path.join(only_run_dir(tmp_path), "last.pth"))
+    eager = load_checkpoint(os.path.join(run_a["run_dir"], "last.pth"))
+    assert compiled["config"]["COMPILE_MODEL"] == "aot_eager"
+    build_model("n", 1).load_state_dict(compiled["model"])  # strict
+    for key, value in eager["model_raw"].items():
+        assert torch.allclose(compiled["model_raw"][key].float(), value.float(), rtol=1e-3, atol=1e-4), key
 
 
 def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, run_a, tmp_path, monkeypatch, capsys):
@@ -623,7 +641,7 @@ _BAD_VALUES = [
     ("MIN_BOX_SIZE=-1.0", ">= 0"), ("WARMUP_EPOCHS=-1", ">= 0"), ("INIT_EPOCH=-1", ">= 0"),
     ("FREEZE_EPOCH=-1", ">= 0"), ("NUM_WORKERS=-1", ">= 0"), ("EVAL_WORKERS=-1", ">= 0"), ("NAN_PATIENCE=0", ">= 1"),
     ("MAX_DET=0", ">= 1"), ("FRAME_CACHE_MAX_GB=-1.0", ">= 0"), ("UNFREEZE_BATCH_SIZE=0", ">= 1"),
-    ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("ASSIGNER='atss'", "'tal', 'tal-small'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
+    ("COMPILE_MODEL='nope'", "torch.compile backend"), ("LR_DECAY_TYPE='linear'", "'cos', 'step'"), ("ASSIGNER='atss'", "'tal', 'tal-small'"), ("SAVE_DIR='<tmp>/{run}'", "{modality}"),
 ]
 
 

@@ -7,8 +7,13 @@ from torch import nn
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Return the plain module inside DistributedDataParallel / DataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    """Return the plain module inside DistributedDataParallel / DataParallel and torch.compile (or the model)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None) if inner is None else inner
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 class ModelEMA:
