@@ -46,7 +46,7 @@ def build_batch_transform(augmentation: Augmentation, compiled: bool) -> Optiona
 
 def compile_backends() -> list[str]:
     """The torch.compile backends this PyTorch has (COMPILE_MODEL's accepted values besides "")."""
-    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+    return sorted(torch.compiler.list_backends(exclude_tags=()))
 
 
 def compile_model(model: nn.Module, backend: str, fullgraph: bool = False) -> nn.Module:
