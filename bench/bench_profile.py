@@ -376,7 +376,8 @@ def ours_phase(a: argparse.Namespace, frozen: bool, batch: int, trace: Path) -> 
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # as train_fred.py
-    s = build_ceiling_step(a.phi, a.imgsz, batch, frozen, a.device, graph=False, arch=a.arch)
+    s = build_ceiling_step(a.phi, a.imgsz, batch, frozen, a.device, graph=False, arch=a.arch,
+                           compile_backend=a.compile)
     engine_steps(s, a.warmup)
     out = {"batch": batch, "cudnn_benchmark": cuda, "eager_step_ms": wall_ms(lambda n: engine_steps(s, n), a.steps,
                                                                                device)}
@@ -568,6 +569,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ultra_accumulate", type=int, default=0, help="Ultralytics' batches per optimizer step (0: as its "
                    "trainer, round(64 / batch))")
     p.add_argument("--no_graph", action="store_true", help="skip our CUDA-graphed timing")
+    p.add_argument("--compile", default="", metavar="BACKEND",
+                   help="our model through torch.compile with this backend, as COMPILE_MODEL (e.g. inductor; the "
+                        "profile then shows its fused kernels)")
     p.add_argument("--skip_ultra", action="store_true", help="profile ours only")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads while profiling (0: torch's default)")

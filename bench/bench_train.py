@@ -557,9 +557,10 @@ def random_batch(batch: int, imgsz: int, device: Any) -> tuple[Any, Any]:
 
 
 def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_name: str, graph: bool = False,
-                       arch: str = "yolov8") -> CeilingStep:
+                       arch: str = "yolov8", compile_backend: str = "") -> CeilingStep:
     """The trainer's step pieces for a YOLOv8 phi of architecture arch, 1 class, frozen or not: fused SGD, GradScaler,
-    EMA, fp16 AMP and channels_last on CUDA, random_batch(); graph: with add_cuda_graph()."""
+    EMA, fp16 AMP and channels_last on CUDA, random_batch(); graph: with add_cuda_graph(); compile_backend: the step
+    calls the model through speed.compiled.compile_model with that torch.compile backend (COMPILE_MODEL)."""
     import torch
 
     from nets import build_model, freeze_backbone
@@ -586,6 +587,9 @@ def build_ceiling_step(phi: str, imgsz: int, batch: int, frozen: bool, device_na
         torch.cuda.reset_peak_memory_stats(device)
     options = engine.StepOptions(log_interval=50, nan_patience=100, amp_dtype=amp_dtype, grad_clip=10.0,
                                  channels_last=cuda)
+    if compile_backend:
+        from speed.compiled import compile_model
+        model = compile_model(model, compile_backend)
     step = CeilingStep(model, criterion, optimizer, scaler, ema, options, images, targets, device)
     if graph:
         add_cuda_graph(step)

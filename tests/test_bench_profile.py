@@ -233,3 +233,18 @@ def test_ours_refuses_to_profile_when_the_engine_step_order_changes(tmp_path, mo
     assert entry["profile_error"].startswith("RuntimeError: training.engine's step no longer calls loss_fn, "
                                              "scaler.scale, scaler.unscale_ and ema.update in this order")
     assert "ours, unfrozen: no profile: RuntimeError" in capsys.readouterr().out
+
+
+def test_ceiling_step_with_a_compile_backend_trains_through_torch_compile():
+    """bench_profile --compile (bench_train.build_ceiling_step's compile_backend): the step calls the compiled module,
+    the EMA and optimizer keep the plain model's tensors, and a step changes the weights."""
+    import torch
+
+    from bench.bench_train import build_ceiling_step, engine_steps
+
+    s = build_ceiling_step("n", 64, 2, False, "cpu", compile_backend="eager")
+    assert type(s.model).__name__ == "OptimizedModule"
+    before = s.model._orig_mod.head.cls[0][0].conv.weight.detach().clone()
+    engine_steps(s, 1)
+    assert not torch.equal(before, s.model._orig_mod.head.cls[0][0].conv.weight)
+    assert s.ema.updates == 1
