@@ -29,7 +29,7 @@ from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, 
 from datasets.event_frames import INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
-from speed.heap import keep_freed_memory
+from utils.heap import keep_freed_memory
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 from utils.streams import Image, image_hw, per_stream
 
@@ -276,7 +276,7 @@ def _item(img_bgr: Image, boxes_xyxy: np.ndarray, index: int, orig_shape: tuple[
 
 def worker_init(_: int) -> None:
     """DataLoader worker init: Ctrl-C is left to the main process, which saves and then stops the workers; freed
-    sample arrays stay in the worker's heap for the next sample (speed/heap.py: no page faults to fill them again).
+    sample arrays stay in the worker's heap for the next sample (utils/heap.py: no page faults to fill them again).
 
     OpenCV's thread count is not touched here: reconfiguring its thread pool in a forked worker whose parent had
     pool threads can hang the worker. The scripts call cv2.setNumThreads(0) once, before any worker starts.

@@ -1,4 +1,4 @@
-"""speed/heap.py: a DataLoader worker keeps the memory of its freed sample arrays instead of faulting it in again."""
+"""utils/heap.py: a DataLoader worker keeps the memory of its freed sample arrays instead of faulting it in again."""
 import subprocess
 import sys
 
