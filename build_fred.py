@@ -103,8 +103,9 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "SEED": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
     "FP16": _BOOL, "AMP_DTYPE": _choice("fp16", "bf16"), "CHANNELS_LAST": _BOOL, "CUDA_GRAPH": _BOOL,
     "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1),
-    "COMPILE_MODEL": (lambda v: v == "" or v in compile_backends(), "\"\" (off) or a torch.compile backend name: "
-                      + ", ".join(repr(b) for b in compile_backends())), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+    "COMPILE_MODEL": (lambda v: v == "" or v in compile_backends(),
+                      "\"\" (off) or a torch.compile backend name, e.g. 'inductor' (all: "
+                      "torch.compiler.list_backends(exclude_tags=()))"), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
     "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
     "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
     "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
@@ -401,7 +402,7 @@ def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, pe
     sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
                          memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     model.train()
-    return GraphedTrainLoss(net or model, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
+    return GraphedTrainLoss(model if net is None else net, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
                             amp_dtype(cfg, device))
 
 
