@@ -392,18 +392,26 @@ def grad_sync_kind(cfg: dict, device: torch.device, world: int) -> str:
     return "allreduce" if uses_graph(cfg, device, world) else cfg["DDP_GRAD_SYNC"]
 
 
-def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, device: torch.device,
-                 world: int, net: Optional[torch.nn.Module] = None) -> Optional[GraphedTrainLoss]:
-    """The CUDA-graphed training forward + loss of this phase's model and batch (uses_graph()), or None; net: what
-    the step calls instead of model (its torch.compile module, COMPILE_MODEL)."""
+def graphed_loss(cfg: dict, model: torch.nn.Module, criterion: DetectionLoss, per_rank: int, per_image: int,
+                 device: torch.device, world: int, net: Optional[torch.nn.Module] = None
+                 ) -> Optional[GraphedTrainLoss]:
+    """The CUDA-graphed training forward + loss of this phase's model and batch (uses_graph()), or None; per_image:
+    target rows the graph holds per image (graph_targets_per_image); net: what the step calls instead of model (its
+    torch.compile module, COMPILE_MODEL)."""
     if not uses_graph(cfg, device, world):
         return None
     h, w = cfg["INPUT_SHAPE"]
     sample = torch.empty((per_rank, model.in_channels, h, w), device=device,
                          memory_format=torch.channels_last if channels_last(cfg, device) else torch.contiguous_format)
     model.train()
-    return GraphedTrainLoss(model if net is None else net, criterion, sample, per_rank * cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"],
+    return GraphedTrainLoss(model if net is None else net, criterion, sample, per_rank * per_image,
                             amp_dtype(cfg, device))
+
+
+def graph_targets_per_image(cfg: dict, train_set: FredDataset) -> int:
+    """Target rows per image of the graphed loss: CUDA_GRAPH_TARGETS_PER_IMAGE, or fewer when no training sample can
+    hold that many (every padding row costs the assigner work over all anchors); at least 1."""
+    return max(1, min(cfg["CUDA_GRAPH_TARGETS_PER_IMAGE"], train_set.max_boxes_per_sample()))
 
 
 def rank_sync(cfg: dict, model: torch.nn.Module, frozen: bool, device: torch.device, world: int
@@ -444,8 +452,8 @@ def build_phase(cfg: dict, name: str, model: torch.nn.Module, criterion: Detecti
     if cfg["COMPILE_MODEL"] and compile_off_reason(cfg, device, world) is None:
         net = compile_model(model, cfg["COMPILE_MODEL"])
     last_epoch = cfg["FREEZE_EPOCH"] if name == "frozen" else cfg["UNFREEZE_EPOCH"]
-    return Phase(name, last_epoch, batch, per_rank, sampler, loader, net,
-                 graphed_loss(cfg, model, criterion, per_rank, device, world, net), grad_sync, lr_max, lr_min)
+    loss_fn = graphed_loss(cfg, model, criterion, per_rank, graph_targets_per_image(cfg, train_set), device, world, net)
+    return Phase(name, last_epoch, batch, per_rank, sampler, loader, net, loss_fn, grad_sync, lr_max, lr_min)
 
 
 def train_loader(cfg: dict, train_set: FredDataset, per_rank: int, sampler: Sampler, device: torch.device,

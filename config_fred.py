@@ -57,7 +57,7 @@ FP16 = True                       # mixed precision (AMP); on CPU it is ignored
 AMP_DTYPE = "fp16"                # fp16 (with GradScaler) | bf16 (no scaler needed)
 CHANNELS_LAST = True              # CUDA only: NHWC memory layout for model and images (faster tensor-core convs)
 CUDA_GRAPH = True                 # CUDA: replay the model's and the loss's forward+backward from a CUDA graph per phase (no launch overhead); under torchrun the gradients are then all-reduced after each replay (DDP_GRAD_SYNC's "allreduce"); off with SYNC_BN under torchrun; ignored on CPU
-CUDA_GRAPH_TARGETS_PER_IMAGE = 16 # CUDA_GRAPH: boxes per image the graphed loss holds (targets are padded to it); a batch with more trains eagerly, 1..
+CUDA_GRAPH_TARGETS_PER_IMAGE = 16 # CUDA_GRAPH: most boxes per image the graphed loss holds (targets are padded to it; fewer when no training sample can hold that many: a frame's most boxes x 4 with Mosaic x 2 with Mixup); a batch with more trains eagerly, 1..
 COMPILE_MODEL = ""                # torch.compile the network the training step runs (inside CUDA_GRAPH's graph): "" off | "inductor" (fuses BatchNorm, SiLU, concatenations and adds into fewer kernels on CUDA; compiles at each phase's first step) | any torch.compile backend name; not with DDP_GRAD_SYNC "ddp" under torchrun. Speed not measured yet (bench_train.py --ours_variants 'compile:COMPILE_MODEL="inductor"')
 
 # ----------------------------------------------------------------- augmentation

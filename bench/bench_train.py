@@ -604,8 +604,11 @@ def add_cuda_graph(step: CeilingStep) -> None:
     from speed.cuda_graph import GraphedTrainLoss
 
     sample = torch.empty(step.images.shape, device=step.device, memory_format=torch.channels_last)
-    step.loss_fn = GraphedTrainLoss(step.model, step.criterion, sample,
-                                    sample.shape[0] * config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, step.options.amp_dtype)
+    # rows as the trainer sizes them (build_fred.graph_targets_per_image) for Mosaic samples of frames with at most
+    # 2 drones, random_batch's count per image
+    per_image = min(config_fred.CUDA_GRAPH_TARGETS_PER_IMAGE, 4 * 2)
+    step.loss_fn = GraphedTrainLoss(step.model, step.criterion, sample, sample.shape[0] * per_image,
+                                    step.options.amp_dtype)
 
 
 def engine_steps(step: CeilingStep, n: int, loss_fn: Optional[Callable] = None, ema: Any = None,

@@ -117,6 +117,17 @@ class FredDataset(Dataset):
         """Whether mosaic and mixup are currently allowed (shared with DataLoader workers)."""
         return bool(self._state[1])
 
+    def max_boxes_per_sample(self) -> int:
+        """Most boxes one item can hold: the most of any frame, times the 4 frames of a Mosaic and the 2 samples of a
+        Mixup when the augmentation can draw them."""
+        most = max((np.asarray(f.boxes).reshape(-1, 5).shape[0] for f in self.frames), default=0)
+        aug = self.augmentation
+        if aug is not None and aug.mosaic and aug.mosaic_prob > 0:
+            most *= 4
+        if aug is not None and aug.mixup and aug.mixup_prob > 0:
+            most *= 2
+        return most
+
     def _generator(self, i: int) -> np.random.Generator:
         """Sample i's own random generator in this epoch, seeded from (seed, epoch, i).
 

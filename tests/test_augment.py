@@ -682,3 +682,22 @@ def test_rotated_boxes_are_clipped_as_parallelograms():
         envelope = np.clip(transform_boxes_xyxy(box, matrix)[0], 0, [60, 40, 60, 40])
         assert (got[:2] >= envelope[:2] - 1e-9).all() and (got[2:] <= envelope[2:] + 1e-9).all()
     assert (transform_clip_boxes_xyxy(np.array([[5.0, 5, 5, 20]]), matrix, shape)[:, 2:] <= 60).all()
+
+
+@pytest.mark.parametrize("aug, most", [(None, 2), (Augmentation(mosaic=False), 2), (Augmentation(), 8),
+                                       (Augmentation(mosaic_prob=0.0), 2),
+                                       (Augmentation(mixup=True, mixup_prob=0.5), 16),
+                                       (Augmentation(mosaic=False, mixup=True, mixup_prob=0.5), 4)])
+def test_max_boxes_per_sample_bounds_what_the_samples_hold(frames, aug, most):
+    """The bound the CUDA graph's target rows are sized by: the most boxes of a frame (2 here), times 4 tiles with
+    Mosaic, times 2 with Mixup; drawn samples never hold more."""
+    ds = FredDataset(frames, (64, 64), aug)
+    assert ds.max_boxes_per_sample() == most
+    assert max(len(ds[i]["boxes"]) for i in range(len(ds))) <= most
+
+
+def test_frames_without_boxes_bound_samples_at_zero_boxes(tmp_path):
+    img = np.zeros((48, 64, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    ds = FredDataset([FakeFrame(str(tmp_path / "a.png"), np.zeros((0, 5), np.float32))], (64, 64), Augmentation())
+    assert ds.max_boxes_per_sample() == 0

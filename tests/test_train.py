@@ -1054,3 +1054,22 @@ def test_a_resumed_run_that_predates_eval_rect_keeps_validating_on_the_square():
     older = {k: v for k, v in config_dict(config_fred).items() if k != "EVAL_RECT"}
     assert train_fred.resolve_config(args, {"config": older}, cuda=False)["EVAL_RECT"] is False
     assert train_fred.resolve_config(args, {"config": {**older, "EVAL_RECT": True}}, cuda=False)["EVAL_RECT"] is True
+
+
+@pytest.mark.parametrize("bound, rows", [(3, 3), (40, 16), (0, 1)])
+def test_the_graph_holds_as_many_targets_as_a_sample_can_have(data, tmp_path, monkeypatch, bound, rows):
+    """CUDA_GRAPH_TARGETS_PER_IMAGE is a cap: the graphed loss is sized by what a training sample can hold
+    (FredDataset.max_boxes_per_sample: padding rows cost assigner work over every anchor), at least one row."""
+    from datasets.fred_dataset import FredDataset
+
+    seen = []
+    real = build_fred.graphed_loss
+
+    def capture(cfg, model, criterion, per_rank, per_image, *args):
+        seen.append(per_image)
+        return real(cfg, model, criterion, per_rank, per_image, *args)
+
+    monkeypatch.setattr(FredDataset, "max_boxes_per_sample", lambda self: bound)
+    monkeypatch.setattr(build_fred, "graphed_loss", capture)
+    assert train_fred.main(tiny_args(data, tmp_path, "EVAL_PERIOD=2", "SAVE_PERIOD=2")) == 0
+    assert seen == [rows, rows]  # frozen, unfrozen
