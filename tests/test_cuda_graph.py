@@ -171,6 +171,30 @@ def test_train_one_epoch_has_no_host_sync_between_log_steps(monkeypatch, use_gra
     assert stats["iteration"] == 8 and stats["skipped"] <= 1 and torch.isfinite(torch.tensor(stats["loss"]))
 
 
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_graphed_step_through_an_inductor_compiled_model_matches_eager(frozen):
+    """COMPILE_MODEL="inductor": the compiled network captured in the training graph (speed.compiled.compile_model)
+    gives the eager model's loss and gradients to fp16 tolerance, frozen (folded backbone) and not."""
+    from speed.compiled import compile_model
+
+    torch.manual_seed(0)
+    model = build_model("n", 1).cuda().to(memory_format=torch.channels_last)
+    freeze_backbone(model, frozen)
+    model.train()
+    eager_model = copy.deepcopy(model)
+    freeze_backbone(eager_model, frozen)
+    criterion = DetectionLoss(1, strides=tuple(model.stride.tolist()), reg_max=model.reg_max)
+    images, targets = _batch(4, 128, 3)
+    graphed = GraphedTrainLoss(compile_model(model, "inductor"), criterion, torch.empty_like(images), 64,
+                               torch.float16)
+    g_graph, loss_graph = _grads(model, graphed, criterion, images, targets)
+    g_eager, loss_eager = _grads(eager_model, _eager(eager_model, criterion), criterion, images, targets)
+    assert set(g_graph) == set(g_eager) and g_graph
+    torch.testing.assert_close(loss_graph, loss_eager, rtol=1e-3, atol=1e-4)
+    for n in g_eager:
+        torch.testing.assert_close(g_graph[n], g_eager[n], rtol=2e-2, atol=2e-3 * g_eager[n].abs().max().item())
+
 @pytest.fixture(scope="module")
 def tiny_fred(tmp_path_factory):
     """4 event+rgb sequences x 8 frames at 180x320."""
