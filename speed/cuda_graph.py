@@ -54,11 +54,6 @@ class GraphedTrainLoss:
         self.model, self.criterion = model, criterion
         self.shape, self.max_targets = tuple(sample.shape), max_targets
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        # The trainable parameters' AccumulateGrad nodes, made here on the training stream and kept alive. Otherwise
-        # the capture (on make_graphed_callables' own stream) makes them, the graph's static outputs keep them alive,
-        # and each replay's backward syncs the two streams for every parameter (PyTorch warns of the mismatch).
-        self._grad_accumulators = [p.view_as(p).grad_fn.next_functions[0][0] for p in model.parameters()
-                                   if p.requires_grad]
         unit = _TrainLoss(model, criterion, amp_dtype).train(model.training)
         no_targets = pad_targets(sample.new_zeros(0, 6, dtype=torch.float32), max_targets, self.shape[0])
         self._graphed = torch.cuda.make_graphed_callables(unit, (torch.full_like(sample, 0.5), no_targets),
