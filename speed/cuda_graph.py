@@ -33,6 +33,19 @@ class _TrainLoss(nn.Module):
         return torch.stack([parts[k] for k in LOSS_PARTS])
 
 
+def snapshot_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of model's buffers (BatchNorm running statistics and counters), for restore_buffers."""
+    return {k: v.detach().clone() for k, v in model.named_buffers()}
+
+
+@torch.no_grad()
+def restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Write snapshot_buffers' copies back. Parameters are left alone (a capture never changes them): rewriting them
+    would bump their version counters and so unfold the frozen backbone's convolutions (Conv.fold_bn)."""
+    for k, v in model.named_buffers():
+        v.copy_(saved[k])
+
+
 class GraphedTrainLoss:
     """Callable replacing criterion(model(images), targets, shape) in training: graph replay for the captured image
     shape when the batch has at most max_targets targets, the eager model and loss otherwise.
@@ -53,14 +66,12 @@ class GraphedTrainLoss:
             raise ValueError("CUDA graphs need a CUDA device")
         self.model, self.criterion = model, criterion
         self.shape, self.max_targets = tuple(sample.shape), max_targets
-        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        saved = snapshot_buffers(model)
         unit = _TrainLoss(model, criterion, amp_dtype).train(model.training)
         no_targets = pad_targets(sample.new_zeros(0, 6, dtype=torch.float32), max_targets, self.shape[0])
         self._graphed = torch.cuda.make_graphed_callables(unit, (torch.full_like(sample, 0.5), no_targets),
                                                           num_warmup_iters=warmup_iters)
-        with torch.no_grad():  # warm-up steps updated the BatchNorm running statistics: put them back
-            for k, v in model.state_dict().items():
-                v.copy_(saved[k])
+        restore_buffers(model, saved)  # warm-up steps updated the BatchNorm running statistics: put them back
         torch.cuda.synchronize(sample.device)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -217,3 +217,21 @@ def test_a_compiled_frozen_model_traces_whole_and_computes_the_same():
         torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
     for n in eager_grad:
         torch.testing.assert_close(comp_grad[n], eager_grad[n], rtol=1e-7, atol=1e-10)
+
+
+def test_the_graph_captures_restore_keeps_the_backbone_folded():
+    """GraphedTrainLoss puts back the BatchNorm statistics its warm-up moved (speed.cuda_graph.restore_buffers):
+    the statistics are restored and the frozen backbone stays folded (restoring the whole state_dict rewrote the
+    parameters too, so eager steps after a capture ran conv + BatchNorm)."""
+    from speed.cuda_graph import restore_buffers, snapshot_buffers
+
+    model = randomised().train()
+    freeze_backbone(model, True)
+    saved = snapshot_buffers(model)
+    model(torch.rand(2, 3, 64, 64))  # a warm-up step: the neck's and head's BatchNorm statistics move
+    assert any(not torch.equal(v, saved[k]) for k, v in model.named_buffers())
+    restore_buffers(model, saved)
+    assert all(torch.equal(v, saved[k]) for k, v in model.named_buffers())
+    with bn_calls(model.backbone) as calls:
+        model(torch.rand(2, 3, 64, 64))
+    assert not calls  # every backbone Conv ran folded
