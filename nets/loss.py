@@ -118,12 +118,12 @@ class DetectionLoss:
         anchor_points, stride_tensor = make_anchors(preds, self.strides, 0.5)  # grid units, [A, 2], [A, 1]
 
         bins = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
-        pred_ltrb = pred_dist.softmax(-1).matmul(bins)  # [B, A, 4] expected distance per side
-        pred_bboxes = dist2bbox(pred_ltrb, anchor_points, xywh=False)  # [B, A, 4] xyxy, grid units
+        with torch.no_grad():  # every anchor's box, for the assigner only
+            pred_bboxes = dist2bbox(pred_dist.softmax(-1).matmul(bins), anchor_points, xywh=False)  # [B, A, 4] xyxy
 
         target_bboxes, target_scores, _, _ = self.assigner(
             pred_logits.detach().sigmoid(),
-            pred_bboxes.detach() * stride_tensor,
+            pred_bboxes * stride_tensor,
             anchor_points * stride_tensor,
             targets[:, 1].long(),
             box_cxcywh_to_xyxy(targets[:, 2:6]),
@@ -133,12 +133,22 @@ class DetectionLoss:
 
         cls = F.binary_cross_entropy_with_logits(pred_logits, target_scores, reduction="sum") / target_scores_sum
 
-        # Zero on background, so the sums below run over the foreground without selecting it.
-        anchor_weight = target_scores.sum(-1)  # [B, A]
-        target_bboxes = target_bboxes / stride_tensor
-        box = ((1 - bbox_ciou(pred_bboxes, target_bboxes)) * anchor_weight).sum() / target_scores_sum
-        target_ltrb = bbox2dist(anchor_points, target_bboxes, self.reg_max)
-        dfl = (distribution_focal_loss(pred_dist, target_ltrb) * anchor_weight).sum() / target_scores_sum
+        # The box and DFL terms weigh each anchor by its target score, zero on background: compute them on the
+        # foreground only. Each ground-truth row has at most topk positives, so its anchors fit in rows * topk slots
+        # taken by weight (a fixed count: static shapes; slots left over weigh 0). The weighted terms go back to
+        # their anchors' places before summing, so the sum does not depend on the slot count (padding rows).
+        anchor_weight = target_scores.sum(-1).flatten()  # [B * A]
+        slots = min(targets.shape[0] * self.assigner.topk, anchor_weight.numel())
+        weight, index = anchor_weight.topk(slots)  # [S], indices into B * A
+        dist = pred_dist.flatten(0, 1)[index]  # [S, 4, reg_max]
+        points = anchor_points[index % anchor_points.shape[0]]  # [S, 2]
+        boxes = dist2bbox(dist.softmax(-1).matmul(bins), points, xywh=False)  # [S, 4] xyxy, grid units
+        target_boxes = (target_bboxes / stride_tensor).flatten(0, 1)[index]
+        target_ltrb = bbox2dist(points, target_boxes, self.reg_max)
+        terms = torch.stack(((1 - bbox_ciou(boxes, target_boxes)) * weight,
+                             distribution_focal_loss(dist, target_ltrb) * weight), 1)  # [S, 2] box, DFL
+        per_anchor = terms.new_zeros(anchor_weight.numel(), 2).index_put((index,), terms)  # [B * A, 2]
+        box, dfl = per_anchor.sum(0) / target_scores_sum
         return {"box": box, "cls": cls, "dfl": dfl}
 
 
