@@ -105,7 +105,8 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "CUDA_GRAPH_TARGETS_PER_IMAGE": _whole(1),
     "COMPILE_MODEL": (lambda v: v == "" or v in compile_backends(),
                       "\"\" (off) or a torch.compile backend name, e.g. 'inductor' (all: "
-                      "torch.compiler.list_backends(exclude_tags=()))"), "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
+                      "torch.compiler.list_backends(exclude_tags=()))"),
+    "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
     "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
     "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
     "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,

@@ -341,16 +341,12 @@ def stop_all_runs() -> None:
     with _LIVE_LOCK:
         procs = list(_LIVE)
     for proc in procs:
-        for pid in _descendants(proc.pid) + [proc.pid]:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
+        _signal_tree(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            for pid in _descendants(proc.pid) + [proc.pid]:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            _signal_tree(proc.pid, signal.SIGKILL)
 
 
 def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watchers: Iterable[CsvWatcher] = (),
@@ -383,9 +379,7 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
                     proc.terminate()
                 if timeout is not None and time.time() - start > timeout:
                     timed_out = True
-                    for pid in _descendants(proc.pid) + [proc.pid]:
-                        with contextlib.suppress(OSError):
-                            os.kill(pid, signal.SIGABRT)
+                    _signal_tree(proc.pid, signal.SIGABRT)
                     try:
                         proc.wait(30)
                     except subprocess.TimeoutExpired:
@@ -407,6 +401,13 @@ def run_logged(cmd: Sequence[str], log_path: str, env: dict | None = None, watch
     end = time.time()
     return {"rc": proc.wait(), "start": start, "end": end, "wall_s": round(end - start, 2), "log": log_path,
             "stopped": stopped, "timed_out": timed_out}
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    """Send sig to process pid's descendants, then to pid (processes already gone are skipped)."""
+    for p in _descendants(pid) + [pid]:
+        with contextlib.suppress(OSError):
+            os.kill(p, sig)
 
 
 def _descendants(pid: int) -> list[int]:
