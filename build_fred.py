@@ -107,7 +107,8 @@ CONFIG_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                       "\"\" (off) or a torch.compile backend name, e.g. 'inductor' (all: "
                       "torch.compiler.list_backends(exclude_tags=()))"),
     "MOSAIC": _BOOL, "MOSAIC_PROB": _FRACTION, "MIXUP": _BOOL,
-    "MIXUP_PROB": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION, "HSV_H": _FRACTION, "HSV_S": _FRACTION,
+    "MIXUP_PROB": _FRACTION, "FUSION_STREAM_DROPOUT": _FRACTION, "SPECIAL_AUG_RATIO": _FRACTION,
+    "HSV_H": _FRACTION, "HSV_S": _FRACTION,
     "HSV_V": _FRACTION, "HSV_ON_GPU": _BOOL, "HSV_COMPILE": _BOOL, "FLIP_LR": _FRACTION,
     "DEGREES": _number(0, 180, text="a number from 0 to 180"), "TRANSLATE": _FRACTION, "SCALE": _BELOW_ONE,
     "MIN_BOX_SIZE": _number(0), "NUM_WORKERS": _whole(0), "EVAL_WORKERS": _whole(0), "BATCH_RING": _BOOL,
@@ -194,7 +195,8 @@ def augmentation(cfg: dict, hsv_in_batch: bool = False) -> Augmentation:
     return Augmentation(mosaic=cfg["MOSAIC"], mosaic_prob=cfg["MOSAIC_PROB"], mixup=cfg["MIXUP"],
                         mixup_prob=cfg["MIXUP_PROB"], hsv=(cfg["HSV_H"], cfg["HSV_S"], cfg["HSV_V"]),
                         flip_lr=cfg["FLIP_LR"], degrees=cfg["DEGREES"], translate=cfg["TRANSLATE"],
-                        scale=cfg["SCALE"], min_box_size=cfg["MIN_BOX_SIZE"], hsv_in_batch=hsv_in_batch)
+                        scale=cfg["SCALE"], min_box_size=cfg["MIN_BOX_SIZE"], hsv_in_batch=hsv_in_batch,
+                        stream_dropout=cfg["FUSION_STREAM_DROPOUT"])
 
 
 def train_dataset(cfg: dict, frames: list, run_dir: str, frame_cache: Optional[FrameCache] = None,

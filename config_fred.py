@@ -65,6 +65,7 @@ MOSAIC = True                     # 4-image mosaic
 MOSAIC_PROB = 0.5                 # probability of mosaic per sample, 0..1
 MIXUP = False                     # blend two (mosaic) samples
 MIXUP_PROB = 0.0                  # probability of mixup per sample, 0..1
+FUSION_STREAM_DROPOUT = 0.0       # --modality fusion: probability, 0..1, that a training sample's RGB frame is blacked out or its event planes emptied (each half the time), so the network learns to find drones with either sensor alone; 0 = off
 SPECIAL_AUG_RATIO = 0.7           # mosaic/mixup only in the first 70% of epochs
 HSV_H = 0.015                     # hue jitter, fraction of the hue circle
 HSV_S = 0.7                       # saturation jitter, fraction

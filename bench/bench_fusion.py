@@ -13,6 +13,9 @@ conditions of its event frame):
   mid         --modality fusion, FUSION "mid" (two backbones fused per level), from scratch
   early_warm  early, started from the best.pth of rgb and event (FUSION_RGB_WEIGHTS / FUSION_EVENT_WEIGHTS)
   mid_warm    mid, started from the same two checkpoints
+  early_drop  early from scratch with FUSION_STREAM_DROPOUT 0.25 (a training sample loses its RGB frame or its
+              events an eighth of the time each), so that it learns to use either sensor alone
+  mid_drop    mid, the same
 A warm config takes rgb's and event's best.pth from --out's merged JSON (or from this call, when they run in it
 first); it refuses, before anything trains, when either is missing, failed, or its file is not on this machine.
 
@@ -24,23 +27,20 @@ above the better single modality by >= 2 points of mAP50:95; above both on night
 blind), mAP50; early fusion's img/s >= 0.9x event-only's on the same GPU in the same call.
 
 GPU commands (defaults: 24 sequences x 100 frames at 1280x720, ~1,800-1,900 train / ~600 val frames per modality,
-YOLOv8s at 640, batch 16, 20 epochs, 8 workers). Estimates from bench/README.md's YOLOv8s 640 event speed on an
-H100 (~1,450 / 940 img/s frozen / unfrozen; these runs train unfrozen throughout) with fusion assumed as fast as
-event (not measured since its data-path fixes; before them it was data-bound at ~160 img/s, which would make a
-fusion config ~4.5 min): per config ~40 s of training loop + ~35 s of trainer start, first epoch and exit + ~20 s
-of eval_fred.py = ~1.5-2 min; data generation < 1 min per call (a fresh machine starts bare). The machine is
-given back 30 s after a call and rgb's / event's best.pth (~45 MB each) are too big to carry, so the warm configs
-run in the same call as rgb and event. Two calls (timeout_s 600 each), the second carrying the first's JSON:
-  call 1 (~4-5 min): early, mid from scratch (also gives fusion's real speed: check their wall_s)
-    python bench/bench_fusion.py --configs early,mid --timeout 400 --out $OUT/bench_fusion.json
+YOLOv8s at 640, batch 16, 20 epochs, 8 workers). Measured on an H100 (bench/README.md, 2026-12-06 late): training
+loop 67 s for rgb or event, 71 s early, 97 s mid; with trainer start, exit and eval_fred.py, early + mid took 233 s
+in one call and rgb + event 187 s; data generation 16 s on a fresh machine. The machine is given back 30 s after a
+call and rgb's / event's best.pth (~45 MB each) are too big to carry, so the warm configs run in the same call as
+rgb and event. Three calls (timeout_s 600 each), each carrying the JSON so far:
+  call 1 (~4 min): early, mid from scratch
+    python bench/bench_fusion.py --configs early,mid --timeout 210 --out $OUT/bench_fusion.json
   copy the returned bench_fusion.json to bench/out/bench_fusion.json here (ignored), then
   call 2 (~8 min; carry ["bench/out/bench_fusion.json"]): rgb, event, early_warm, mid_warm
     cp bench/out/bench_fusion.json $OUT/ && python bench/bench_fusion.py --configs rgb,event,early_warm,mid_warm \\
         --timeout 200 --out $OUT/bench_fusion.json
-If call 1's fusion configs took over ~2 min each (wall_s), call 2 will not fit: run rgb,event,early_warm in it and
-report mid_warm as not measured. The JSON is written after each config, so a call stopped at its limit keeps what
-finished.
-CPU smoke test (tiny FRED-hard set, phi n, input 64, 1 epoch, all six configs; 4 min on 2 shared cores):
+  call 3 (~4 min, the same way): early_drop, mid_drop
+The JSON is written after each config, so a call stopped at its limit keeps what finished.
+CPU smoke test (tiny FRED-hard set, phi n, input 64, 1 epoch, all eight configs; about 5 min on 2 shared cores):
     YOLO_OFFLINE=1 python bench/bench_fusion.py --quick
 Results: the table and goals on stdout, a JSON at --out (default bench/out/bench_fusion.json); trainer runs in
 --runs_dir (default bench/out/<out stem>_runs/), their logs copied to <out folder>/<out stem>_logs/. Exit status:
@@ -71,6 +71,8 @@ CONFIGS: dict[str, dict] = {
     "mid": {"modality": "fusion", "sets": {"FUSION": "mid"}},
     "early_warm": {"modality": "fusion", "sets": {"FUSION": "early"}, "start": WARM_START},
     "mid_warm": {"modality": "fusion", "sets": {"FUSION": "mid"}, "start": WARM_START},
+    "early_drop": {"modality": "fusion", "sets": {"FUSION": "early", "FUSION_STREAM_DROPOUT": 0.25}},
+    "mid_drop": {"modality": "fusion", "sets": {"FUSION": "mid", "FUSION_STREAM_DROPOUT": 0.25}},
 }
 SINGLE = ("rgb", "event")
 GOAL_MARGIN = 0.02        # fusion's mAP50:95 above the better single modality's by at least 2 points

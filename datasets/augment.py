@@ -25,7 +25,8 @@ class Augmentation:
     Mixup with probability mixup_prob (while special augmentation is on), a random affine (rotation +/- degrees,
     translation +/- translate of the input, scale gain 1 +/- scale), HSV jitter of +/- hsv (hue, saturation, value),
     horizontal flip with probability flip_lr; boxes left under min_box_size pixels are dropped. hsv_in_batch: the
-    samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it."""
+    samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it.
+    stream_dropout: fused samples only, the probability that one of the two streams is blanked (drop_stream)."""
 
     mosaic: bool = True
     mosaic_prob: float = 0.5
@@ -38,6 +39,7 @@ class Augmentation:
     scale: float = 0.5
     min_box_size: float = 2.0
     hsv_in_batch: bool = False
+    stream_dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "hsv", tuple(float(g) for g in self.hsv))
@@ -254,6 +256,14 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
     hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
     cv2.LUT(hsv, lut.reshape(256, 1, 3), dst=hsv)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def drop_stream(img: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A fused sample with one of its streams, drawn evenly, all zeros: the RGB frame black or the event planes
+    empty, as when that sensor sees nothing (night for the camera, a hovering drone for the event sensor); the
+    boxes stay, so the network learns to find the drone from either stream alone."""
+    k = int(rng.integers(len(img)))
+    return tuple(np.zeros_like(x) if i == k else x for i, x in enumerate(img))
 
 
 def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
-                              random_affine_matrix, scale_translate_matrix)
+from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, drop_stream, flip_horizontal,
+                              hsv_draw, random_affine_matrix, scale_translate_matrix)
 from datasets.event_frames import INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
 from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
@@ -260,6 +260,8 @@ class FredDataset(Dataset):
             img = augment_hsv(img, aug.hsv, rng)
         if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
+        if isinstance(img, tuple) and aug.stream_dropout and rng.random() < aug.stream_dropout:
+            img = drop_stream(img, rng)
         item = _item(img, boxes, j, orig_shape, ratio, pad)
         if aug.hsv_in_batch:
             item[HSV_KEY] = torch.from_numpy(jitter.astype(np.float32))

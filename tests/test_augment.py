@@ -605,7 +605,7 @@ def test_augmentation_defaults_are_the_configs_and_every_setting_comes_from_its_
     assert build_fred.augmentation(cfg) == Augmentation()
     other = {**cfg, "MOSAIC": False, "MOSAIC_PROB": 0.25, "MIXUP": True, "MIXUP_PROB": 0.75, "HSV_H": 0.1,
              "HSV_S": 0.2, "HSV_V": 0.3, "FLIP_LR": 0.0, "DEGREES": 7.0, "TRANSLATE": 0.05, "SCALE": 0.25,
-             "MIN_BOX_SIZE": 3.0}
+             "MIN_BOX_SIZE": 3.0, "FUSION_STREAM_DROPOUT": 0.5}
     aug = build_fred.augmentation(other, hsv_in_batch=True)
     unchanged = [f.name for f in dataclasses.fields(Augmentation) if getattr(aug, f.name) == f.default]
     assert not unchanged, unchanged

@@ -138,3 +138,33 @@ def test_fused_training_items_equal_each_stream_augmented_alone(fusion_index, mo
         torch.testing.assert_close(f["image"][3], p["image"][2], rtol=0, atol=0)  # ON: the planes' "B" channel 0
         torch.testing.assert_close(f["image"][4], p["image"][1], rtol=0, atol=0)
         torch.testing.assert_close(f["boxes"], r["boxes"], rtol=0, atol=0)
+
+
+def test_stream_dropout_blanks_one_whole_stream_and_leaves_the_other_as_it_was(fusion_index):
+    # FUSION_STREAM_DROPOUT: a fused training sample loses its RGB frame (black) or its events (no plane set), each
+    # about half the time; the other stream and the boxes are those of the same sample without dropout
+    aug = Augmentation(mosaic=True, mosaic_prob=0.5, flip_lr=0.5)
+    kept = FredDataset(fusion_index.train, (64, 64), aug, seed=6)
+    dropped = FredDataset(fusion_index.train, (64, 64), dataclasses.replace(aug, stream_dropout=1.0), seed=6)
+    blanked = []
+    for i in range(16):
+        k, d = kept[i], dropped[i]
+        rgb_gone, events_gone = not d["image"][:3].any(), not d["image"][3:].any()
+        assert rgb_gone != events_gone  # exactly one stream (the kept samples have both)
+        assert k["image"][:3].any() and k["image"][3:].any()
+        same = slice(3, 5) if rgb_gone else slice(0, 3)
+        torch.testing.assert_close(d["image"][same], k["image"][same], rtol=0, atol=0)
+        torch.testing.assert_close(d["boxes"], k["boxes"], rtol=0, atol=0)
+        blanked.append(rgb_gone)
+    assert 0 < sum(blanked) < len(blanked)  # both kinds occur
+    black = collate_fred([dropped[blanked.index(True)]])["images"]  # the GPU's HSV jitter keeps a black frame black
+    assert not jittered_float(black, torch.tensor([[0.4, 0.7, 0.4]]), True)[:, :3].any()
+
+
+def test_stream_dropout_off_draws_nothing(fusion_index):
+    # 0 (the default) leaves every sample bit for bit as before: no random draw is spent on it
+    aug = Augmentation(mosaic=True, mosaic_prob=0.5)
+    a = FredDataset(fusion_index.train, (64, 64), aug, seed=7)
+    b = FredDataset(fusion_index.train, (64, 64), dataclasses.replace(aug, stream_dropout=0.0), seed=7)
+    for i in range(6):
+        torch.testing.assert_close(a[i]["image"], b[i]["image"], rtol=0, atol=0)

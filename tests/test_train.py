@@ -632,6 +632,7 @@ _BAD_VALUES = [
     ("EVAL_BATCH_SIZE=0", ">= 1"), ("PHI='z'", "'n', 's', 'm', 'l', 'x'"), ("INPUT_SHAPE=[64]", "[height, width]"),
     ("INPUT_SHAPE=[64, 64, 64]", "[height, width]"), ("INPUT_SHAPE=[0, 64]", "multiples of 32"),
     ("MOSAIC_PROB=1.5", "0 to 1"), ("MIXUP_PROB=-0.5", "0 to 1"), ("FLIP_LR=2.0", "0 to 1"),
+    ("FUSION_STREAM_DROPOUT=1.5", "0 to 1"),
     ("SPECIAL_AUG_RATIO=1.5", "0 to 1"), ("CONFIDENCE=1.5", "0 to 1"), ("NMS_IOU=-0.1", "0 to 1"),
     ("HSV_S=-0.1", "0 to 1"), ("TRANSLATE=1.5", "0 to 1"), ("SCALE=1.0", "below 1"), ("DEGREES=-5.0", "0 to 180"),
     ("NUM_CLASSES=0", ">= 1"), ("CLASS_NAMES=['drone', 'bird']", "one per class"), ("FRAME_STRIDE=0", ">= 1"),
