@@ -218,6 +218,18 @@ def data_wait_hint(cfg: dict, wait_pct: float, workers: int, cuda: bool) -> str:
     return f"note: the training loop waited for data {wait_pct:.0f}% of the last epoch{advice} (--set KEY=VALUE)"
 
 
+def frozen_random_note(cfg: dict, resumed: bool) -> str:
+    """The line to print when the frozen phase would freeze a randomly initialised backbone (FREEZE_TRAIN with no
+    weights to start from: the tuning note's setting assumes pretrained ones); else "" (also for a resumed run)."""
+    frozen = min(cfg["FREEZE_EPOCH"], cfg["UNFREEZE_EPOCH"]) - cfg["INIT_EPOCH"]
+    weights = cfg["MODEL_PATH"] or cfg["FUSION_RGB_WEIGHTS"] or cfg["FUSION_EVENT_WEIGHTS"]
+    if resumed or weights or not cfg["FREEZE_TRAIN"] or frozen <= 0:
+        return ""
+    return (f"note: no weights to start from, so the backbone is random, and FREEZE_TRAIN freezes it for the first "
+            f"{frozen} epochs: only the neck and head learn then, on random features. From scratch, train everything "
+            "from the start (--set FREEZE_TRAIN=False); freeze a pretrained backbone only (--weights).")
+
+
 def workers_note(num_workers: int, processes: int) -> str:
     """The line to print when `processes` training processes on this machine share its CPUs, so that each starts
     fewer than num_workers (NUM_WORKERS) loader processes; else ""."""
@@ -404,6 +416,9 @@ def setup_run(cfg: dict, modality: str, device: torch.device, resume: Optional[s
         print(f"{weights_named(cfg)}: loaded {info['loaded']}/{info['total']} tensors, skipped "
               f"{info['skipped']} of the file's ({', '.join(info['skipped_keys'][:4])}"
               f"{' ...' if info['skipped'] > 4 else ''}), {info['missing']} model tensors kept their init")
+    note = frozen_random_note(cfg, resumed=resume_state is not None)
+    if main_proc and note:
+        print(note, flush=True)
     if main_proc and cfg["SYNC_BN"] and world > 1 and device.type != "cuda":
         print("SYNC_BN needs CUDA: BatchNorm statistics stay per process")
     ema = ModelEMA(model, cfg["EMA_DECAY"])

@@ -206,6 +206,20 @@ def test_step_advice_names_the_epochs_that_reach_the_tuning_note_figure():
     assert "UNFREEZE_EPOCH=822" in text
 
 
+def test_a_frozen_phase_without_weights_is_pointed_out():
+    # the tuning note's FREEZE_TRAIN assumes pretrained weights; without any, the frozen phase would train the neck
+    # and head on a random backbone's features for FREEZE_EPOCH epochs
+    import config_fred
+    cfg = config_dict(config_fred)
+    note = train_fred.frozen_random_note(cfg, resumed=False)
+    assert "random" in note and "FREEZE_TRAIN=False" in note and "30 epochs" in note
+    assert train_fred.frozen_random_note({**cfg, "FREEZE_TRAIN": False}, resumed=False) == ""
+    assert train_fred.frozen_random_note({**cfg, "MODEL_PATH": "w.pth"}, resumed=False) == ""
+    assert train_fred.frozen_random_note({**cfg, "FUSION_RGB_WEIGHTS": "rgb.pth"}, resumed=False) == ""
+    assert train_fred.frozen_random_note({**cfg, "INIT_EPOCH": 30}, resumed=False) == ""  # frozen phase already done
+    assert train_fred.frozen_random_note(cfg, resumed=True) == ""  # a resumed run has said so when it started
+
+
 def test_step_advice_without_advice_gives_the_count_only():
     cfg = {"UNFREEZE_EPOCH": 30, "FREEZE_EPOCH": 30, "FREEZE_TRAIN": False, "FREEZE_BATCH_SIZE": 32,
            "UNFREEZE_BATCH_SIZE": 8, "OPTIMIZER_TYPE": "adamw"}
