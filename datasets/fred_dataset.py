@@ -120,7 +120,7 @@ class FredDataset(Dataset):
     def max_boxes_per_sample(self) -> int:
         """Most boxes one item can hold: the most of any frame, times the 4 frames of a Mosaic and the 2 samples of a
         Mixup when the augmentation can draw them."""
-        most = max((np.asarray(f.boxes).reshape(-1, 5).shape[0] for f in self.frames), default=0)
+        most = max((len(self._labels(j)) for j in range(len(self.frames))), default=0)
         aug = self.augmentation
         if aug is not None and aug.mosaic and aug.mosaic_prob > 0:
             most *= 4
