@@ -95,7 +95,7 @@ class DetectionLoss:
         """
         self._check_shapes(preds, input_shape)
         with torch.autocast(device_type=preds[0].device.type, enabled=False):
-            return self._loss([p.float() for p in preds], targets.float())
+            return self._loss(preds, targets.float())
 
     def _check_shapes(self, preds: list[Tensor], input_shape: tuple[int, int]) -> None:
         """Raise ValueError unless preds has one map per stride, with channels and sizes that fit input_shape."""
@@ -109,13 +109,15 @@ class DetectionLoss:
                              f"model's num_classes and the input shape passed to the loss.")
 
     def _loss(self, preds: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
-        """Loss parts for float32 preds and targets (see __call__)."""
+        """Loss parts for preds of any float dtype and float32 targets (see __call__), in float32."""
         batch_size = preds[0].shape[0]
-        pred_dist, pred_logits = torch.cat([p.flatten(2) for p in preds], 2).split(
+        # One float32 copy of the maps, cast after concatenating them (no per-level float32 copies beside it).
+        pred_dist, pred_logits = torch.cat([p.flatten(2) for p in preds], 2).float().split(
             (4 * self.reg_max, self.num_classes), 1)
-        pred_dist = pred_dist.transpose(1, 2).reshape(batch_size, -1, 4, self.reg_max)  # [B, A, 4, reg_max]
-        pred_logits = pred_logits.transpose(1, 2)  # [B, A, C]
-        anchor_points, stride_tensor = make_anchors(preds, self.strides, 0.5)  # grid units, [A, 2], [A, 1]
+        pred_dist = pred_dist.transpose(1, 2).unflatten(2, (4, self.reg_max))  # [B, A, 4, reg_max], a view
+        # Its own copy: the BCE saves it for backward, and a view would keep all of the concatenated maps alive.
+        pred_logits = pred_logits.transpose(1, 2).contiguous()  # [B, A, C]
+        anchor_points, stride_tensor = make_anchors([p[:1, :1].detach().float() for p in preds], self.strides, 0.5)
 
         bins = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
         with torch.no_grad():  # every anchor's box, for the assigner only
@@ -140,10 +142,11 @@ class DetectionLoss:
         anchor_weight = target_scores.sum(-1).flatten()  # [B * A]
         slots = min(targets.shape[0] * self.assigner.topk, anchor_weight.numel())
         weight, index = anchor_weight.topk(slots)  # [S], indices into B * A
-        dist = pred_dist.flatten(0, 1)[index]  # [S, 4, reg_max]
-        points = anchor_points[index % anchor_points.shape[0]]  # [S, 2]
+        image, anchor = index // anchor_points.shape[0], index % anchor_points.shape[0]
+        dist = pred_dist[image, anchor]  # [S, 4, reg_max], gathered from the view (no copy of every anchor's)
+        points = anchor_points[anchor]  # [S, 2]
         boxes = dist2bbox(dist.softmax(-1).matmul(bins), points, xywh=False)  # [S, 4] xyxy, grid units
-        target_boxes = (target_bboxes / stride_tensor).flatten(0, 1)[index]
+        target_boxes = target_bboxes[image, anchor] / stride_tensor[anchor]
         target_ltrb = bbox2dist(points, target_boxes, self.reg_max)
         terms = torch.stack(((1 - bbox_ciou(boxes, target_boxes)) * weight,
                              distribution_focal_loss(dist, target_ltrb) * weight), 1)  # [S, 2] box, DFL

@@ -8,6 +8,7 @@ from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou as ul_bbox_iou
 
 import build_fred
+from bench.bench_memory import LiveBytes, SavedTensors
 from nets import build_model
 from nets.assigner import TaskAlignedAssigner
 from nets.loss import DetectionLoss, pad_targets, total_loss
@@ -191,6 +192,41 @@ def test_loss_under_autocast_is_float32_inside(dtype):
         assert rel_diff(parts[name].detach(), upcast[name].detach()) <= 1e-6
         assert rel_diff(parts[name].detach(), full[name].detach()) <= 3e-2
     assert all(p.grad.dtype == dtype and torch.isfinite(p.grad.float()).all() for p in low)
+
+
+def _half_preds_and_flat_bytes(batch: int, nc: int, shape: tuple[int, int]) -> tuple[list[torch.Tensor], int]:
+    """fp16 channels_last head maps (as the model gives them under AMP on CUDA), leaves that require grad, and the
+    bytes of one float32 copy of all of them ([B, 4 * reg_max + nc, A])."""
+    preds = [p.detach().half().contiguous(memory_format=torch.channels_last).requires_grad_()
+             for p in make_preds(batch, nc, shape, seed=5)]
+    return preds, sum(p.numel() for p in preds) * 4
+
+
+def test_loss_saves_no_copy_of_every_anchors_outputs_for_backward():
+    """Issue 21: backward needs the class logits and the foreground slots' DFL logits, not a float32 copy of all
+    4 * reg_max + nc outputs of every anchor (the concatenated maps, which a view of the logits kept alive)."""
+    nc, shape, batch = 1, (256, 256), 2
+    preds, flat_bytes = _half_preds_and_flat_bytes(batch, nc, shape)
+    targets = pad_targets(make_targets([1, 1], nc, shape, seed=0), 4, batch)
+    with SavedTensors(exclude=tuple(preds)) as saved:
+        parts = DetectionLoss(nc)(preds, targets, shape)
+    total_loss(parts, DetectionLoss(nc).weight_dict, batch).backward()
+    assert parts["box"] > 0 and all(torch.isfinite(p.grad.float()).all() for p in preds)
+    assert 0 < saved.total < flat_bytes / 8, (saved.total, flat_bytes)
+
+
+def test_loss_holds_one_float32_copy_of_the_maps():
+    """Issue 21: low-precision maps are cast to float32 once, after their concatenation: at no point does the loss
+    hold the per-level float32 copies beside the concatenated one, nor a copy of every anchor's DFL logits to pick
+    the foreground's (no target rows: only the maps' copies and the no-grad decode of every anchor's box count)."""
+    nc, shape, batch = 1, (256, 256), 2
+    preds, flat_bytes = _half_preds_and_flat_bytes(batch, nc, shape)
+    targets = torch.zeros(0, 6)
+    live = LiveBytes()
+    with live:
+        parts = DetectionLoss(nc)(preds, targets, shape)
+    assert parts["cls"] > 0
+    assert flat_bytes <= live.peak < 2.3 * flat_bytes, (live.peak, flat_bytes)
 
 
 def test_loss_rejects_maps_that_do_not_fit():
