@@ -110,7 +110,6 @@ class DetectionLoss:
 
     def _loss(self, preds: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
         """Loss parts for preds of any float dtype and float32 targets (see __call__), in float32."""
-        batch_size = preds[0].shape[0]
         # One float32 copy of the maps, cast after concatenating them (no per-level float32 copies beside it).
         pred_dist, pred_logits = torch.cat([p.flatten(2) for p in preds], 2).float().split(
             (4 * self.reg_max, self.num_classes), 1)
