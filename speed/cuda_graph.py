@@ -7,6 +7,7 @@ DetectionLoss ignores padding rows). A graph is captured for one input shape, au
 parameters, so the trainer builds one per phase; other shapes, a batch with more targets than the graph holds and
 eval mode run eagerly. The optimiser, GradScaler and EMA stay outside (their kernels are few, fused or foreach).
 """
+import gc
 from typing import Callable, Optional
 
 import torch
@@ -54,7 +55,8 @@ class GraphedTrainLoss:
     restored afterwards (parameter gradients are never written: capture uses torch.autograd.grad), so building it
     leaves the model as it was. The model's parameters must keep their storage and requires_grad flags while the
     graph is used (optimiser steps and EMA updates are in place), and a frozen backbone its folded convolutions (the
-    graph holds those of capture time: no freeze_backbone call while it is used, see Conv.fold_bn).
+    graph holds those of capture time: no freeze_backbone call while it is used, see Conv.fold_bn). Building one
+    gives the device back the memory of a graph dropped before it and of its own warm-up steps (see __init__).
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, sample: torch.Tensor, max_targets: int,
@@ -66,6 +68,11 @@ class GraphedTrainLoss:
             raise ValueError("CUDA graphs need a CUDA device")
         self.model, self.criterion = model, criterion
         self.shape, self.max_targets = tuple(sample.shape), max_targets
+        # A graph dropped before this one (the previous phase's) is kept alive by reference cycles inside torch's
+        # graphed callables until the cyclic collector runs, and its memory pool goes back only through
+        # empty_cache: free both before capturing, or the two phases' graphs hold memory side by side.
+        gc.collect()
+        torch.cuda.empty_cache()
         saved = snapshot_buffers(model)
         unit = _TrainLoss(model, criterion, amp_dtype).train(model.training)
         no_targets = pad_targets(sample.new_zeros(0, 6, dtype=torch.float32), max_targets, self.shape[0])
@@ -73,6 +80,9 @@ class GraphedTrainLoss:
                                                           num_warmup_iters=warmup_iters)
         restore_buffers(model, saved)  # warm-up steps updated the BatchNorm running statistics: put them back
         torch.cuda.synchronize(sample.device)
+        # The warm-up steps ran on a side stream of their own: the blocks they freed stay cached for that stream,
+        # which nothing uses again (about one eager step of memory). Give them back.
+        torch.cuda.empty_cache()
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unweighted loss parts {"box", "cls", "dfl"} of images [B, C, H, W] and targets [M, 6]."""
