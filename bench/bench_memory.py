@@ -146,10 +146,13 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def part_of(layer: str, site: str, shape: tuple, imgsz: int, arch_layers: dict[str, str]) -> str:
-    """Coarse part of a saved tensor: 'backbone', 'neck', 'head' with the stride of its map ('head s4'), or 'loss'."""
+def part_of(layer: str, site: str, shape: tuple, imgsz: int, batch: int, arch_layers: dict[str, str]) -> str:
+    """Coarse part of a saved tensor: 'backbone', 'neck', 'head' with the stride of its map ('head s4'), 'loss', or
+    'weights' (autocast's low-precision copies of conv weights)."""
     if not layer:
         return "loss" if ("loss" in site or "tal" in site or "assigner" in site or "boxes" in site) else "other"
+    if len(shape) == 4 and shape[0] != batch:
+        return "weights"
     kind = layer.split(".")[1] if layer.startswith("ours.") else arch_layers.get(layer, "?")
     stride = f" s{imgsz // shape[-1]}" if len(shape) == 4 and shape[-1] else ""
     return f"{kind}{stride}"
@@ -234,7 +237,7 @@ def measure(step: Callable, model: nn.Module, prefix: str, images: torch.Tensor,
         loss = step(images, targets)
     by_part: dict[str, int] = defaultdict(int)
     for item in saved.items.values():
-        item["part"] = part_of(item["layer"], item["site"], item["shape"], imgsz, arch_layers)
+        item["part"] = part_of(item["layer"], item["site"], item["shape"], imgsz, images.shape[0], arch_layers)
         by_part[item["part"]] += item["bytes"]
     loss.backward()
     del loss
@@ -287,6 +290,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"saved for backward, MB")
     print(f"{'part':<16} {'ours':>9} {'ultralytics':>12}")
     for part in parts:
+        if not (results["ours"]["by_part"].get(part) or results["ultralytics"]["by_part"].get(part)):
+            continue
         print(f"{part:<16} {results['ours']['by_part'].get(part, 0) / MB:9.1f} "
               f"{results['ultralytics']['by_part'].get(part, 0) / MB:12.1f}")
     print(f"{'total':<16} {results['ours']['saved'] / MB:9.1f} {results['ultralytics']['saved'] / MB:12.1f}")
