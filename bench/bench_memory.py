@@ -1,14 +1,15 @@
 """Where a training step's memory goes, on the CPU: the bytes autograd saves for backward and the live-memory peak of
 our model + loss against Ultralytics' (the test-only oracle) at the same weights, input and targets.
 
-    python bench/bench_memory.py --arch yolov8-p2 --batch 2 --imgsz 640 [--frozen] [--per_image 8] [--top 15]
+    python bench/bench_memory.py --arch yolov8-p2 --batch 2 --imgsz 640 --amp --channels_last [--frozen] [--per_image 8]
 
 SavedTensors counts each storage autograd keeps for backward once (a tensor saved by several ops, or a view of a
 larger tensor, holds one storage), by part: the model's backbone, neck and head at the stride of the saved map, the
 loss by source line. LiveBytes follows every storage the step creates (a TorchDispatchMode) and reports the peak of
 those alive at once, forward and backward. Targets: one box per image, padded to per_image rows per image as the
-CUDA-graphed trainer pads them (pad_targets); Ultralytics pads to the largest count of any image. Float32 on the CPU:
-on the GPU under fp16 AMP the activations take about half these bytes, the loss's float32 tensors the same.
+CUDA-graphed trainer pads them (pad_targets); Ultralytics pads to the largest count of any image. --amp runs both
+under CPU autocast to bfloat16, as many bytes as fp16 AMP on the GPU (CPU autocast's op lists are close to CUDA's for
+these networks); without it everything is float32. Everything scales with the batch: batch 2 times 16 is batch 32.
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 MB = 1e6
 
 
