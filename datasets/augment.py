@@ -26,7 +26,8 @@ class Augmentation:
     translation +/- translate of the input, scale gain 1 +/- scale), HSV jitter of +/- hsv (hue, saturation, value),
     horizontal flip with probability flip_lr; boxes left under min_box_size pixels are dropped. hsv_in_batch: the
     samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it.
-    stream_dropout: fused samples only, the probability that one of the two streams is blanked (drop_stream)."""
+    stream_dropout: fused samples only, the probability that one of the two sensors is blanked
+    (datasets.event_frames.blank_sensor)."""
 
     mosaic: bool = True
     mosaic_prob: float = 0.5
@@ -237,15 +238,16 @@ def hsv_draw(gains: tuple[float, float, float], rng: np.random.Generator) -> np.
     return rng.uniform(-1.0, 1.0, 3) * np.asarray(gains, dtype=np.float64)
 
 
-def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+def augment_hsv(img: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator,
+                rgb: bool = False) -> np.ndarray:
     """Random hue shift (+/- gains[0] of the hue circle), saturation and value gains (1 +/- gains[1:]); a new image.
 
-    img_bgr: uint8 [H, W, 3] BGR; one lookup table per channel, applied by cv2.LUT in HSV space. All gains 0: img_bgr
-    itself is returned (an HSV round trip is not lossless). datasets/gpu_augment.py's hsv_jitter_rgb() is the same on
-    float batches.
+    img: uint8 [H, W, 3] BGR (rgb: RGB), or [H, W, 4] whose 4th channel (a fused sample's ON plane) is kept as it
+    is; one lookup table per channel, applied by cv2.LUT in HSV space. All gains 0: img itself is returned (an HSV
+    round trip is not lossless). datasets/gpu_augment.py's hsv_jitter_rgb() is the same on float batches.
     """
     if not any(gains):
-        return img_bgr
+        return img
     dh, gs, gv = hsv_draw(gains, rng)
     x = np.arange(256, dtype=np.float64)
     lut = np.stack([np.mod(x + dh * 180.0, 180.0),          # OpenCV's 8-bit hue is 0..179
@@ -253,17 +255,13 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
                     np.clip(x * (1.0 + gv), 0, 255)], axis=-1)
     lut = np.round(lut).astype(np.uint8)
     lut[:, 0] %= 180
-    hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
+    to_hsv, from_hsv = (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if rgb else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
+    hsv = cv2.cvtColor(img, to_hsv)  # a 4th channel is not read
     cv2.LUT(hsv, lut.reshape(256, 1, 3), dst=hsv)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-
-def drop_stream(img: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """A fused sample with one of its streams, drawn evenly, all zeros: the RGB frame black or the event planes
-    empty, as when that sensor sees nothing (night for the camera, a hovering drone for the event sensor); the
-    boxes stay, so the network learns to find the drone from either stream alone."""
-    k = int(rng.integers(len(img)))
-    return tuple(np.zeros_like(x) if i == k else x for i, x in enumerate(img))
+    out = cv2.cvtColor(hsv, from_hsv, dstCn=img.shape[2])
+    if img.shape[2] == 4:
+        cv2.mixChannels([img], [out], [3, 3])
+    return out
 
 
 def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:
@@ -272,4 +270,4 @@ def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:
     flipped = boxes.copy()
     flipped[:, 1] = w - boxes[:, 3]
     flipped[:, 3] = w - boxes[:, 1]
-    return per_stream(lambda x: cv2.flip(x, 1), img), flipped
+    return per_stream(lambda x: cv2.flip(x, 1).reshape(x.shape), img), flipped  # a single channel's axis kept

@@ -11,7 +11,7 @@ import numpy as np
 
 from datasets.augment import PAD_VALUE
 from utils.letterbox import letterbox_params
-from utils.streams import Image, as_streams, image_hw, like, per_stream
+from utils.streams import Image, as_streams, image_hw, like, per_stream, resized
 
 
 def boxes_cxcywh_norm_to_xyxy(labels: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -44,8 +44,7 @@ def mosaic4(images: list[Image], labels: list[np.ndarray], out_shape: tuple[int,
     for k, (img, lab) in enumerate(zip(images, labels)):
         _, (nw, nh), _ = letterbox_params(image_hw(img), out_shape)
         if (nw, nh) != image_hw(img)[::-1]:
-            img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR
-                                                  ).reshape((nh, nw) + x.shape[2:]), img)
+            img = resized(img, (nw, nh))
         ox = xc - nw if k in (0, 2) else xc  # canvas position of the image's top-left corner
         oy = yc - nh if k in (0, 1) else yc
         x1, y1 = max(ox, 0), max(oy, 0)  # canvas area the image covers
@@ -66,5 +65,6 @@ def mixup_images(img1: Image, boxes1: np.ndarray, img2: Image, boxes2: np.ndarra
                  alpha: float = 32.0) -> tuple[Image, np.ndarray]:
     """Blend two same-size uint8 images with a Beta(alpha, alpha) weight and keep the boxes of both ([N, 5] each)."""
     lam = float(rng.beta(alpha, alpha))
-    img = like(img1, [cv2.addWeighted(a, lam, b, 1.0 - lam, 0.0) for a, b in zip(as_streams(img1), as_streams(img2))])
+    img = like(img1, [cv2.addWeighted(a, lam, b, 1.0 - lam, 0.0).reshape(a.shape)  # a single channel's axis kept
+                      for a, b in zip(as_streams(img1), as_streams(img2))])
     return img, np.concatenate([boxes1, boxes2]).astype(np.float32, copy=False)
