@@ -99,6 +99,23 @@ def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tu
     return (src0, src1, dst0, dst1) if dst1 > dst0 else (0, 0, 0, 0)
 
 
+def axis_aligned(matrix: np.ndarray) -> bool:
+    """Whether a 3x3 affine has no rotation or shear and positive scales (apply_affine() resizes instead of warping)."""
+    return bool(matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[0, 0] > 0 and matrix[1, 1] > 0)
+
+
+def source_window(matrix: np.ndarray, src_hw: tuple[int, int], out_shape: tuple[int, int]
+                  ) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the rows [y0, y1) and columns [x0, x1) of a source image of src_hw (h, w) that apply_affine()
+    reads to make out_shape (h, w) with matrix: for an axis-aligned one the pixels resize_axis_aligned() resizes (an
+    empty span when nothing reaches the output), else the whole image."""
+    if not axis_aligned(matrix):
+        return 0, int(src_hw[0]), 0, int(src_hw[1])
+    x0, x1, _, _ = _resize_span(matrix[0, 0], matrix[0, 2], int(src_hw[1]), out_shape[1])
+    y0, y1, _, _ = _resize_span(matrix[1, 1], matrix[1, 2], int(src_hw[0]), out_shape[0])
+    return y0, y1, x0, x1
+
+
 def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE
                         ) -> tuple[Image, np.ndarray]:
     """warp_affine() for a matrix without rotation or shear (positive scales), by cv2.resize of the source pixels
@@ -214,7 +231,7 @@ def apply_affine(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], box
     the pixels come from resize_axis_aligned() (boxes follow the matrix it applied), else from warp_affine().
     Returns (image, [K, 5]).
     """
-    if matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[0, 0] > 0 and matrix[1, 1] > 0:
+    if axis_aligned(matrix):
         out, matrix = resize_axis_aligned(img, matrix, out_shape)
     else:
         out = warp_affine(img, matrix, out_shape)

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
-                              random_affine_matrix, scale_translate_matrix)
+                              random_affine_matrix, scale_translate_matrix, source_window)
 from datasets.event_frames import INPUT_CHANNELS, blank_sensor, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
-from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4, mosaic_centre
 from utils.heap import keep_freed_memory
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
 from utils.streams import Image, image_hw, resized
@@ -218,9 +218,12 @@ class FredDataset(Dataset):
                 im, kk, _ = self._read(int(k))
                 images.append(im)
                 labels.append(self._labels(kk))
-            src, boxes, uncropped = mosaic4(images, labels, self.input_shape, rng)
+            centre = mosaic_centre(rng, self.input_shape)
             matrix = random_affine_matrix(rng, (float(w), float(h)), self.input_shape,
                                           aug.degrees, aug.translate, aug.scale)
+            # only the part of the canvas that the crop reads is painted
+            src, boxes, uncropped = mosaic4(images, labels, self.input_shape, centre,
+                                            source_window(matrix, (2 * h, 2 * w), self.input_shape))
         else:
             src = img
             src_h, src_w = image_hw(img)
