@@ -123,7 +123,8 @@ def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, in
 
     The span of source pixels and where it lands are rounded to whole pixels, so the transform applied differs from
     matrix by under a pixel; it is returned (3x3), for the boxes to follow the pixels exactly. Returns (image of
-    out_shape (h, w), matrix applied).
+    out_shape (h, w), matrix applied); where the resized pixels cover the whole output the image is a view of them
+    (no padded copy).
     """
     h, w = out_shape
     src_h, src_w = image_hw(img)
@@ -132,9 +133,15 @@ def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, in
     a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
 
     def one(x: np.ndarray) -> np.ndarray:
+        src, size = x[y0:y1, x0:x1], (u1 - u0, v1 - v0)
+        if x1 > x0 and y1 > y0 and u0 <= 0 and v0 <= 0 and u1 >= w and v1 >= h:  # it covers the output: a view
+            part = cv2.resize(src, size, interpolation=cv2.INTER_LINEAR).reshape((v1 - v0, u1 - u0) + x.shape[2:])
+            return part[-v0:h - v0, -u0:w - u0]
         out = np.full((h, w) + x.shape[2:], border, dtype=x.dtype)
-        if x1 > x0 and y1 > y0:  # some of the image lands on the output
-            part = cv2.resize(x[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+        if x1 > x0 and y1 > y0 and u0 >= 0 and v0 >= 0 and u1 <= w and v1 <= h:  # it lies inside: resized in place
+            cv2.resize(src, size, dst=out[v0:v1, u0:u1], interpolation=cv2.INTER_LINEAR)
+        elif x1 > x0 and y1 > y0:  # some of it lands on the output
+            part = cv2.resize(src, size, interpolation=cv2.INTER_LINEAR)
             part = part.reshape(part.shape[:2] + x.shape[2:])  # cv2.resize drops a single channel axis
             out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
         return out

@@ -34,6 +34,8 @@ def test_stream_helpers():
     for counts in ((4, 1), (1, 1, 1), (3, 2), (8,)):  # whole-integer and odd channel counts
         parts = [rng.integers(0, 256, (5, 7, c), dtype=np.uint8) for c in counts]
         np.testing.assert_array_equal(concat_channels(parts), np.concatenate(parts, axis=2))
+    views = [p[1:-1, 2:-1] for p in parts] + [parts[0][1:-1, -2:1:-1]]  # rows of another stride; mirrored columns
+    np.testing.assert_array_equal(concat_channels(views), np.concatenate(views, axis=2))
     single = img[..., :1].copy()
     assert resized(single, (20, 10)).shape == (10, 20, 1)  # the channel axis kept
     np.testing.assert_array_equal(resized((img, single), (20, 10))[1][..., 0], resized(img, (20, 10))[..., 0])

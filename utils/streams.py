@@ -39,7 +39,8 @@ def resized(img: Image, size: tuple[int, int]) -> Image:
 
 
 def concat_channels(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """A new contiguous uint8 [H, W, C0 + C1 + ...] array of the channels of parts (uint8 [H, W, Ck] each), in order.
+    """A new contiguous uint8 [H, W, C0 + C1 + ...] array of the channels of parts (uint8 [H, W, Ck] each, any row
+    stride), in order.
 
     Each part's pixels are copied as one element of Ck bytes (an unsigned integer of 1, 2, 4 or 8 bytes) into a
     record of all of them: numpy's strided copy of one element per pixel and part, about twice as fast for 4 + 1
@@ -52,5 +53,6 @@ def concat_channels(parts: Sequence[np.ndarray]) -> np.ndarray:
                        "offsets": [sum(sizes[:k]) for k in range(len(parts))], "itemsize": sum(sizes)})
     out = np.empty((h, w), dtype=record)
     for k, (part, kind) in enumerate(zip(parts, kinds)):
-        out[f"p{k}"] = np.ascontiguousarray(part, dtype=np.uint8).view(kind)[..., 0]
+        pixels = part if part.strides[2] == 1 else np.ascontiguousarray(part)  # views of whole rows of pixels too
+        out[f"p{k}"] = pixels.view(kind)[..., 0]
     return out.view(np.uint8).reshape(h, w, sum(sizes))
