@@ -9,9 +9,10 @@ Generates a FRED-shaped set at 1280x720 (tools.synthetic.generate_fred) in --roo
 exists) or a temporary folder, then times the DataLoader of train_fred.py's training set (input 640, mosaic prob
 0.5, HSV, flip, affine: config_fred's defaults) without a model, for each modality of --modality (a comma list) and
 each FRAME_CACHE mode of --cache: without the cache, and with the disk caches as train_fred.py builds them
-(build_fred.build_frame_caches; for fusion the event frame cache too: polarity planes at the input's long side;
-their build time reported apart). The first `--warmup` batches (worker start-up) are not timed. --quick: a small
-set, 2 workers, batch 8, for a CPU. The workers start as the trainer's do (datasets.fred_dataset.worker_init).
+(build_fred.build_frame_caches; for fusion below the event frames' size one cache of the fused samples, RGB frame
+and event polarity planes, at their own size the RGB cache and the packed event cache; their build time reported
+apart). The first `--warmup` batches (worker start-up) are not timed. --quick: a small set, 2 workers, batch 8,
+for a CPU. The workers start as the trainer's do (datasets.fred_dataset.worker_init).
 --sample_ms N: also the mean ms of N training samples made one after another in this process (the disk caches,
 a DataLoader worker's heap settings: utils/heap.py; after one untimed sample of every frame, so that the caches'
 pages are mapped), the CPU cost of a sample without the loader's processes.
