@@ -2,8 +2,8 @@
 
 An event frame (Event/Frames/*.png) shows 33 ms of events in three colours (RGB order): background (30, 37, 52), one
 polarity white (255, 255, 255), the other (64, 126, 200) (the Metavision SDK's display colours; the last event of a
-pixel wins, no counts). event_planes() turns it, losslessly, into two binary planes: plane 0 where the white
-polarity fired, plane 1 where the blue one did. A fused sample (--modality fusion) is the PADDED_RGB frame and the
+pixel wins, no counts). event_planes() turns it, losslessly, into two binary planes: ON where the white polarity
+fired, OFF where the blue one did. A fused sample (--modality fusion) is the PADDED_RGB frame and the
 planes of its event partner as two streams of one size (utils/streams.py), the network's five channels split 4 + 1:
 (R, G, B, ON uint8 [H, W, 4], OFF uint8 [H, W, 1]). OpenCV resizes and warps a 4-channel image in about the time of
 a 3-channel one and a 1-channel image in about half (2, 5 or 6 channels are no faster or several times slower), so
@@ -14,7 +14,7 @@ fused_item_image() makes the network's [H, W, 5] of a fused sample with one copy
 import cv2
 import numpy as np
 
-from utils.streams import concat_channels
+from utils.streams import concat_channels, resized
 
 EVENT_BACKGROUND = (30, 37, 52)
 EVENT_POSITIVE = (255, 255, 255)
@@ -24,26 +24,26 @@ INPUT_CHANNELS = 5  # what the network gets: RGB, ON, OFF
 CAMERA, EVENTS = 0, 1  # the sensors of a fused sample (blank_sensor)
 
 
-def event_planes(event_bgr: np.ndarray) -> np.ndarray:
-    """BGR uint8 [h, w, 3] event frame -> uint8 [h, w, 3]: 255 where the white polarity fired (channel 0), 255 where
-    the blue one did (channel 1), 0 in channel 2. A pixel of neither colour (background, or anything else) is 0."""
-    out = np.zeros(event_bgr.shape[:2] + (3,), dtype=np.uint8)
-    for plane, colour in ((0, EVENT_POSITIVE), (1, EVENT_NEGATIVE)):
+def event_planes(event_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BGR uint8 [h, w, 3] event frame -> its polarity planes (ON, OFF), uint8 [h, w, 1] each: 255 where the white
+    polarity fired (ON), where the blue one did (OFF), else 0. A pixel of neither colour (background, or anything
+    else) is 0 in both."""
+    planes = []
+    for colour in (EVENT_POSITIVE, EVENT_NEGATIVE):
         b, g, r = colour[2], colour[1], colour[0]
         hit = (event_bgr[..., 0] == b) & (event_bgr[..., 1] == g) & (event_bgr[..., 2] == r)
-        out[..., plane][hit] = 255
-    return out
+        planes.append(np.where(hit, np.uint8(255), np.uint8(0))[..., None])
+    return planes[0], planes[1]
 
 
-def fuse_streams(rgb_bgr: np.ndarray, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fused sample (R, G, B, ON [h, w, 4], OFF [h, w, 1]) of a BGR frame [h, w, 3] and event planes [h', w', 3]
-    (event_planes()); planes of another size (a frame cache holding the RGB frame resized) are resized to the RGB
-    frame's first (bilinear)."""
+def fuse_streams(rgb_bgr: np.ndarray, planes: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The fused sample (R, G, B, ON [h, w, 4], OFF [h, w, 1]) of a BGR frame [h, w, 3] and its event planes (ON,
+    OFF [h', w', 1]: event_planes()); planes of another size (a frame cache holding the RGB frame resized) are resized
+    to the RGB frame's first (bilinear)."""
     h, w = rgb_bgr.shape[:2]
-    if planes.shape[:2] != (h, w):
-        planes = cv2.resize(planes, (w, h), interpolation=cv2.INTER_LINEAR)
-    rgbo, off = np.empty((h, w, 4), dtype=np.uint8), np.empty((h, w, 1), dtype=np.uint8)
-    cv2.mixChannels([rgb_bgr, planes], [rgbo, off], [2, 0, 1, 1, 0, 2, 3, 3, 4, 4])
+    on, off = (p if p.shape[:2] == (h, w) else resized(p, (w, h)) for p in planes)
+    rgbo = cv2.cvtColor(rgb_bgr, cv2.COLOR_BGR2RGBA)
+    cv2.mixChannels([on], [rgbo], [0, 3])
     return rgbo, off
 
 

@@ -59,7 +59,7 @@ class FrameSource(Protocol):
     def bad_reason(self, i: int) -> str | None:
         """Why frame i could not be decoded (None when it was)."""
 
-    def planes(self, i: int) -> np.ndarray | None:
+    def planes(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Frame i's event polarity planes when it holds them directly (event_planes() layout), else None."""
 
 

@@ -10,13 +10,14 @@ Event frames (FRED's three colours, datasets/event_frames.py) are stored packed,
 frame whose every pixel, at the cached size, is the background, ON (white) or OFF (blue) colour is kept as two bit
 planes, np.packbits of its ON mask then of its OFF mask (h x w, row order, each padded to whole bytes), so
 2 * ceil(h * w / 8) bytes: 230,400 per 1280x720 frame, 11.1 GB for 48,000 frames (24-bit: 2.76 MB, 133 GB).
-The planes are what fusion of the polarities needs (np.unpackbits of each half); get() turns them back into the BGR
-image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core, where a 24-bit
-frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed only when
-unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way. Event frames
-resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer three-coloured:
-the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are stored 24-bit. In a
-cache that packs some frames, those stored 24-bit are reported with a warning (they make it larger than planned).
+The planes are what fusion of the polarities needs (planes(): np.unpackbits of each half); get() turns them back
+into the BGR image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core,
+where a 24-bit frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed
+only when unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way.
+Event frames resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer
+three-coloured: the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are
+stored 24-bit. In a cache that packs some frames, those stored 24-bit are reported with a warning (they make it
+larger than planned).
 
 A cache of fused frames (built with `partners`: each RGB frame's event partner) stores each pair as the fused
 sample of datasets/event_frames.py at the cached size: the RGB frame resized, its partner's polarity planes made at
@@ -78,8 +79,6 @@ VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
 AS_DECODED, EVENT_PLANES, FUSED = 0, 1, 2
 # FRED's event frame colours as decoded (BGR): background, ON (positive polarity), OFF (negative); code 3 is unused
 EVENT_COLOURS_BGR = np.array([c[::-1] for c in EVENT_PALETTE] + [(0, 0, 0)], dtype=np.uint8)
-# the same codes as polarity planes (datasets.event_frames.event_planes): ON plane, OFF plane, a zero channel
-PLANE_VALUES = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 0]], dtype=np.uint8)
 _BLUE_TO_CODE = np.full(256, 3, dtype=np.uint8)  # the blue channel alone tells the three colours apart
 _BLUE_TO_CODE[EVENT_COLOURS_BGR[:3, 0]] = [0, 1, 2]
 
@@ -144,15 +143,22 @@ class FrameCache:
         return data.reshape(h, w, -1)
 
     def planes(self, i: int) -> np.ndarray | None:
-        """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (uint8 [h, w, 3]: 255 where
-        ON fired, 255 where OFF fired, 0), straight from its packed bits; None when it did not decode or holds
+        """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (ON, OFF uint8 [h, w, 1]: 255
+        where it fired, else 0), straight from its packed bits (np.unpackbits); None when it did not decode or holds
         colours (not packed)."""
         if self.shapes[i][0] == 0 or self.encodings[i] != EVENT_PLANES:
             return None
         if self._data is None:
             self._data = self._open()
         h, w = (int(x) for x in self.shapes[i])
-        return unpack_event_frame(self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]], h, w, as_planes=True)
+        data = self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]]
+        n = len(data) // 2
+        planes = []
+        for bits in (data[:n], data[n:]):
+            plane = np.unpackbits(bits, count=h * w)
+            plane *= 255  # 0 or 1 -> 0 or 255
+            planes.append(plane.reshape(h, w, 1))
+        return planes[0], planes[1]
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""
@@ -169,14 +175,14 @@ class FrameCache:
                 and self.partners_digest == (None if partners is None else _paths_digest(partners)))
 
 
-@functools.lru_cache(maxsize=2)
-def _planes_lut(as_planes: bool = False) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _colours_lut() -> np.ndarray:
     """uint8 [65536, 24]: for an ON byte a and an OFF byte b (np.packbits order), entry a | b << 8 holds the BGR
-    pixels of those 8 pixels (as_planes: their PLANE_VALUES) (1.5 MB, built once per process)."""
+    pixels of those 8 pixels (1.5 MB, built once per process)."""
     bits = (np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1  # [byte, pixel]: big-endian, as np.packbits
     index = np.arange(65536)
     codes = bits[index & 255] + 2 * bits[index >> 8]  # [65536, 8] codes 0..3
-    return np.ascontiguousarray((PLANE_VALUES if as_planes else EVENT_COLOURS_BGR)[codes].reshape(65536, 24))
+    return np.ascontiguousarray(EVENT_COLOURS_BGR[codes].reshape(65536, 24))
 
 
 def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
@@ -191,12 +197,11 @@ def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
     return packed if np.array_equal(unpack_event_frame(packed, *img.shape[:2]), img) else None
 
 
-def unpack_event_frame(packed: np.ndarray, h: int, w: int, as_planes: bool = False) -> np.ndarray:
-    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes (as_planes: the planes themselves,
-    datasets.event_frames.event_planes()' layout), by one table lookup per 8 pixels."""
+def unpack_event_frame(packed: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes, by one table lookup per 8 pixels."""
     n = len(packed) // 2
     index = packed[:n].astype(np.intp) | (packed[n:].astype(np.intp) << 8)
-    img = np.take(_planes_lut(as_planes), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
+    img = np.take(_colours_lut(), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
     img.flags.writeable = False
     return img
 

@@ -356,7 +356,8 @@ def test_a_cache_of_fused_frames_holds_each_pair_as_its_fused_sample(tmp_path, f
         if i == 3:
             assert cache.get(i) is None and "differs from its event partner's" in cache.bad_reason(i)
             continue
-        want = fuse_streams(_expected(cv2.imread(f.image), 32), _expected(event_planes(cv2.imread(events[i])), 32))
+        planes = [_expected(p, 32)[..., None] for p in event_planes(cv2.imread(events[i]))]  # made, then resized
+        want = fuse_streams(_expected(cv2.imread(f.image), 32), planes)
         got = cache.get(i)
         assert isinstance(got, tuple) and len(got) == 2
         for g, w in zip(got, want):

@@ -29,12 +29,12 @@ def test_event_planes_decode_the_three_colours_losslessly():
     rng = np.random.default_rng(0)
     code = rng.integers(0, 3, (9, 11))
     bgr = np.array([c[::-1] for c in EVENT_PALETTE], dtype=np.uint8)[code]
-    planes = event_planes(bgr)
-    np.testing.assert_array_equal(planes[..., 0] == 255, code == 1)
-    np.testing.assert_array_equal(planes[..., 1] == 255, code == 2)
-    assert not planes[..., 2].any() and set(np.unique(planes)) <= {0, 255}
-    rebuilt = np.array([c[::-1] for c in EVENT_PALETTE], dtype=np.uint8)[
-        (planes[..., 0] == 255) * 1 + (planes[..., 1] == 255) * 2]
+    on, off = event_planes(bgr)
+    assert on.shape == off.shape == (9, 11, 1) and on.dtype == off.dtype == np.uint8
+    np.testing.assert_array_equal(on[..., 0] == 255, code == 1)
+    np.testing.assert_array_equal(off[..., 0] == 255, code == 2)
+    assert set(np.unique(on)) | set(np.unique(off)) <= {0, 255}
+    rebuilt = np.array([c[::-1] for c in EVENT_PALETTE], dtype=np.uint8)[(on[..., 0] == 255) + (off[..., 0] == 255) * 2]
     np.testing.assert_array_equal(rebuilt, bgr)
 
 
@@ -46,14 +46,14 @@ def test_a_validation_item_holds_rgb_then_the_event_planes_of_its_partner(fusion
     rgb, _ = read_image(frames[item["index"]].image)
     event, _ = read_image(frames[item["index"]].event_image)
     np.testing.assert_array_equal(item["image"][:3].permute(1, 2, 0).numpy(), rgb[..., ::-1])
-    np.testing.assert_array_equal(item["image"][3:].permute(1, 2, 0).numpy(), event_planes(event)[..., :2])
+    np.testing.assert_array_equal(item["image"][3:].permute(1, 2, 0).numpy(), np.concatenate(event_planes(event), 2))
     torch.testing.assert_close(item["boxes"][:, 1:], torch.as_tensor(frames[item["index"]].boxes[:, 1:] *
                                                                      np.array([128, 72, 128, 72]), dtype=torch.float32))
 
 
 def test_every_augmentation_moves_both_streams_alike(fusion_index, monkeypatch):
     # the event stream made a copy of the RGB frame: after mosaic, affine, mixup and flip both must still agree
-    monkeypatch.setattr(fred_dataset, "event_planes", lambda event: event)
+    monkeypatch.setattr(fred_dataset, "event_planes", lambda event: (event[..., :1], event[..., 1:2]))
     monkeypatch.setattr(fred_dataset.FredDataset, "_read_one", _rgb_for_both)
     aug = Augmentation(mosaic=True, mosaic_prob=1.0, mixup=True, mixup_prob=1.0, hsv=(0.0, 0.0, 0.0), flip_lr=0.5,
                        degrees=5.0, translate=0.2, scale=0.5)
@@ -85,13 +85,13 @@ def test_hsv_touches_the_rgb_channels_only(fusion_index):
 
 
 def test_fused_item_image_is_rgb_then_two_planes():
-    bgr, planes = np.arange(18, dtype=np.uint8).reshape(2, 3, 3), np.arange(18, 36, dtype=np.uint8).reshape(2, 3, 3)
-    fused = fuse_streams(bgr, planes)
+    bgr, planes = np.arange(18, dtype=np.uint8).reshape(2, 3, 3), np.arange(18, 30, dtype=np.uint8).reshape(2, 3, 2)
+    fused = fuse_streams(bgr, (planes[..., :1], planes[..., 1:]))
     assert [x.shape for x in fused] == [(2, 3, 4), (2, 3, 1)]  # R, G, B, ON and OFF
     out = fused_item_image(fused)
     assert out.shape == (2, 3, 5) and out.flags.c_contiguous
     np.testing.assert_array_equal(out[..., :3], bgr[..., ::-1])
-    np.testing.assert_array_equal(out[..., 3:], planes[..., :2])
+    np.testing.assert_array_equal(out[..., 3:], planes)
     np.testing.assert_array_equal(fused_bgr(fused), bgr)
     for sensor, kept, gone in ((CAMERA, slice(3, 5), slice(0, 3)), (EVENTS, slice(0, 3), slice(3, 5))):
         blanked = fused_item_image(blank_sensor(fused, sensor))
@@ -113,7 +113,8 @@ def test_fused_items_from_the_frame_caches_equal_those_from_the_files(fusion_ind
     event, _ = read_image(frames[0].event_image)
     if side == 128:  # the event frames' own size: their colours packed, read straight into planes
         assert event_cache.nbytes == len(frames) * 2 * 128 * 72 // 8 and not caches["frame_cache"].fused
-        np.testing.assert_array_equal(event_cache.planes(0), event_planes(event))
+        for cached_plane, plane in zip(event_cache.planes(0), event_planes(event)):
+            np.testing.assert_array_equal(cached_plane, plane)
     else:  # smaller: one cache of the fused samples, the planes made at the frames' size, then resized
         assert event_cache is None and caches["frame_cache"].nbytes == len(frames) * 36 * 64 * 5
         assert [x.shape for x in caches["frame_cache"].get(0)] == [(36, 64, 4), (36, 64, 1)]
@@ -126,7 +127,7 @@ def _planes_as_image(self, path, j, cache):
     """FredDataset._read_one for a single-stream dataset of the event partners: their polarity planes as the image
     (resized to self.planes_side like a frame cache's frames when it is set)."""
     event, reason = read_image(str(self.partners[j]))
-    planes, orig = event_planes(event), (event.shape[0], event.shape[1])
+    planes, orig = np.concatenate([*event_planes(event), np.zeros_like(event[..., :1])], 2), event.shape[:2]
     if self.planes_side:
         planes = cv2.resize(planes, letterbox_params(orig, (self.planes_side,) * 2)[1], interpolation=cv2.INTER_LINEAR)
     return planes, orig, reason
