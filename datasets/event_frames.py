@@ -3,12 +3,12 @@
 An event frame (Event/Frames/*.png) shows 33 ms of events in three colours (RGB order): background (30, 37, 52), one
 polarity white (255, 255, 255), the other (64, 126, 200) (the Metavision SDK's display colours; the last event of a
 pixel wins, no counts). event_planes() turns it, losslessly, into two binary planes: ON where the white polarity
-fired, OFF where the blue one did. A fused sample (--modality fusion) is the PADDED_RGB frame and the
-planes of its event partner as two streams of one size (utils/streams.py), the network's five channels split 4 + 1:
-(R, G, B, ON uint8 [H, W, 4], OFF uint8 [H, W, 1]). OpenCV resizes and warps a 4-channel image in about the time of
-a 3-channel one and a 1-channel image in about half (2, 5 or 6 channels are no faster or several times slower), so
-the augmentation does 5 channels of work, not the 6 of a BGR frame and a 3-channel planes image; each channel gets
-the same values in either layout (OpenCV's steps treat channels alike: tests/test_fusion_dataset.py).
+fired, OFF where the blue one did. A fused sample (--modality fusion) is the PADDED_RGB frame and the planes of its
+event partner as two streams of one size (utils/streams.py), the network's five channels split 4 + 1: (R, G, B, ON
+uint8 [H, W, 4], OFF uint8 [H, W, 1]). OpenCV resizes and warps a 4-channel image in about the time of a 3-channel
+one and a 1-channel image in about half (2, 5 or 6 channels are no faster or several times slower), so the
+augmentation does 5 channels of work, not the 6 of a BGR frame beside a 3-channel planes image; each channel gets the
+same values in either layout (OpenCV's steps treat channels alike: tests/test_streams.py, test_fusion_dataset.py).
 fused_item_image() makes the network's [H, W, 5] of a fused sample with one copy.
 """
 import cv2

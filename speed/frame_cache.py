@@ -30,10 +30,10 @@ Files in cache_dir, per list of frames (a "slot": hash of format version, long s
   frames-<slot>.json  format version, key, per frame byte offset, cached (h, w), original (h, w), encoding (0: as
                       decoded, 1: packed event frame, 2: fused frame), CRC-32 of the stored bytes; bad frames +
                       reason; the .bin's mtime_ns when it was written
-The slot of a fused cache also hashes the partners' paths. The key hashes the slot and every image's (and partner's)
-mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A
-build writes temporary files and renames them (the old .json is removed first), so a crash never leaves a cache that
-is used: a missing, damaged or stale cache is simply built again. Frames that do not decode are recorded as bad.
+The slot of a fused cache also hashes the partners' paths. The key hashes the slot and every image's (and
+partner's) mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A build writes temporary files and
+renames them (the old .json is removed first), so a crash never leaves a cache that is used: a missing, damaged or
+stale cache is simply built again. Frames that do not decode are recorded as bad.
 
 What opening a cache checks, and so guarantees (a cache that fails a check is built again, with a warning when the
 .bin itself is at fault):
@@ -142,7 +142,7 @@ class FrameCache:
             return data[:h * w * 4].reshape(h, w, 4), data[h * w * 4:].reshape(h, w, 1)
         return data.reshape(h, w, -1)
 
-    def planes(self, i: int) -> np.ndarray | None:
+    def planes(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (ON, OFF uint8 [h, w, 1]: 255
         where it fired, else 0), straight from its packed bits (np.unpackbits); None when it did not decode or holds
         colours (not packed)."""
