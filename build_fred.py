@@ -174,19 +174,23 @@ def build_frame_cache(cfg: dict, frames: list, what: str, progress: bool = True)
 
 def build_frame_caches(cfg: dict, frames: list, what: str, progress: bool = True) -> dict:
     """The frame caches of frames as FredDataset's keyword arguments: {"frame_cache": build_frame_cache() of their
-    images, "event_cache": for fused frames, the cache of their event images, else None}. When INPUT_SHAPE's long
-    side is the event frames' own (1280 on FRED), it holds them as they are, FRED's three colours packed at 2 bits
-    per pixel and read straight into polarity planes; at another size it holds their polarity planes, made at the
-    frames' size and then resized (24 bits per pixel, as the RGB cache): either way a fused sample reads both
-    streams at the size the RGB cache holds, with no work."""
+    images, "event_cache": None}; for fused frames, when INPUT_SHAPE's long side is the event frames' own (1280 on
+    FRED), "event_cache" holds their event images as they are, FRED's three colours packed at 2 bits per pixel and
+    read straight into polarity planes; at another size "frame_cache" holds the fused samples themselves (the RGB
+    frame and the polarity planes made at the frames' size, both resized: speed/frame_cache.py), read with no work."""
     event_cache = None
     if cfg["FRAME_CACHE"] != "off" and frames and getattr(frames[0], "event_image", ""):
         first, _ = read_image(frames[0].event_image)
         long_side = max(cfg["INPUT_SHAPE"])
+        if first is None or max(first.shape[:2]) != long_side:
+            return {"frame_cache": open_frame_cache([f.image for f in frames], long_side, cfg["FRAME_CACHE_DIR"],
+                                                    cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress,
+                                                    f"fused frame cache ({what})",
+                                                    partners=[f.event_image for f in frames]),
+                    "event_cache": None}
         event_cache = open_frame_cache([f.event_image for f in frames], long_side, cfg["FRAME_CACHE_DIR"],
                                        cfg["DATA_ROOT"], cfg["FRAME_CACHE_MAX_GB"] * 1e9, progress,
-                                       f"event frame cache ({what})",
-                                       as_planes=first is None or max(first.shape[:2]) != long_side)
+                                       f"event frame cache ({what})")
     return {"frame_cache": build_frame_cache(cfg, frames, what, progress), "event_cache": event_cache}
 
 

@@ -83,7 +83,7 @@ NUM_WORKERS = 8                   # training dataloader worker processes (capped
 EVAL_WORKERS = 4                  # evaluation dataloader processes (val loss, mAP, eval_fred.py; capped at the CPU count); from the frame cache 4 keep up with an H200, fewer start faster
 BATCH_RING = True                 # CUDA: workers collate into reused shared-memory slots (~1 GB per loader in /dev/shm at batch 32) instead of a new segment per batch; False if /dev/shm is small
 FRAME_CACHE = "disk"              # off | disk: decode each image once, resized to max(INPUT_SHAPE), into a file all workers map
-FRAME_CACHE_MAX_GB = 100.0        # largest frame cache to build, GB; larger: decode files. Per 1280x720 frame: 0.69 MB at 640; at 1280 RGB 2.76 MB (48,000 frames: 133 GB, so decoded), event 0.23 MB (packed: 11 GB)
+FRAME_CACHE_MAX_GB = 100.0        # largest frame cache to build, GB; larger: decode files. Per 1280x720 frame: 0.69 MB at 640 (fusion: 1.15 MB, RGB + event planes in one cache); at 1280 RGB 2.76 MB (48,000 frames: 133 GB, so decoded), event 0.23 MB (packed: 11 GB)
 FRAME_CACHE_DIR = ""              # frame cache folder ("" = <DATA_ROOT>/.fred_frame_cache, else ~/.cache/fred_yolo/frames; /dev/shm/... = RAM)
 SYNC_BN = False                   # multi-GPU (torchrun) only: synchronise BatchNorm statistics across GPUs; turns the CUDA graph off (its collectives cannot be captured)
 DDP_GRAD_SYNC = "ddp"             # torchrun without a CUDA graph: how gradients are averaged over the processes: "ddp" (DistributedDataParallel, all-reduce overlapping the backward) | "allreduce" (the bare model, then one all-reduce per dtype of all gradients after the backward: what a CUDA-graphed step always uses, also on CPU/gloo); ignored in one process

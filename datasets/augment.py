@@ -26,7 +26,8 @@ class Augmentation:
     translation +/- translate of the input, scale gain 1 +/- scale), HSV jitter of +/- hsv (hue, saturation, value),
     horizontal flip with probability flip_lr; boxes left under min_box_size pixels are dropped. hsv_in_batch: the
     samples carry their HSV draw (key HSV_KEY) and the batch transform of datasets/gpu_augment.py applies it.
-    stream_dropout: fused samples only, the probability that one of the two streams is blanked (drop_stream)."""
+    stream_dropout: fused samples only, the probability that one of the two sensors is blanked
+    (datasets.event_frames.blank_sensor)."""
 
     mosaic: bool = True
     mosaic_prob: float = 0.5
@@ -98,6 +99,23 @@ def _resize_span(scale: float, shift: float, src_size: int, out_size: int) -> tu
     return (src0, src1, dst0, dst1) if dst1 > dst0 else (0, 0, 0, 0)
 
 
+def axis_aligned(matrix: np.ndarray) -> bool:
+    """Whether a 3x3 affine has no rotation or shear and positive scales (apply_affine() resizes instead of warping)."""
+    return bool(matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[0, 0] > 0 and matrix[1, 1] > 0)
+
+
+def source_window(matrix: np.ndarray, src_hw: tuple[int, int], out_shape: tuple[int, int]
+                  ) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the rows [y0, y1) and columns [x0, x1) of a source image of src_hw (h, w) that apply_affine()
+    reads to make out_shape (h, w) with matrix: for an axis-aligned one the pixels resize_axis_aligned() resizes (an
+    empty span when nothing reaches the output), else the whole image."""
+    if not axis_aligned(matrix):
+        return 0, int(src_hw[0]), 0, int(src_hw[1])
+    x0, x1, _, _ = _resize_span(matrix[0, 0], matrix[0, 2], int(src_hw[1]), out_shape[1])
+    y0, y1, _, _ = _resize_span(matrix[1, 1], matrix[1, 2], int(src_hw[0]), out_shape[0])
+    return y0, y1, x0, x1
+
+
 def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], border: int = PAD_VALUE
                         ) -> tuple[Image, np.ndarray]:
     """warp_affine() for a matrix without rotation or shear (positive scales), by cv2.resize of the source pixels
@@ -105,7 +123,8 @@ def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, in
 
     The span of source pixels and where it lands are rounded to whole pixels, so the transform applied differs from
     matrix by under a pixel; it is returned (3x3), for the boxes to follow the pixels exactly. Returns (image of
-    out_shape (h, w), matrix applied).
+    out_shape (h, w), matrix applied); where the resized pixels cover the whole output the image is a view of them
+    (no padded copy).
     """
     h, w = out_shape
     src_h, src_w = image_hw(img)
@@ -114,9 +133,15 @@ def resize_axis_aligned(img: Image, matrix: np.ndarray, out_shape: tuple[int, in
     a, b = max(u0, 0), max(v0, 0)  # the resized part's pixels inside the output
 
     def one(x: np.ndarray) -> np.ndarray:
+        src, size = x[y0:y1, x0:x1], (u1 - u0, v1 - v0)
+        if x1 > x0 and y1 > y0 and u0 <= 0 and v0 <= 0 and u1 >= w and v1 >= h:  # it covers the output: a view
+            part = cv2.resize(src, size, interpolation=cv2.INTER_LINEAR).reshape((v1 - v0, u1 - u0) + x.shape[2:])
+            return part[-v0:h - v0, -u0:w - u0]
         out = np.full((h, w) + x.shape[2:], border, dtype=x.dtype)
-        if x1 > x0 and y1 > y0:  # some of the image lands on the output
-            part = cv2.resize(x[y0:y1, x0:x1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_LINEAR)
+        if x1 > x0 and y1 > y0 and u0 >= 0 and v0 >= 0 and u1 <= w and v1 <= h:  # it lies inside: resized in place
+            cv2.resize(src, size, dst=out[v0:v1, u0:u1], interpolation=cv2.INTER_LINEAR)
+        elif x1 > x0 and y1 > y0:  # some of it lands on the output
+            part = cv2.resize(src, size, interpolation=cv2.INTER_LINEAR)
             part = part.reshape(part.shape[:2] + x.shape[2:])  # cv2.resize drops a single channel axis
             out[b:min(v1, h), a:min(u1, w)] = part[b - v0:min(v1, h) - v0, a - u0:min(u1, w) - u0]
         return out
@@ -213,7 +238,7 @@ def apply_affine(img: Image, matrix: np.ndarray, out_shape: tuple[int, int], box
     the pixels come from resize_axis_aligned() (boxes follow the matrix it applied), else from warp_affine().
     Returns (image, [K, 5]).
     """
-    if matrix[0, 1] == 0 and matrix[1, 0] == 0 and matrix[0, 0] > 0 and matrix[1, 1] > 0:
+    if axis_aligned(matrix):
         out, matrix = resize_axis_aligned(img, matrix, out_shape)
     else:
         out = warp_affine(img, matrix, out_shape)
@@ -237,15 +262,16 @@ def hsv_draw(gains: tuple[float, float, float], rng: np.random.Generator) -> np.
     return rng.uniform(-1.0, 1.0, 3) * np.asarray(gains, dtype=np.float64)
 
 
-def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+def augment_hsv(img: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator,
+                rgb: bool = False) -> np.ndarray:
     """Random hue shift (+/- gains[0] of the hue circle), saturation and value gains (1 +/- gains[1:]); a new image.
 
-    img_bgr: uint8 [H, W, 3] BGR; one lookup table per channel, applied by cv2.LUT in HSV space. All gains 0: img_bgr
-    itself is returned (an HSV round trip is not lossless). datasets/gpu_augment.py's hsv_jitter_rgb() is the same on
-    float batches.
+    img: uint8 [H, W, 3] BGR (rgb: RGB), or [H, W, 4] whose 4th channel (a fused sample's ON plane) is kept as it
+    is; one lookup table per channel, applied by cv2.LUT in HSV space. All gains 0: img itself is returned (an HSV
+    round trip is not lossless). datasets/gpu_augment.py's hsv_jitter_rgb() is the same on float batches.
     """
     if not any(gains):
-        return img_bgr
+        return img
     dh, gs, gv = hsv_draw(gains, rng)
     x = np.arange(256, dtype=np.float64)
     lut = np.stack([np.mod(x + dh * 180.0, 180.0),          # OpenCV's 8-bit hue is 0..179
@@ -253,17 +279,13 @@ def augment_hsv(img_bgr: np.ndarray, gains: tuple[float, float, float], rng: np.
                     np.clip(x * (1.0 + gv), 0, 255)], axis=-1)
     lut = np.round(lut).astype(np.uint8)
     lut[:, 0] %= 180
-    hsv = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2HSV)
+    to_hsv, from_hsv = (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if rgb else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
+    hsv = cv2.cvtColor(img, to_hsv)  # a 4th channel is not read
     cv2.LUT(hsv, lut.reshape(256, 1, 3), dst=hsv)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-
-def drop_stream(img: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """A fused sample with one of its streams, drawn evenly, all zeros: the RGB frame black or the event planes
-    empty, as when that sensor sees nothing (night for the camera, a hovering drone for the event sensor); the
-    boxes stay, so the network learns to find the drone from either stream alone."""
-    k = int(rng.integers(len(img)))
-    return tuple(np.zeros_like(x) if i == k else x for i, x in enumerate(img))
+    out = cv2.cvtColor(hsv, from_hsv, dstCn=img.shape[2])
+    if img.shape[2] == 4:
+        cv2.mixChannels([img], [out], [3, 3])
+    return out
 
 
 def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:
@@ -272,4 +294,4 @@ def flip_horizontal(img: Image, boxes: np.ndarray) -> tuple[Image, np.ndarray]:
     flipped = boxes.copy()
     flipped[:, 1] = w - boxes[:, 3]
     flipped[:, 3] = w - boxes[:, 1]
-    return per_stream(lambda x: cv2.flip(x, 1), img), flipped
+    return per_stream(lambda x: cv2.flip(x, 1).reshape(x.shape), img), flipped  # a single channel's axis kept

@@ -11,7 +11,7 @@ Images are read with datasets.image_io.read_image (path-safe; a truncated or cor
 be used is replaced by the next readable frame and logged. With a frame_cache (speed/frame_cache.py) images come
 pre-resized from the cache instead; ratio, pad and orig_shape still refer to the original image, so boxes and the
 evaluator's mapping are unchanged. Images stay BGR (as OpenCV decodes them) through all steps and become RGB once,
-in the final CHW copy.
+in the final CHW copy; a fused sample carries R, G, B, ON + OFF from its read on (datasets/event_frames.py).
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, drop_stream, flip_horizontal,
-                              hsv_draw, random_affine_matrix, scale_translate_matrix)
-from datasets.event_frames import INPUT_CHANNELS, event_planes, fuse_streams, fused_item_image
+from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, flip_horizontal, hsv_draw,
+                              random_affine_matrix, scale_translate_matrix, source_window)
+from datasets.event_frames import INPUT_CHANNELS, blank_sensor, event_planes, fuse_streams, fused_item_image
 from datasets.image_io import CHANNELS, printable, read_image
-from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4, mosaic_centre
 from utils.heap import keep_freed_memory
 from utils.letterbox import boxes_xyxy_original_to_letterbox, letterbox, letterbox_params
-from utils.streams import Image, image_hw, per_stream
+from utils.streams import Image, image_hw, resized
 
 if TYPE_CHECKING:
     from datasets.fred_index import Frame
@@ -45,12 +45,13 @@ class FrameSource(Protocol):
     """Frames decoded ahead of time, by position in the dataset's frame list (speed/frame_cache.FrameCache)."""
 
     bin_path: str
+    fused: bool  # holds fused samples of frames and their event partners (datasets/event_frames.py)
 
-    def matches(self, paths: list[str]) -> bool:
-        """Whether it holds exactly these images, in this order."""
+    def matches(self, paths: list[str], partners: list[str] | None = None) -> bool:
+        """Whether it holds exactly these images, in this order, with these event partners (None: no partners)."""
 
-    def get(self, i: int) -> np.ndarray | None:
-        """Frame i's BGR uint8 image, pre-resized; None when it could not be decoded."""
+    def get(self, i: int) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
+        """Frame i's BGR uint8 image (fused: its fused sample), pre-resized; None when it could not be decoded."""
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """Frame i's original (h, w)."""
@@ -58,7 +59,7 @@ class FrameSource(Protocol):
     def bad_reason(self, i: int) -> str | None:
         """Why frame i could not be decoded (None when it was)."""
 
-    def planes(self, i: int) -> np.ndarray | None:
+    def planes(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Frame i's event polarity planes when it holds them directly (event_planes() layout), else None."""
 
 
@@ -71,15 +72,18 @@ class FredDataset(Dataset):
         """frames: objects with .image (path), .boxes (float32 [N, 5] cls, cx, cy, w, h normalised) and, for fused
         samples (RGB + event planes, datasets/event_frames.py), .event_image (the event frame's path, else "");
         augmentation: training samples augmented so, or None for validation samples (letterbox only);
-        frame_cache: built for exactly these frames' images (build_frame_cache), or None to decode the files;
-        event_cache: the same for the fused frames' event images, or None;
+        frame_cache: built for exactly these frames' images (build_frame_cache; for fused frames also a cache of
+        their fused samples, built with their event images as partners), or None to decode the files;
+        event_cache: the same for the fused frames' event images (beside a frame cache of their RGB frames), or None;
         bad_image_log: file that unreadable images are appended to; seed: of every sample's random draws."""
         if len(frames) == 0:
             raise ValueError("FredDataset got no frames: check the data root, modality and split")
-        if frame_cache is not None and not frame_cache.matches([str(f.image) for f in frames]):
-            raise ValueError(f"the frame cache {frame_cache.bin_path} was built for other frames than these "
-                             f"{len(frames)}: build it from this frame list")
         self.fused = bool(getattr(frames[0], "event_image", ""))
+        if frame_cache is not None:
+            partners = [str(getattr(f, "event_image", "")) for f in frames] if frame_cache.fused else None
+            if not frame_cache.matches([str(f.image) for f in frames], partners):
+                raise ValueError(f"the frame cache {frame_cache.bin_path} was built for other frames than these "
+                                 f"{len(frames)}: build it from this frame list")
         if event_cache is not None and not (self.fused and event_cache.matches([str(f.event_image) for f in frames])):
             raise ValueError(f"the event frame cache {event_cache.bin_path} was not built for these frames' event "
                              "images: build it from their event_image paths")
@@ -152,8 +156,9 @@ class FredDataset(Dataset):
                 logger.warning("cannot write bad image log %s: %s", self.bad_image_log, e)
 
     def _read_one(self, path: str, j: int, cache: FrameSource | None
-                  ) -> tuple[np.ndarray | None, tuple[int, int], str]:
-        """(BGR image of frame j's file path or None, original (h, w), why it is unusable), from cache or file."""
+                  ) -> tuple[Image | None, tuple[int, int], str]:
+        """(BGR image of frame j's file path or None, original (h, w), why it is unusable), from cache or file (from
+        a cache of fused frames, frame j's fused sample)."""
         if cache is not None:
             img = cache.get(j)
             if img is None:
@@ -165,7 +170,8 @@ class FredDataset(Dataset):
     def _read(self, i: int) -> tuple[Image, int, tuple[int, int]]:
         """BGR uint8 image of frame i (fused: its two streams, datasets/event_frames.py), or of the next readable frame
         after it; returns (image, index used, original (h, w)). From the frame cache the image is pre-resized (a
-        read-only view), else the original."""
+        read-only view; fused: two views of a cache of fused frames, or made of the RGB and event caches' frames),
+        else the original."""
         n = len(self.frames)
         limit = min(MAX_CONSECUTIVE_BAD_IMAGES, n)
         path = ""
@@ -173,7 +179,7 @@ class FredDataset(Dataset):
             j = (int(i) + k) % n
             path = str(self.frames[j].image)
             img, orig, reason = self._read_one(path, j, self.frame_cache)
-            if img is not None and self.fused:
+            if img is not None and self.fused and not isinstance(img, tuple):  # not read fused from the cache
                 path = str(self.frames[j].event_image)
                 planes = self.event_cache.planes(j) if self.event_cache is not None else None
                 if planes is not None:
@@ -212,9 +218,12 @@ class FredDataset(Dataset):
                 im, kk, _ = self._read(int(k))
                 images.append(im)
                 labels.append(self._labels(kk))
-            src, boxes, uncropped = mosaic4(images, labels, self.input_shape, rng)
+            centre = mosaic_centre(rng, self.input_shape)
             matrix = random_affine_matrix(rng, (float(w), float(h)), self.input_shape,
                                           aug.degrees, aug.translate, aug.scale)
+            # only the part of the canvas that the crop reads is painted
+            src, boxes, uncropped = mosaic4(images, labels, self.input_shape, centre,
+                                            source_window(matrix, (2 * h, 2 * w), self.input_shape))
         else:
             src = img
             src_h, src_w = image_hw(img)
@@ -242,7 +251,7 @@ class FredDataset(Dataset):
             ratio, (nw, nh), (left, top) = letterbox_params(orig_shape, self.input_shape)
             pad = (float(left), float(top))
             if image_hw(img) != orig_shape and image_hw(img) != (nh, nw):  # cached at another size than needed
-                img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR), img)
+                img = resized(img, (nw, nh))
             img_lb, _, _ = letterbox(img, self.input_shape)  # resizes the original; a cached image is only padded
             boxes = boxes_cxcywh_norm_to_xyxy(self._labels(j), orig_shape[1], orig_shape[0])
             boxes[:, 1:] = boxes_xyxy_original_to_letterbox(boxes[:, 1:], ratio, pad)
@@ -254,14 +263,14 @@ class FredDataset(Dataset):
             img, boxes = mixup_images(img, boxes, img2, boxes2, rng)
         if aug.hsv_in_batch:  # the same random draw as augment_hsv's, applied later to the batch
             jitter = hsv_draw(aug.hsv, rng)
-        elif isinstance(img, tuple):  # fused: the RGB stream only
-            img = (augment_hsv(img[0], aug.hsv, rng), *img[1:])
+        elif isinstance(img, tuple):  # fused: the RGB channels only (R, G, B of the R, G, B, ON stream)
+            img = (augment_hsv(img[0], aug.hsv, rng, rgb=True), *img[1:])
         else:
             img = augment_hsv(img, aug.hsv, rng)
         if aug.flip_lr and rng.random() < aug.flip_lr:
             img, boxes = flip_horizontal(img, boxes)
         if isinstance(img, tuple) and aug.stream_dropout and rng.random() < aug.stream_dropout:
-            img = drop_stream(img, rng)
+            img = blank_sensor(img, int(rng.integers(2)))  # the camera or the events, evenly
         item = _item(img, boxes, j, orig_shape, ratio, pad)
         if aug.hsv_in_batch:
             item[HSV_KEY] = torch.from_numpy(jitter.astype(np.float32))

@@ -11,6 +11,7 @@ import tempfile
 import cv2
 import numpy as np
 
+from datasets.event_frames import fused_bgr
 from inference.sources import SourceFrame
 
 LOGGER = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ class Outputs:
     def write(self, frame: SourceFrame, dets: np.ndarray | None) -> None:
         """One frame's outputs: dets [N, 6] x1, y1, x2, y2 (source pixels), score, class, or None for an unreadable
         frame (listed in skipped.txt; a grey frame in the video, so that frames in and out stay one to one). The
-        boxes are drawn on the frame's own image (no copy: a frame is done with once written)."""
+        boxes are drawn on the frame's own image (no copy: a frame is done with once written; a fused frame's RGB
+        frame, made BGR)."""
         if frame.image is None:
             self._skip(frame)
             return
-        bgr = frame.image[0] if isinstance(frame.image, tuple) else frame.image
+        bgr = fused_bgr(frame.image) if isinstance(frame.image, tuple) else frame.image
         if self.video or self.frames_dir:
             annotated = draw_detections(bgr, dets, self.class_names, copy=False)  # the frame is not used after this
             if self.frames_dir:

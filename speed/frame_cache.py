@@ -10,22 +10,30 @@ Event frames (FRED's three colours, datasets/event_frames.py) are stored packed,
 frame whose every pixel, at the cached size, is the background, ON (white) or OFF (blue) colour is kept as two bit
 planes, np.packbits of its ON mask then of its OFF mask (h x w, row order, each padded to whole bytes), so
 2 * ceil(h * w / 8) bytes: 230,400 per 1280x720 frame, 11.1 GB for 48,000 frames (24-bit: 2.76 MB, 133 GB).
-The planes are what fusion of the polarities needs (np.unpackbits of each half); get() turns them back into the BGR
-image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core, where a 24-bit
-frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed only when
-unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way. Event frames
-resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer three-coloured:
-the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are stored 24-bit. In a
-cache that packs some frames, those stored 24-bit are reported with a warning (they make it larger than planned).
+The planes are what fusion of the polarities needs (planes(): np.unpackbits of each half); get() turns them back
+into the BGR image with one 16-bit lookup (8 pixels per lookup; 0.35-0.8 ms per 1280x720 frame on one CPU core,
+where a 24-bit frame is a view and decoding the PNG takes 8-20 ms: bench/bench_frame_cache.py). A frame is packed
+only when unpacking gives back its exact pixels, so a read is bit for bit the decoded and resized file either way.
+Event frames resized (a long side other than the file's, e.g. 640 for FRED's 1280x720) are in general no longer
+three-coloured: the resize blends neighbouring colours; they, and frames of any other colours (RGB frames), are
+stored 24-bit. In a cache that packs some frames, those stored 24-bit are reported with a warning (they make it
+larger than planned).
+
+A cache of fused frames (built with `partners`: each RGB frame's event partner) stores each pair as the fused
+sample of datasets/event_frames.py at the cached size: the RGB frame resized, its partner's polarity planes made at
+the frames' size and resized alike, as (R, G, B, ON) h x w x 4 then OFF h x w, 5 bytes per pixel (a 1280x720 pair at
+640: 1.15 MB); get() hands out the two streams as views, so a fused training sample needs no work to read its
+frames. Used below the event frames' own size, where resizing blends the planes (build_fred.build_frame_caches).
 
 Files in cache_dir, per list of frames (a "slot": hash of format version, long side and image paths):
   frames-<slot>.bin   the resized frames back to back: as decoded (BGR), HxWxC uint8 each, or packed as above
   frames-<slot>.json  format version, key, per frame byte offset, cached (h, w), original (h, w), encoding (0: as
-                      decoded, 1: packed event frame), CRC-32 of the stored bytes; bad frames + reason; the .bin's
-                      mtime_ns when it was written
-The key hashes the slot and every image's mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A
-build writes temporary files and renames them (the old .json is removed first), so a crash never leaves a cache that
-is used: a missing, damaged or stale cache is simply built again. Frames that do not decode are recorded as bad.
+                      decoded, 1: packed event frame, 2: fused frame), CRC-32 of the stored bytes; bad frames +
+                      reason; the .bin's mtime_ns when it was written
+The slot of a fused cache also hashes the partners' paths. The key hashes the slot and every image's (and
+partner's) mtime_ns, ctime_ns and size: when an image changes the slot is rebuilt. A build writes temporary files and
+renames them (the old .json is removed first), so a crash never leaves a cache that is used: a missing, damaged or
+stale cache is simply built again. Frames that do not decode are recorded as bad.
 
 What opening a cache checks, and so guarantees (a cache that fails a check is built again, with a warning when the
 .bin itself is at fault):
@@ -59,7 +67,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.fred_index import writable_dir
-from datasets.event_frames import EVENT_PALETTE, event_planes
+from datasets.event_frames import EVENT_PALETTE, event_planes, fuse_streams
 from datasets.image_io import printable, read_image
 from utils.letterbox import letterbox_params
 
@@ -67,11 +75,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 4  # bump when the file layout, the resize or the decoding changes: old caches are then ignored
 VERIFY_SAMPLE = 64  # frames whose CRC-32 is checked each time a cache is opened
-AS_DECODED, EVENT_PLANES = 0, 1  # per-frame encodings: the decoded pixels; ON and OFF bit planes of an event frame
+# per-frame encodings: the decoded pixels; ON and OFF bit planes of an event frame; a fused sample (R, G, B, ON + OFF)
+AS_DECODED, EVENT_PLANES, FUSED = 0, 1, 2
 # FRED's event frame colours as decoded (BGR): background, ON (positive polarity), OFF (negative); code 3 is unused
 EVENT_COLOURS_BGR = np.array([c[::-1] for c in EVENT_PALETTE] + [(0, 0, 0)], dtype=np.uint8)
-# the same codes as polarity planes (datasets.event_frames.event_planes): ON plane, OFF plane, a zero channel
-PLANE_VALUES = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 0]], dtype=np.uint8)
 _BLUE_TO_CODE = np.full(256, 3, dtype=np.uint8)  # the blue channel alone tells the three colours apart
 _BLUE_TO_CODE[EVENT_COLOURS_BGR[:3, 0]] = [0, 1, 2]
 
@@ -89,7 +96,8 @@ class FrameCache:
         self.shapes = np.asarray(meta["shapes"], dtype=np.int64).reshape(-1, 2)
         self.orig_shapes = np.asarray(meta["orig_shapes"], dtype=np.int64).reshape(-1, 2)
         self.encodings = np.asarray(meta["encodings"], dtype=np.int64)
-        self.holds_planes = bool(meta.get("as_planes", False))  # event frames stored as their polarity planes
+        self.partners_digest = meta.get("partners_digest")  # of the event partners of a cache of fused frames
+        self.fused = self.partners_digest is not None
         self.bad = {int(k): str(v) for k, v in meta["bad"].items()}
         self.nbytes = int(meta["nbytes"])
         self.built = built
@@ -117,9 +125,10 @@ class FrameCache:
         """Number of frames."""
         return len(self.offsets)
 
-    def get(self, i: int) -> np.ndarray | None:
+    def get(self, i: int) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
         """Frame i as a read-only uint8 [h, w, C] array (C: the decoded image's channels, BGR for colour), or None
-        when it did not decode: a view into the mapped file, or for a packed event frame its unpacked pixels."""
+        when it did not decode: a view into the mapped file, or for a packed event frame its unpacked pixels; in a
+        cache of fused frames the fused sample (R, G, B, ON [h, w, 4], OFF [h, w, 1]), two views."""
         if self._data is None:
             self._data = self._open()
         h, w = self.shapes[i]
@@ -129,20 +138,27 @@ class FrameCache:
         data = self._data[start:start + self.sizes[i]]
         if self.encodings[i] == EVENT_PLANES:
             return unpack_event_frame(data, int(h), int(w))
+        if self.encodings[i] == FUSED:
+            return data[:h * w * 4].reshape(h, w, 4), data[h * w * 4:].reshape(h, w, 1)
         return data.reshape(h, w, -1)
 
-    def planes(self, i: int) -> np.ndarray | None:
-        """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (uint8 [h, w, 3]: 255 where
-        ON fired, 255 where OFF fired, 0; in a cache built as_planes, resized: values between), straight from its
-        packed bits or as stored; None when it did not decode or holds colours (not packed)."""
-        if self.holds_planes:
-            return self.get(i)
+    def planes(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Frame i's polarity planes as datasets.event_frames.event_planes() gives them (ON, OFF uint8 [h, w, 1]: 255
+        where it fired, else 0), straight from its packed bits (np.unpackbits); None when it did not decode or holds
+        colours (not packed)."""
         if self.shapes[i][0] == 0 or self.encodings[i] != EVENT_PLANES:
             return None
         if self._data is None:
             self._data = self._open()
         h, w = (int(x) for x in self.shapes[i])
-        return unpack_event_frame(self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]], h, w, as_planes=True)
+        data = self._data[self.offsets[i]:self.offsets[i] + self.sizes[i]]
+        n = len(data) // 2
+        planes = []
+        for bits in (data[:n], data[n:]):
+            plane = np.unpackbits(bits, count=h * w)
+            plane *= 255  # 0 or 1 -> 0 or 255
+            planes.append(plane.reshape(h, w, 1))
+        return planes[0], planes[1]
 
     def orig_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of frame i's original image ((0, 0) when it did not decode)."""
@@ -152,19 +168,21 @@ class FrameCache:
         """Why frame i did not decode when the cache was built (None when it did)."""
         return self.bad.get(int(i))
 
-    def matches(self, paths: Sequence[str]) -> bool:
-        """True when the cache was built for exactly these image paths, in this order."""
-        return len(paths) == len(self) and _paths_digest(paths) == self.paths_digest
+    def matches(self, paths: Sequence[str], partners: Sequence[str] | None = None) -> bool:
+        """True when the cache was built for exactly these image paths, in this order, and these partners (None: a
+        cache of single frames)."""
+        return (len(paths) == len(self) and _paths_digest(paths) == self.paths_digest
+                and self.partners_digest == (None if partners is None else _paths_digest(partners)))
 
 
-@functools.lru_cache(maxsize=2)
-def _planes_lut(as_planes: bool = False) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _colours_lut() -> np.ndarray:
     """uint8 [65536, 24]: for an ON byte a and an OFF byte b (np.packbits order), entry a | b << 8 holds the BGR
-    pixels of those 8 pixels (as_planes: their PLANE_VALUES) (1.5 MB, built once per process)."""
+    pixels of those 8 pixels (1.5 MB, built once per process)."""
     bits = (np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1  # [byte, pixel]: big-endian, as np.packbits
     index = np.arange(65536)
     codes = bits[index & 255] + 2 * bits[index >> 8]  # [65536, 8] codes 0..3
-    return np.ascontiguousarray((PLANE_VALUES if as_planes else EVENT_COLOURS_BGR)[codes].reshape(65536, 24))
+    return np.ascontiguousarray(EVENT_COLOURS_BGR[codes].reshape(65536, 24))
 
 
 def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
@@ -179,12 +197,11 @@ def pack_event_frame(img: np.ndarray) -> np.ndarray | None:
     return packed if np.array_equal(unpack_event_frame(packed, *img.shape[:2]), img) else None
 
 
-def unpack_event_frame(packed: np.ndarray, h: int, w: int, as_planes: bool = False) -> np.ndarray:
-    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes (as_planes: the planes themselves,
-    datasets.event_frames.event_planes()' layout), by one table lookup per 8 pixels."""
+def unpack_event_frame(packed: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The read-only BGR uint8 [h, w, 3] image of pack_event_frame()'s planes, by one table lookup per 8 pixels."""
     n = len(packed) // 2
     index = packed[:n].astype(np.intp) | (packed[n:].astype(np.intp) << 8)
-    img = np.take(_planes_lut(as_planes), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
+    img = np.take(_colours_lut(), index, axis=0).reshape(-1)[:h * w * 3].reshape(h, w, 3)
     img.flags.writeable = False
     return img
 
@@ -196,14 +213,15 @@ def default_frame_cache_dir(data_root: str) -> str:
 
 
 def open_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, data_root: str, max_bytes: float,
-                     progress: bool = True, desc: str = "frame cache", as_planes: bool = False) -> FrameCache | None:
+                     progress: bool = True, desc: str = "frame cache", partners: Sequence[str] | None = None
+                     ) -> FrameCache | None:
     """build_frame_cache() in cache_dir ("" = default_frame_cache_dir(data_root)) with as many decoding threads as
     CPUs, or None, with a warning, when the cache cannot be written (disk full, no permission) or would exceed
     max_bytes: the dataset then decodes the image files."""
     try:
         return build_frame_cache(paths, long_side, cache_dir or default_frame_cache_dir(data_root),
                                  workers=os.cpu_count() or 1, progress=progress, desc=desc, max_bytes=max_bytes,
-                                 as_planes=as_planes)
+                                 partners=partners)
     except OSError as e:
         logger.warning("%s not used (%s): decoding the image files instead", desc, e)
         return None
@@ -226,15 +244,11 @@ def _file_stamp(path: str) -> tuple[int, int, int]:
     return st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
-def _load_resized(path: str, long_side: int, as_planes: bool = False
-                  ) -> tuple[np.ndarray | None, tuple[int, int], str]:
-    """(resized BGR image (as_planes: its event polarity planes, made before resizing) or None, original (h, w),
-    reason it failed or "")."""
+def _load_resized(path: str, long_side: int) -> tuple[np.ndarray | None, tuple[int, int], str]:
+    """(resized BGR image or None, original (h, w), reason it failed or "")."""
     img, reason = read_image(path)
     if img is None:
         return None, (0, 0), reason
-    if as_planes:
-        img = event_planes(img)
     orig = (int(img.shape[0]), int(img.shape[1]))
     _, (nw, nh), _ = letterbox_params(orig, (long_side, long_side))
     if (nw, nh) != (orig[1], orig[0]):
@@ -242,15 +256,24 @@ def _load_resized(path: str, long_side: int, as_planes: bool = False
     return np.ascontiguousarray(img), orig, ""
 
 
-def _load_stored(path: str, long_side: int, as_planes: bool = False
+def _load_stored(path: str, long_side: int, partner: str | None = None
                  ) -> tuple[np.ndarray | None, tuple[int, int], int, tuple[int, int], str]:
     """(bytes to store or None, cached (h, w), their encoding, original (h, w), reason it failed or "") of one
-    frame: packed when it is an event frame at the cached size, else its decoded, resized pixels (as_planes: its
-    resized polarity planes)."""
-    img, orig, reason = _load_resized(path, long_side, as_planes)
+    frame: packed when it is an event frame at the cached size, else its decoded, resized pixels; with its event
+    partner, the fused sample of the two (the partner's planes made at its size, then resized)."""
+    img, orig, reason = _load_resized(path, long_side)
     if img is None:
         return None, (0, 0), AS_DECODED, orig, reason
-    packed = None if as_planes else pack_event_frame(img)
+    if partner is not None:
+        event, reason = read_image(partner)
+        if event is None:
+            return None, (0, 0), FUSED, orig, f"its event partner {printable(partner)} {reason}"
+        if event.shape[:2] != orig:
+            return None, (0, 0), FUSED, orig, (f"its size {orig[1]}x{orig[0]} differs from its event partner's "
+                                               f"{event.shape[1]}x{event.shape[0]} ({printable(partner)})")
+        rgbo, off = fuse_streams(img, event_planes(event))
+        return np.concatenate([rgbo.reshape(-1), off.reshape(-1)]), img.shape[:2], FUSED, orig, ""
+    packed = pack_event_frame(img)
     if packed is None:
         return img.reshape(-1), img.shape[:2], AS_DECODED, orig, ""
     return packed, img.shape[:2], EVENT_PLANES, orig, ""
@@ -317,7 +340,7 @@ def _remove_orphans(cache_dir: str, stem: str) -> None:
 
 
 def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progress: bool, desc: str,
-           max_bytes: float, as_planes: bool = False) -> dict:
+           max_bytes: float, partners: Sequence[str] | None = None) -> dict:
     """Decode, resize, pack when possible and append every frame to bin_path (a new file); returns the per-frame
     metadata. The size is checked against the free disk space and max_bytes at the first frame (all frames taken
     as large as it) and against max_bytes at every frame."""
@@ -334,14 +357,16 @@ def _write(paths: list[str], long_side: int, bin_path: str, workers: int, progre
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # bad frames are recorded, not printed
     try:
         with open(bin_path, "wb") as f, ThreadPool(max(1, workers)) as pool:
-            results = pool.imap(lambda p: _load_stored(p, long_side, as_planes), paths, chunksize=4)
+            pairs = zip(paths, partners) if partners is not None else ((p, None) for p in paths)
+            results = pool.imap(lambda pair: _load_stored(pair[0], long_side, pair[1]), pairs, chunksize=4)
             bar = tqdm(results, total=n, desc=desc, unit="img", disable=not progress)
             for i, (data, shape, encoding, orig, reason) in enumerate(bar):
                 offsets[i] = pos
                 if data is None:
                     bad[str(i)] = reason
                     continue
-                how = "packed event frames" if encoding == EVENT_PLANES else "24-bit frames"
+                how = {EVENT_PLANES: "packed event frames", FUSED: "fused frames, 5 bytes per pixel"}.get(
+                    encoding, "24-bit frames")
                 if pos == 0 and data.nbytes * n > free:  # fail at once rather than after filling the disk
                     raise OSError(errno.ENOSPC, f"the frame cache needs about {data.nbytes * n / 1e9:.1f} GB "
                                   f"({how}) and {os.path.dirname(bin_path)} has {free / 1e9:.1f} GB free: set "
@@ -388,12 +413,11 @@ def _report_encodings(paths: list[str], meta: dict, long_side: int) -> None:
 
 def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, workers: int = 4,
                       progress: bool = True, desc: str = "frame cache", max_bytes: float = math.inf,
-                      as_planes: bool = False) -> FrameCache:
+                      partners: Sequence[str] | None = None) -> FrameCache:
     """Open the cache of these images at long_side, building it first when absent, stale or damaged.
 
-    paths: image files in dataset order (frame i of the dataset is entry i); workers: decoding threads; as_planes:
-    event frames stored as their polarity planes (datasets.event_frames.event_planes), made at the original size
-    and resized with the frame (fused samples below the frames' size: read back with no work).
+    paths: image files in dataset order (frame i of the dataset is entry i); workers: decoding threads; partners:
+    each image's event frame, for a cache of fused frames (see the module docstring), else None.
     Raises OSError when the cache cannot be written (unwritable folder, disk full) or would exceed max_bytes.
     """
     paths = [str(p) for p in paths]
@@ -402,10 +426,14 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
         raise ValueError(f"long_side must be positive, got {long_side}")
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
+    partners = None if partners is None else [str(p) for p in partners]
+    if partners is not None and len(partners) != len(paths):
+        raise ValueError(f"{len(partners)} event partners for {len(paths)} frames: one each")
     paths_digest = _paths_digest(paths)
-    what = f"{FORMAT_VERSION}:{long_side}:{paths_digest}" + (":planes" if as_planes else "")
+    partners_digest = None if partners is None else _paths_digest(partners)
+    what = f"{FORMAT_VERSION}:{long_side}:{paths_digest}" + ("" if partners is None else f":fused:{partners_digest}")
     slot = hashlib.sha1(what.encode()).hexdigest()[:16]
-    stamps = hashlib.sha1(json.dumps([_file_stamp(p) for p in paths]).encode()).hexdigest()
+    stamps = hashlib.sha1(json.dumps([_file_stamp(p) for p in paths + (partners or [])]).encode()).hexdigest()
     key = hashlib.sha1(f"{slot}:{stamps}".encode()).hexdigest()
     stem = f"frames-{slot}"
     bin_path, json_path = os.path.join(cache_dir, stem + ".bin"), os.path.join(cache_dir, stem + ".json")
@@ -423,8 +451,8 @@ def build_frame_cache(paths: Sequence[str], long_side: int, cache_dir: str, work
     tmp_bin, tmp_json = f"{bin_path}.tmp-{os.getpid()}", f"{json_path}.tmp-{os.getpid()}"
     try:
         meta = {"version": FORMAT_VERSION, "key": key, "long_side": long_side, "paths_digest": paths_digest,
-                "as_planes": as_planes, **_write(paths, long_side, tmp_bin, workers, progress, desc, max_bytes,
-                                                 as_planes)}
+                "partners_digest": partners_digest, **_write(paths, long_side, tmp_bin, workers, progress, desc,
+                                                             max_bytes, partners)}
         with open(tmp_json, "w", encoding="utf-8") as f:
             json.dump(meta, f)
             f.flush()

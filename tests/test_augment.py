@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader
 import config_fred
 import build_fred
 from datasets.augment import (HSV_KEY, Augmentation, apply_affine, augment_hsv, box_candidates, clip_boxes_xyxy,
-                              flip_horizontal, hsv_draw, random_affine_matrix, resize_axis_aligned, transform_boxes_xyxy,
-                              transform_clip_boxes_xyxy, warp_affine)
+                              flip_horizontal, hsv_draw, random_affine_matrix, resize_axis_aligned, source_window,
+                              transform_boxes_xyxy, transform_clip_boxes_xyxy, warp_affine)
 from datasets.fred_dataset import FredDataset, collate_fred
 from datasets.gpu_augment import BatchHSV, hsv_jitter_rgb, jittered_float
-from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4
+from datasets.mosaic import boxes_cxcywh_norm_to_xyxy, mixup_images, mosaic4, mosaic_centre
 from speed import compiled
 from speed.compiled import build_batch_transform
 from utils import device_batches
@@ -185,7 +185,7 @@ def test_each_stage_keeps_boxes_on_drones():
     for _ in range(25):
         imgs, labels = zip(*[_draw_frame(rng, *((48, 64) if k % 2 else (64, 48)), 2, ellipses=False)
                              for k in range(4)])
-        canvas, boxes, uncropped = mosaic4(list(imgs), list(labels), out_shape, rng)
+        canvas, boxes, uncropped = mosaic4(list(imgs), list(labels), out_shape, mosaic_centre(rng, out_shape))
         assert canvas.shape == (128, 160, 3)
         np.testing.assert_array_equal(boxes[:, 0], np.concatenate(labels)[:, 0])
         keep = box_candidates(uncropped, boxes[:, 1:], 2.0)
@@ -566,6 +566,40 @@ def test_warp_affine_uses_pixel_centre_convention_like_resize(gain):
     assert np.abs(out[inner].astype(int) - ref[inner]).max() <= 2
 
 
+@pytest.mark.parametrize("degrees", [0.0, 10.0])
+def test_a_mosaic_painted_only_where_the_crop_reads_crops_to_the_same_image(degrees):
+    # mosaic4 paints only source_window()'s part of the canvas (the rest is left unset, here filled with noise first):
+    # the crop that apply_affine makes of it is, bit for bit, the crop of the whole canvas; scales 0.3-2, crops partly
+    # off the canvas too
+    rng = np.random.default_rng(2)
+    out_shape = (48, 64)
+    labels = [np.array([[0, 0.5, 0.5, 0.3, 0.3]])] * 4
+    areas = []
+    for _ in range(40):
+        images = [rng.integers(0, 256, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), dtype=np.uint8)
+                  for _ in range(4)]
+        centre = mosaic_centre(rng, out_shape)
+        m = random_affine_matrix(rng, (64.0, 48.0), out_shape, degrees, 0.6, 0.0)
+        m[:2, :2] *= rng.uniform(0.3, 2.0)
+        window = source_window(m, (96, 128), out_shape)
+        full, boxes, whole = mosaic4(images, labels, out_shape, centre)
+        part, part_boxes, part_whole = mosaic4(images, labels, out_shape, centre, window)
+        y0, y1, x0, x1 = window
+        np.testing.assert_array_equal(part[y0:y1, x0:x1], full[y0:y1, x0:x1])
+        np.testing.assert_array_equal(part_boxes, boxes)
+        np.testing.assert_array_equal(part_whole, whole)
+        part[:y0], part[y1:], part[:, :x0], part[:, x1:] = (rng.integers(0, 256, part[:y0].shape),
+                                                            rng.integers(0, 256, part[y1:].shape),
+                                                            rng.integers(0, 256, part[:, :x0].shape),
+                                                            rng.integers(0, 256, part[:, x1:].shape))
+        a = apply_affine(part, m, out_shape, boxes, whole, 2.0)
+        b = apply_affine(full, m, out_shape, boxes, whole, 2.0)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        areas.append((y1 - y0) * (x1 - x0) / (96 * 128))
+    assert (min(areas) < 0.3) if degrees == 0 else (min(areas) == 1.0)  # rotated: the whole canvas
+
+
 def test_resize_axis_aligned_equals_warp_of_the_matrix_it_returns():
     """The resize path gives warp_affine's pixels for the matrix it reports, which is within a pixel of the one asked
     for; scales from 0.3 to 2, sources partly or wholly off the output."""
@@ -654,7 +688,7 @@ def test_the_geometric_steps_keep_any_channel_count_and_pad_every_channel(channe
         out, _ = apply_affine(img, matrix, (64, 64), box, box[:, 1:], 2.0)
         assert out.shape == (64, 64, channels) and out.dtype == np.uint8
         assert (out[0, 0] == 114).all() and (out[-1, -1] == 114).all()  # corners: border, in every channel
-    canvas, _, _ = mosaic4([img] * 4, [np.zeros((0, 5))] * 4, (64, 64), rng)
+    canvas, _, _ = mosaic4([img] * 4, [np.zeros((0, 5))] * 4, (64, 64), mosaic_centre(rng, (64, 64)))
     assert canvas.shape == (128, 128, channels)
     padded, _, (left, top) = letterbox(img, (64, 64))
     assert padded.shape == (64, 64, channels) and (padded[:int(top)] == 114).all()

@@ -84,12 +84,13 @@ def frames(tmp_path_factory):
 
     rgb_t = tensor([cv2.resize(im, SIZE[::-1])[..., ::-1] for im in rgb])
     event_t = tensor([cv2.resize(im, SIZE[::-1])[..., ::-1] for im in event])
-    planes = tensor([cv2.resize(event_planes(im), SIZE[::-1], interpolation=cv2.INTER_NEAREST) for im in event])
+    planes = tensor([cv2.resize(np.concatenate(event_planes(im), 2), SIZE[::-1], interpolation=cv2.INTER_NEAREST)
+                     for im in event])
     # a little noise: a random network scores the plain sky's anchors alike, and which of two boxes of equal score
     # NMS keeps is up to float rounding (a trained network's overlapping boxes do not tie like that)
     gen = torch.Generator().manual_seed(0)
     return {name: (x + 0.05 * torch.rand(x.shape, generator=gen)).clamp(0, 1) for name, x in
-            (("rgb", rgb_t), ("event", event_t), ("fusion", torch.cat((rgb_t, planes[:, :2]), 1)))}
+            (("rgb", rgb_t), ("event", event_t), ("fusion", torch.cat((rgb_t, planes), 1)))}
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -24,6 +24,7 @@ from datasets.augment import Augmentation
 from datasets.fred_dataset import FredDataset, collate_fred
 from speed import frame_cache as fc
 from speed.frame_cache import build_frame_cache
+from datasets.event_frames import event_planes, fuse_streams
 from tools.synthetic import generate_fred
 from utils.letterbox import letterbox_params
 
@@ -334,6 +335,41 @@ def test_packed_event_frame_holds_the_on_and_off_planes_one_unpackbits_away(tmp_
         np.testing.assert_array_equal(on, (img == EVENT_BGR[1]).all(-1))
         np.testing.assert_array_equal(off, (img == EVENT_BGR[2]).all(-1))
         assert on.any() and off.any()
+
+
+def test_a_cache_of_fused_frames_holds_each_pair_as_its_fused_sample(tmp_path, frames, monkeypatch):
+    """With partners (each frame's event frame) a frame is stored as the fused sample of datasets/event_frames.py at
+    the cached size, 5 bytes per pixel: (R, G, B, ON) then OFF, the planes made at the frames' size and resized,
+    handed out as two read-only views; a partner of another size or unreadable makes the frame bad; the cache
+    matches its frames with their partners only; a changed partner rebuilds it."""
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    events = [f.image for f in _event_frames(folder, SHAPES * 2, 1)]  # each frame's size
+    (tmp_path / "odd").mkdir()
+    events[3] = _event_frames(tmp_path / "odd", [(8, 8)], 1, seed=1)[0].image  # another size
+    cache_dir = str(tmp_path / "c")
+    cache = build_frame_cache(_paths(frames), 32, cache_dir, progress=False, partners=events)
+    assert cache.fused and cache.matches(_paths(frames), events)
+    assert not cache.matches(_paths(frames)) and not cache.matches(_paths(frames), events[::-1])
+    sizes = []
+    for i, f in enumerate(frames):
+        if i == 3:
+            assert cache.get(i) is None and "differs from its event partner's" in cache.bad_reason(i)
+            continue
+        planes = [_expected(p, 32)[..., None] for p in event_planes(cv2.imread(events[i]))]  # made, then resized
+        want = fuse_streams(_expected(cv2.imread(f.image), 32), planes)
+        got = cache.get(i)
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+            assert not g.flags.writeable
+        sizes.append(want[1].size)
+    assert os.path.getsize(cache.bin_path) == 5 * sum(sizes)
+    assert not build_frame_cache(_paths(frames), 32, cache_dir, progress=False, partners=events).built
+    assert build_frame_cache(_paths(frames), 32, cache_dir, progress=False).fused is False  # another slot
+    time.sleep(0.01)
+    shutil.copy(events[0], events[1])  # a partner changes: built again
+    assert build_frame_cache(_paths(frames), 32, cache_dir, progress=False, partners=events).built
 
 
 def test_frame_that_is_not_three_coloured_is_stored_whole_with_a_warning(tmp_path, caplog):

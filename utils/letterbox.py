@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.streams import Image, image_hw, per_stream
+from utils.streams import Image, image_hw, per_stream, resized
 
 BoxArray = torch.Tensor | np.ndarray
 
@@ -41,8 +41,7 @@ def letterbox(img: Image, new_shape: tuple[int, int], color: int = 114
     h, w = int(new_shape[0]), int(new_shape[1])
     ratio, (nw, nh), (left, top) = letterbox_params(image_hw(img), (h, w))
     if (nw, nh) != image_hw(img)[::-1]:
-        img = per_stream(lambda x: cv2.resize(x, (nw, nh), interpolation=cv2.INTER_LINEAR
-                                              ).reshape((nh, nw) + x.shape[2:]), img)
+        img = resized(img, (nw, nh))
     if (nw, nh) != (w, h):
         value = (color,) * 4  # all four of OpenCV's Scalar: every channel, any count
         img = per_stream(lambda x: cv2.copyMakeBorder(x, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT,

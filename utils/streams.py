@@ -31,9 +31,28 @@ def image_hw(img: Image) -> tuple[int, int]:
     return tuple(as_streams(img)[0].shape[:2])
 
 
-def pick_channels(parts: Sequence[np.ndarray], channels: Sequence[int]) -> np.ndarray:
-    """A new contiguous [H, W, len(channels)] array of the given channels of parts (numbered across them, in order),
-    by cv2.mixChannels (numpy's strided copies along the channel axis are several times slower)."""
-    out = np.empty(parts[0].shape[:2] + (len(channels),), dtype=parts[0].dtype)
-    cv2.mixChannels(list(parts), [out], [i for k, c in enumerate(channels) for i in (c, k)])
-    return out
+def resized(img: Image, size: tuple[int, int]) -> Image:
+    """Each stream of img resized to size (w, h) by cv2.INTER_LINEAR, a single channel's axis kept (cv2.resize drops
+    it)."""
+    return per_stream(lambda x: cv2.resize(x, size, interpolation=cv2.INTER_LINEAR).reshape(
+        (size[1], size[0]) + x.shape[2:]), img)
+
+
+def concat_channels(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """A new contiguous uint8 [H, W, C0 + C1 + ...] array of the channels of parts (uint8 [H, W, Ck] each, any row
+    stride), in order.
+
+    Each part's pixels are copied as one element of Ck bytes (an unsigned integer of 1, 2, 4 or 8 bytes) into a
+    record of all of them: numpy's strided copy of one element per pixel and part, about twice as fast for 4 + 1
+    channels as cv2.mixChannels, which moves every channel alone (and 10x numpy's copies along the channel axis).
+    """
+    h, w = parts[0].shape[:2]
+    sizes = [int(p.shape[2]) for p in parts]
+    kinds = [np.dtype(f"u{n}") if n in (1, 2, 4, 8) else np.dtype((np.void, n)) for n in sizes]
+    record = np.dtype({"names": [f"p{k}" for k in range(len(parts))], "formats": kinds,
+                       "offsets": [sum(sizes[:k]) for k in range(len(parts))], "itemsize": sum(sizes)})
+    out = np.empty((h, w), dtype=record)
+    for k, (part, kind) in enumerate(zip(parts, kinds)):
+        pixels = part if part.strides[2] == 1 else np.ascontiguousarray(part)  # views of whole rows of pixels too
+        out[f"p{k}"] = pixels.view(kind)[..., 0]
+    return out.view(np.uint8).reshape(h, w, sum(sizes))
